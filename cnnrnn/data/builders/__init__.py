@@ -1,0 +1,11 @@
+"""TensorFlow-free TFDS builders, by dataset name."""
+
+from cnnrnn.data.builders.base import RawFilesBuilder
+from cnnrnn.data.builders.digits import Digits
+from cnnrnn.data.builders.mnist import FashionMnist, Mnist
+
+BUILDERS: dict[str, type[RawFilesBuilder]] = {
+    "digits": Digits,
+    "mnist": Mnist,
+    "fashion_mnist": FashionMnist,
+}

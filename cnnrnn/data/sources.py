@@ -1,0 +1,89 @@
+"""Finding, preparing and opening TFDS datasets (ArrayRecord) without TensorFlow."""
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import tensorflow_datasets as tfds
+
+from cnnrnn.data import builders
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """An opened dataset: random-access sources per split plus what the pipeline needs."""
+
+  name: str
+  splits: dict[str, Any]  # split name -> random-access source (len, __getitem__)
+  num_classes: int | None
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  def split(self, name: str):
+    if name not in self.splits:
+      raise ValueError(
+          f"Dataset {self.name!r} has no split {name!r}; its splits: {sorted(self.splits)}"
+      )
+    return self.splits[name]
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def _num_classes(info) -> int | None:
+  label = info.features.get("label") if hasattr(info.features, "get") else None
+  return getattr(label, "num_classes", None)
+
+
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
+  """Prepares one of cnnrnn's own datasets (idempotent) and returns its builder.
+
+  Raises:
+    ValueError: `name` is not one of cnnrnn's builders.
+    FileNotFoundError: the original files are neither in `manual_dir` nor downloadable;
+      the message names the files and where to put them.
+  """
+  if name not in builders.BUILDERS:
+    raise ValueError(
+        f"dataset.name={name!r} has no cnnrnn builder; known: {', '.join(sorted(builders.BUILDERS))}"
+    )
+  builder = builders.BUILDERS[name](data_dir=data_dir or default_data_dir(), file_format="array_record")
+  builder.download_and_prepare_from(manual_dir)
+  return builder
+
+
+def load(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+  """Opens dataset `name`, preparing it first when it is one of cnnrnn's own.
+
+  Preparation runs on process 0 only; the other processes wait for it. Datasets that are
+  not cnnrnn's own (e.g. imagenet2012) must already be prepared as ArrayRecord in
+  `data_dir` (by TFDS or otherwise) and are opened with `tfds.data_source`.
+  """
+  data_dir = data_dir or default_data_dir()
+  if name in builders.BUILDERS:
+    cls = builders.BUILDERS[name]
+    if jax.process_index() == 0:
+      builder = prepare(name, data_dir, manual_dir)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      multihost_utils.sync_global_devices(f"prepare {name}")
+    if jax.process_index() != 0:
+      builder = cls(data_dir=data_dir, file_format="array_record")
+    splits = {s: builder.as_data_source(split=s) for s in builder.info.splits}
+    return Dataset(name, splits, _num_classes(builder.info), cls.MEAN, cls.STD)
+  try:
+    sources = tfds.data_source(name, data_dir=data_dir)
+  except Exception as e:
+    raise ValueError(
+        f"dataset.name={name!r} is neither a cnnrnn builder ({', '.join(sorted(builders.BUILDERS))}) "
+        f"nor a TFDS dataset prepared as ArrayRecord in {data_dir} ({type(e).__name__}: {e})"
+    ) from e
+  info = next(iter(sources.values())).dataset_info
+  image = info.features.get("image") if hasattr(info.features, "get") else None
+  channels = image.shape[-1] if image is not None and image.shape else 3
+  # ImageNet statistics for RGB datasets without their own; 0.5 otherwise.
+  mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.5,), (0.5,))
+  return Dataset(name, dict(sources), _num_classes(info), mean, std)

@@ -1,0 +1,9 @@
+"""Conversion between cnnrnn variables and PyTorch reference implementations.
+
+torch is needed only for `rnn_from_torch` and for loading `.pth` files; the state-dict
+converters work on any mapping of names to arrays (numpy arrays, torch tensors, or the
+contents of a safetensors file).
+"""
+
+from cnnrnn.interop.torch_zoo import from_torch, to_torch
+from cnnrnn.interop.torch_rnn import rnn_from_torch, rnn_to_torch

@@ -1,0 +1,54 @@
+"""Command line: python -m cnnrnn.main --config=configs/NAME.py[:ARG] --workdir=DIR [--config.FIELD=VALUE ...]
+
+Running the same command again on the same workdir resumes from its last checkpoint.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
+_MULTIPROCESS = flags.DEFINE_bool(
+    "multiprocess", None,
+    "Call jax.distributed.initialize() (several processes). Default: when JAX's cluster "
+    "environment variables (e.g. JAX_COORDINATOR_ADDRESS) or a TPU pod are detected.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries:
+  """Drops INFO records of orbax/grain/TFDS (dozens per checkpoint); keeps warnings."""
+
+  _NOISY = ("orbax", "grain", "tensorflow_datasets", "etils")
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or not any(n in record.pathname for n in self._NOISY)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # pylint: disable=g-import-not-at-top
+
+  multiprocess = _MULTIPROCESS.value
+  if multiprocess is None:
+    multiprocess = "JAX_COORDINATOR_ADDRESS" in os.environ or "SLURM_NTASKS" in os.environ
+  if multiprocess:
+    jax.distributed.initialize()
+  from cnnrnn.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+
+  logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

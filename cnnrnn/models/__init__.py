@@ -1,0 +1,62 @@
+"""Architectures and the one registry: `create(name, **kwargs)` and `names()`.
+
+The registry is a plain table filled here, not by import side effects. Each entry maps a
+public name to a constructor (a Module class or a `functools.partial` of one that fixes the
+variant's data: stage sizes, widths, block type).
+"""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from cnnrnn.models.conv_stack import ConvStack
+from cnnrnn.models.lenet import LeNet5
+from cnnrnn.models.rnn_classifier import RNNClassifier
+from cnnrnn.models.rnn_lm import RNNLM
+from cnnrnn.models.alexnet import AlexNet
+from cnnrnn.models.resnet import CIFAR_DEPTHS, IMAGENET_STAGES, ResNet, cifar_resnet, resnet
+from cnnrnn.models.vgg import VGG, VGG_STAGES, vgg
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "conv_stack": ConvStack,
+    "rnn_lm": RNNLM,
+    "rnn_classifier": RNNClassifier,
+    "alexnet": AlexNet,
+    **{f"vgg{d}": vgg(d) for d in VGG_STAGES},
+    **{f"vgg{d}_bn": vgg(d, batch_norm=True) for d in VGG_STAGES},
+    **{f"resnet{d}": resnet(d) for d in IMAGENET_STAGES},
+    **{f"cifar_resnet{d}": cifar_resnet(d) for d in CIFAR_DEPTHS},
+}
+
+
+def names() -> list[str]:
+  """All registered model names, sorted."""
+  return sorted(_REGISTRY)
+
+
+def get_constructor(name: str) -> Callable[..., nn.Module]:
+  """The constructor registered under `name`; raises ValueError listing known names."""
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown model name {name!r} (model.name); known models: {', '.join(names())}")
+  return _REGISTRY[name]
+
+
+def create(name: str, **kwargs) -> nn.Module:
+  """Builds the model registered under `name` with its keyword arguments.
+
+  Args:
+    name: a registry name, e.g. "lenet5", "resnet50", "rnn_lm".
+    **kwargs: the model's attributes (num_classes, dtype, widths, ...).
+
+  Returns:
+    An unbound `flax.linen.Module`.
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones) or unknown keyword.
+  """
+  ctor = get_constructor(name)
+  try:
+    return ctor(**kwargs)
+  except TypeError as e:
+    raise ValueError(f"model {name!r} got bad keyword arguments {sorted(kwargs)}: {e}") from e

@@ -1,0 +1,650 @@
+"""Recurrent cells, the one scan driver, bidirectional and stacked wrappers.
+
+Cells (`SimpleRNNCell`, `LSTMCell`, `GRUCell`) share the interface of
+`flax.linen.recurrent`: `cell(carry, x_t) -> (carry, y_t)`, `initialize_carry(rng,
+input_shape)` and `num_feature_axes`. Each also exposes the same computation split in two,
+which is what the driver `RNN` runs:
+
+  xp = cell.project_inputs(x)              # W_x x_t + b for all T steps: one matmul
+  carry, y_t = cell.step(rdot, carry, xp_t)  # the rest, inside the time loop
+
+`step` touches the recurrent weights only through `rdot(a, gates)`, which returns
+`a @ recurrent_kernel[:, gates] + recurrent_bias[gates]` (gates: a slice of gate blocks).
+Because every use of the recurrent weights goes through `rdot`, the driver can save the
+recurrent products in the forward pass and compute the recurrent-weight gradient after the
+backward loop as one large matmul, `sum_t a_t^T dp_t` over [H, T*B] x [T*B, G*H], instead
+of T small outer products inside the loop (`RNN(custom_vjp=True)`, the default).
+
+Parameters of a cell with hidden size H, input size F and G gate blocks:
+
+  input/kernel       [F, G*H]   input/bias      [G*H]   (if use_bias)
+  recurrent/kernel   [H, G*H]   recurrent/bias  [G*H]   (if it has a recurrent bias)
+
+Gate blocks follow PyTorch's order, so converting `weight_ih_l0` / `weight_hh_l0` is a
+transpose: LSTM [i, f, g, o]; GRU [r, z, n]; SimpleRNN one block.
+
+Carries: `SimpleRNNCell` and `GRUCell` carry h [..., H]; `LSTMCell` carries (c, h).
+"""
+
+from collections.abc import Callable, Mapping
+import functools
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Carry = Any
+Initializer = Callable[..., Array]
+
+_default_kernel_init = nn.initializers.lecun_normal()
+_default_recurrent_init = nn.initializers.orthogonal()
+
+
+def _bias_row(bias: Array, ndim: int) -> Array:
+  """[N] -> [1, ..., 1, N] so that adding it to an ndim array is an explicit broadcast."""
+  return bias.reshape((1,) * (ndim - 1) + (-1,))
+
+
+class _RecurrentDot:
+  """`rdot(a, gates)`: a @ kernel[:, cols] + bias[cols], remembering operands and products.
+
+  The driver reads `operands`/`products`/`columns` after tracing one step; plain use
+  ignores them (unused values are removed by XLA).
+  """
+
+  def __init__(self, kernel: Array, bias: Array | None):
+    self.kernel, self.bias = kernel, bias
+    self.operands, self.products, self.columns = [], [], []
+
+  def _cols(self, gates: slice) -> tuple[int, int]:
+    width = self.kernel.shape[0]  # Every gate block is H wide.
+    block = range(self.kernel.shape[1] // width)[gates]
+    if block.step != 1 or len(block) == 0:
+      raise ValueError(f"rdot gates must be a contiguous non-empty slice, got {gates}")
+    return block.start * width, block.stop * width
+
+  def _product(self, a: Array, lo: int, hi: int, k: int) -> Array:
+    kernel = self.kernel if (lo, hi) == (0, self.kernel.shape[1]) else self.kernel[:, lo:hi]
+    p = jnp.dot(a, kernel)
+    if self.bias is not None:
+      p = p + _bias_row(self.bias[lo:hi], p.ndim)
+    return p
+
+  def __call__(self, a: Array, gates: slice = slice(None)) -> Array:
+    lo, hi = self._cols(gates)
+    p = self._product(a, lo, hi, len(self.products))
+    self.operands.append(a)
+    self.products.append(p)
+    self.columns.append((lo, hi))
+    return p
+
+
+@jax.custom_vjp
+def _replay_product(a, kernel, saved, tap):
+  """Returns the product saved in the forward pass; its gradient w.r.t. `a` is exact."""
+  del a, kernel
+  return saved + tap
+
+
+def _replay_product_fwd(a, kernel, saved, tap):
+  del a
+  return saved + tap, kernel
+
+
+def _replay_product_bwd(kernel, g):
+  # d(a @ K)/da; the kernel's gradient is accumulated after the loop, not here.
+  return jnp.dot(g, kernel.T), None, None, g
+
+
+_replay_product.defvjp(_replay_product_fwd, _replay_product_bwd)
+
+
+class _ReplayDot(_RecurrentDot):
+  """Backward-pass `rdot`: replays saved products, exposing their cotangents via `taps`."""
+
+  def __init__(self, kernel, bias, saved, taps):
+    super().__init__(kernel, bias)
+    self.saved, self.taps = saved, taps
+
+  def _product(self, a, lo, hi, k):
+    kernel = self.kernel if (lo, hi) == (0, self.kernel.shape[1]) else self.kernel[:, lo:hi]
+    return _replay_product(a, kernel, self.saved[k], self.taps[k])
+
+
+class RecurrentCell(nn.Module):
+  """Base of all cells: the input/recurrent weight split and the common interface.
+
+  Attributes:
+    features: hidden size H.
+    use_bias: whether the cell has biases at all (PyTorch's `bias`).
+    recurrent_bias: add a second bias to the recurrent product (PyTorch has one per
+      matmul; mathematically redundant except inside GRU's reset_after form).
+    kernel_init: initializer of input/kernel [F, G*H].
+    recurrent_kernel_init: initializer of recurrent/kernel [H, G*H].
+    bias_init: initializer of the biases.
+    dtype: compute dtype.
+    param_dtype: parameter storage dtype.
+  """
+
+  num_gates: ClassVar[int] = 1
+
+  features: int
+  use_bias: bool = True
+  recurrent_bias: bool = False
+  kernel_init: Initializer = _default_kernel_init
+  recurrent_kernel_init: Initializer = _default_recurrent_init
+  bias_init: Initializer = nn.initializers.zeros_init()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _has_recurrent_bias(self) -> bool:
+    return self.use_bias and self.recurrent_bias
+
+  def _input_bias_init(self) -> Initializer:
+    return self.bias_init
+
+  def setup(self):
+    width = self.num_gates * self.features
+    self.input = nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init,
+                          bias_init=self._input_bias_init(), dtype=self.dtype,
+                          param_dtype=self.param_dtype)
+    self.recurrent = _RecurrentWeights(self.features, width, self._has_recurrent_bias(),
+                                       self.recurrent_kernel_init, self.bias_init,
+                                       self.param_dtype)
+
+  def project_inputs(self, x: Array) -> Array:
+    """W_x x + b: [..., F] -> [..., G*H]. The driver calls it once on [B, T, F]."""
+    return self.input(x)
+
+  def recurrent_weights(self) -> tuple[Array, Array | None]:
+    """(recurrent kernel [H, G*H], recurrent bias [G*H] or None), cast to `dtype`."""
+    kernel, bias = self.recurrent()
+    kernel = kernel.astype(self.dtype)
+    return kernel, None if bias is None else bias.astype(self.dtype)
+
+  def step(self, rdot: Callable[..., Array], carry: Carry, xp: Array) -> tuple[Carry, Array]:
+    """One time step from the projected input xp [..., G*H]; see the module docstring.
+
+    Args:
+      rdot: `rdot(a, gates=slice(None))` -> a @ U[:, gates] (+ recurrent bias), where
+        `gates` selects gate blocks; the only access to the recurrent weights.
+      carry: the previous carry.
+      xp: [..., G*H] projected input of this step.
+
+    Returns:
+      (new carry, output h [..., H]).
+    """
+    raise NotImplementedError
+
+  def __call__(self, carry: Carry, x: Array) -> tuple[Carry, Array]:
+    """One time step.
+
+    Args:
+      carry: the previous carry (see `initialize_carry`).
+      x: [..., F] inputs of this step.
+
+    Returns:
+      (new carry, output [..., H]).
+    """
+    return self.step(_RecurrentDot(*self.recurrent_weights()), carry, self.project_inputs(x))
+
+  @nn.nowrap
+  def initialize_carry(self, rng: Any, input_shape: tuple[int, ...]) -> Carry:
+    """Zero carry for inputs of shape [..., F] (rng unused: carries start at zero)."""
+    del rng
+    return jnp.zeros((*input_shape[:-1], self.features), self.dtype)
+
+  @nn.nowrap
+  def hidden_state(self, carry: Carry) -> Array:
+    """The part of the carry that is also the cell's output, h [..., H]."""
+    return carry
+
+  @nn.nowrap
+  def with_hidden_state(self, carry: Carry, h: Array) -> Carry:
+    """`carry` with its hidden state replaced by h."""
+    del carry
+    return h
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+class _RecurrentWeights(nn.Module):
+  """Holds recurrent/kernel [H, G*H] and the optional recurrent/bias [G*H]."""
+
+  features: int
+  width: int
+  use_bias: bool
+  kernel_init: Initializer
+  bias_init: Initializer
+  param_dtype: Any
+
+  def setup(self):
+    self.kernel = self.param("kernel", self.kernel_init, (self.features, self.width),
+                             self.param_dtype)
+    self.bias = (self.param("bias", self.bias_init, (self.width,), self.param_dtype)
+                 if self.use_bias else None)
+
+  def __call__(self) -> tuple[Array, Array | None]:
+    return self.kernel, self.bias
+
+
+_NONLINEARITIES: dict[str, Callable[[Array], Array]] = {"tanh": jnp.tanh, "relu": nn.relu}
+
+
+class SimpleRNNCell(RecurrentCell):
+  """Elman cell: h_t = tanh(x_t W_x + b + h_{t-1} W_h [+ b_h]).
+
+  Attributes (besides RecurrentCell's):
+    nonlinearity: "tanh" (Elman) or "relu" (PyTorch's `nonlinearity="relu"`).
+  """
+
+  num_gates: ClassVar[int] = 1
+  nonlinearity: str = "tanh"
+
+  def step(self, rdot, carry, xp):
+    if self.nonlinearity not in _NONLINEARITIES:
+      raise ValueError(f"nonlinearity={self.nonlinearity!r}; allowed: {sorted(_NONLINEARITIES)}")
+    h = _NONLINEARITIES[self.nonlinearity](xp + rdot(carry))
+    return h, h
+
+
+class LSTMCell(RecurrentCell):
+  """LSTM (Hochreiter & Schmidhuber 1997 with the forget gate of Gers et al. 2000).
+
+  With z = x_t W_x + b + h_{t-1} W_h [+ b_h] split into gate blocks [i, f, g, o]:
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)     (the additive cell update)
+    h_t = sigmoid(o) * tanh(c_t)
+  The carry is (c, h).
+
+  Attributes (besides RecurrentCell's):
+    unit_forget_bias: initialize the forget-gate block of the input bias to 1
+      (Jozefowicz et al. 2015), so that early in training the cell remembers.
+  """
+
+  num_gates: ClassVar[int] = 4
+  unit_forget_bias: bool = True
+
+  def _input_bias_init(self) -> Initializer:
+    if not self.unit_forget_bias:
+      return self.bias_init
+    h, base = self.features, self.bias_init
+
+    def init(key, shape, dtype=jnp.float32):
+      return base(key, shape, dtype).at[h:2 * h].set(1)  # Blocks [i, f, g, o].
+
+    return init
+
+  def step(self, rdot, carry, xp):
+    c, h = carry
+    z = xp + rdot(h)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+    h = nn.sigmoid(o) * jnp.tanh(c)
+    return (c, h), h
+
+  @nn.nowrap
+  def initialize_carry(self, rng, input_shape):
+    """Zero (c, h), each [..., H], for inputs of shape [..., F]."""
+    h = super().initialize_carry(rng, input_shape)
+    return h, h
+
+  @nn.nowrap
+  def hidden_state(self, carry):
+    return carry[1]
+
+  @nn.nowrap
+  def with_hidden_state(self, carry, h):
+    return carry[0], h
+
+
+class GRUCell(RecurrentCell):
+  """GRU with reset gate r, update gate z and candidate n (gate blocks [r, z, n]).
+
+  With x_r, x_z, x_n the blocks of x_t W_x + b:
+    r = sigmoid(x_r + h U_r [+ b_hr]),  z = sigmoid(x_z + h U_z [+ b_hz])
+    reset_after=False (Cho et al. 2014):  n = tanh(x_n + (r * h) U_n [+ b_hn])
+    reset_after=True (cuDNN/PyTorch):     n = tanh(x_n + r * (h U_n + b_hn))
+    h_t = (1 - z) * n + z * h
+  With reset_after=True the recurrent bias always exists (when use_bias): it sits inside
+  the reset product, which is why PyTorch's GRU has two bias vectors.
+
+  Attributes (besides RecurrentCell's):
+    reset_after: which of the two forms above.
+  """
+
+  num_gates: ClassVar[int] = 3
+  reset_after: bool = True
+
+  def _has_recurrent_bias(self) -> bool:
+    return self.use_bias and (self.recurrent_bias or self.reset_after)
+
+  def step(self, rdot, h, xp):
+    x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
+    if self.reset_after:
+      p_r, p_z, p_n = jnp.split(rdot(h), 3, axis=-1)
+      r, z = nn.sigmoid(x_r + p_r), nn.sigmoid(x_z + p_z)
+      n = jnp.tanh(x_n + r * p_n)
+    else:
+      p_r, p_z = jnp.split(rdot(h, slice(0, 2)), 2, axis=-1)
+      r, z = nn.sigmoid(x_r + p_r), nn.sigmoid(x_z + p_z)
+      n = jnp.tanh(x_n + rdot(r * h, slice(2, 3)))
+    h = (1 - z) * n + z * h
+    return h, h
+
+
+CELLS: Mapping[str, type[RecurrentCell]] = {
+    "simple": SimpleRNNCell, "lstm": LSTMCell, "gru": GRUCell,
+}
+
+
+def make_cell(cell: str, hidden_size: int, **kwargs) -> RecurrentCell:
+  """Builds a cell from its name ("simple", "lstm" or "gru") and hidden size.
+
+  Raises:
+    ValueError: unknown cell name (the message lists the allowed ones).
+  """
+  if cell not in CELLS:
+    raise ValueError(f"cell={cell!r}; allowed: {', '.join(sorted(CELLS))}")
+  return CELLS[cell](hidden_size, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def _masked_step(cell, rdot, carry, xp_t, mask_t, delta_t):
+  """cell.step plus the driver's concerns: perturbation, dtype, freezing past the length."""
+  new_carry, y = cell.step(rdot, carry, xp_t)
+  if delta_t is not None:  # Zero perturbation of h_t whose gradient is dL/dh_t.
+    y = y + delta_t
+    new_carry = cell.with_hidden_state(new_carry, cell.hidden_state(new_carry) + delta_t)
+  new_carry = jax.tree.map(lambda new, old: new.astype(old.dtype), new_carry, carry)
+  if mask_t is not None:
+    keep = mask_t[:, None]  # [B, 1]
+    new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+    y = jnp.where(keep, y, jnp.zeros_like(y))
+  return new_carry, y
+
+
+def _scan_autodiff(cell, kernel, bias, carry, xp, mask, delta, reverse, unroll):
+  """Time loop differentiated by plain autodiff. xp [T, B, G*H] -> (carry, ys [T, B, H])."""
+
+  def body(carry, xs):
+    xp_t, mask_t, delta_t = xs
+    return _masked_step(cell, _RecurrentDot(kernel, bias), carry, xp_t, mask_t, delta_t)
+
+  return lax.scan(body, carry, (xp, mask, delta), reverse=reverse, unroll=unroll)
+
+
+def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
+  """Same result as `_scan_autodiff`; the backward pass accumulates no weight gradient in
+  the loop: it replays the saved recurrent products, and dW = sum_t a_t^T dp_t is one
+  matmul over all steps afterwards."""
+  columns = []  # (lo, hi) of every rdot call in a step, recorded while tracing.
+
+  def forward(kernel, bias, carry, xp, mask):
+    def body(carry, xs):
+      xp_t, mask_t = xs
+      rdot = _RecurrentDot(kernel, bias)
+      new_carry, y = _masked_step(cell, rdot, carry, xp_t, mask_t, None)
+      columns[:] = rdot.columns
+      return new_carry, (y, carry, tuple(rdot.products))
+
+    carry_out, (ys, carries_in, products) = lax.scan(
+        body, carry, (xp, mask), reverse=reverse, unroll=unroll)
+    return carry_out, ys, carries_in, products
+
+  @jax.custom_vjp
+  def loop(kernel, bias, carry, xp, mask):
+    carry_out, ys, _, _ = forward(kernel, bias, carry, xp, mask)
+    return carry_out, ys
+
+  def loop_fwd(kernel, bias, carry, xp, mask):
+    carry_out, ys, carries_in, products = forward(kernel, bias, carry, xp, mask)
+    return (carry_out, ys), (kernel, bias, carries_in, products, xp, mask)
+
+  def loop_bwd(residuals, cotangents):
+    kernel, bias, carries_in, products, xp, mask = residuals
+    d_carry_out, d_ys = cotangents
+
+    def body(d_carry, xs):
+      carry_in, saved, xp_t, mask_t, dy_t = xs
+
+      def step(carry_in, xp_t, taps):
+        rdot = _ReplayDot(kernel, bias, saved, taps)
+        out = _masked_step(cell, rdot, carry_in, xp_t, mask_t, None)
+        return out, tuple(rdot.operands)
+
+      taps = tuple(jnp.zeros_like(p) for p in saved)
+      _, step_vjp, operands = jax.vjp(step, carry_in, xp_t, taps, has_aux=True)
+      d_carry_in, d_xp_t, d_products = step_vjp((d_carry, dy_t))
+      return d_carry_in, (d_xp_t, d_products, operands)
+
+    d_carry, (d_xp, d_products, operands) = lax.scan(
+        body, d_carry_out, (carries_in, products, xp, mask, d_ys),
+        reverse=not reverse, unroll=unroll)
+    d_kernel = jnp.zeros_like(kernel)
+    d_bias = None if bias is None else jnp.zeros_like(bias)
+    for (lo, hi), a, dp in zip(columns, operands, d_products):
+      # [T, B, H] x [T, B, cols] -> [H, cols]: the one large matmul.
+      d_kernel = d_kernel.at[:, lo:hi].add(jnp.einsum("tbh,tbg->hg", a, dp))
+      if bias is not None:
+        d_bias = d_bias.at[lo:hi].add(dp.sum(axis=(0, 1)))
+    return d_kernel, d_bias, d_carry, d_xp, None
+
+  loop.defvjp(loop_fwd, loop_bwd)
+  return loop(kernel, bias, carry, xp, mask)
+
+
+class RNN(nn.Module):
+  """Runs any cell over batch-major sequences with `lax.scan`.
+
+  The input projection of all T steps is one matmul before the loop; inside the loop only
+  the recurrent matmul and the gate arithmetic run. With `custom_vjp=True` the gradient of
+  the recurrent weights is one matmul after the backward loop (equal to autodiff up to
+  float rounding).
+
+  Variable lengths: with `seq_lengths`, step t of example b runs only if t < length[b];
+  past it the carry is frozen (so the final carry is the one at the example's last valid
+  step) and the output is zero. Padding therefore never changes a valid output. With
+  `reverse=True` each sequence is processed from its own last valid step back to step 0,
+  like a PyTorch packed sequence, and outputs stay in input order.
+
+  For the gradient-flow analysis, when the 'perturbations' collection is passed to `apply`
+  (or made mutable outside `init`), a zero perturbation `hidden_states` [B, T, H] is added
+  to every step's hidden state; its gradient is dL/dh_t. That path uses plain autodiff.
+
+  Attributes:
+    cell: the cell (its parameters live under `cell/`).
+    reverse: process sequences back to front.
+    unroll: `lax.scan` unroll factor.
+    return_carry: return (final carry, outputs) instead of outputs.
+    custom_vjp: use the fast backward pass described above.
+  """
+
+  cell: RecurrentCell
+  reverse: bool = False
+  unroll: int = 1
+  return_carry: bool = False
+  custom_vjp: bool = True
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, initial_carry: Carry | None = None,
+               seq_lengths: Array | None = None, reverse: bool | None = None,
+               return_carry: bool | None = None):
+    """Runs the cell over time.
+
+    Args:
+      inputs: [B, T, F].
+      initial_carry: the cell's carry for batch B (default zeros); pass the previous
+        batch's final carry for truncated BPTT.
+      seq_lengths: optional [B] integer lengths (0 <= length <= T).
+      reverse: overrides the attribute.
+      return_carry: overrides the attribute.
+
+    Returns:
+      outputs [B, T, H], or (final carry, outputs) with return_carry.
+
+    Raises:
+      ValueError: inputs not rank 3, or seq_lengths not of shape [B].
+    """
+    reverse = self.reverse if reverse is None else reverse
+    return_carry = self.return_carry if return_carry is None else return_carry
+    if inputs.ndim != 3:
+      raise ValueError(f"RNN inputs must be [batch, time, features], got shape {inputs.shape}")
+    b, t, _ = inputs.shape
+    mask = None
+    if seq_lengths is not None:
+      if seq_lengths.shape != (b,):
+        raise ValueError(f"seq_lengths must have shape [batch]=({b},), got {seq_lengths.shape}")
+      mask = jnp.arange(t)[:, None] < seq_lengths[None, :]  # [T, B]
+    carry = (self.cell.initialize_carry(None, inputs[:, 0].shape)
+             if initial_carry is None else initial_carry)
+
+    xp = jnp.swapaxes(self.cell.project_inputs(inputs), 0, 1)  # [T, B, G*H]
+    kernel, bias = self.cell.recurrent_weights()
+
+    delta = None
+    if ((self.is_mutable_collection("perturbations") and not self.is_initializing())
+        or self.has_variable("perturbations", "hidden_states")):
+      shape = (b, t, self.cell.features)
+      delta = jnp.swapaxes(self.perturb("hidden_states", jnp.zeros(shape, xp.dtype)), 0, 1)
+
+    if self.custom_vjp and delta is None:
+      carry, ys = _scan_custom_vjp(self.cell, kernel, bias, carry, xp, mask, reverse,
+                                   self.unroll)
+    else:
+      carry, ys = _scan_autodiff(self.cell, kernel, bias, carry, xp, mask, delta, reverse,
+                                 self.unroll)
+    outputs = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
+    return (carry, outputs) if return_carry else outputs
+
+
+class Bidirectional(nn.Module):
+  """A forward and a backward `RNN` over the same inputs, outputs concatenated.
+
+  The backward RNN is always run with reverse=True (each sequence reversed within its own
+  length); its outputs are returned in input order.
+
+  Attributes:
+    forward: the forward-in-time RNN.
+    backward: the backward-in-time RNN.
+    return_carry: return ((forward carry, backward carry), outputs).
+  """
+
+  forward: RNN
+  backward: RNN
+  return_carry: bool = False
+
+  def __call__(self, inputs: Array, *, initial_carry: tuple[Carry, Carry] | None = None,
+               seq_lengths: Array | None = None, return_carry: bool | None = None):
+    """Args: inputs [B, T, F]; initial_carry (forward, backward) or None; seq_lengths [B].
+
+    Returns: outputs [B, T, H_fwd + H_bwd], or ((carry_fwd, carry_bwd), outputs).
+    """
+    return_carry = self.return_carry if return_carry is None else return_carry
+    init_f, init_b = (None, None) if initial_carry is None else initial_carry
+    carry_f, out_f = self.forward(inputs, initial_carry=init_f, seq_lengths=seq_lengths,
+                                  reverse=False, return_carry=True)
+    carry_b, out_b = self.backward(inputs, initial_carry=init_b, seq_lengths=seq_lengths,
+                                   reverse=True, return_carry=True)
+    outputs = jnp.concatenate([out_f, out_b], axis=-1)
+    return ((carry_f, carry_b), outputs) if return_carry else outputs
+
+
+class StackedRNN(nn.Module):
+  """num_layers recurrent layers (optionally bidirectional) with dropout between layers.
+
+  Dropout follows Zaremba et al. 2014: only on the non-recurrent connections, here the
+  inputs of layers 1..L-1 (callers add it before the first and after the last layer when
+  they want it there, as `RNNLM` does).
+
+  The carry is a tuple with one entry per layer: the cell's carry (h [B, H], or (c, h) for
+  LSTM), or (forward carry, backward carry) when bidirectional. `zero_carry(B)` builds it.
+
+  Parameters live under `layer{i}/cell/...` (or `layer{i}/forward/cell/...` and
+  `layer{i}/backward/cell/...`).
+
+  Attributes:
+    cell: "simple", "lstm" or "gru".
+    hidden_size: H of every layer.
+    num_layers: number of layers.
+    bidirectional: each layer reads both directions; outputs are [B, T, 2H].
+    dropout: dropout rate between layers (applied when train=True).
+    unroll: `lax.scan` unroll factor.
+    custom_vjp: use the driver's fast backward pass.
+    cell_kwargs: extra cell attributes (e.g. {"reset_after": False}, {"use_bias": False},
+      initializers).
+    dtype: compute dtype.
+    param_dtype: parameter storage dtype.
+  """
+
+  cell: str = "lstm"
+  hidden_size: int = 128
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout: float = 0.0
+  unroll: int = 1
+  custom_vjp: bool = True
+  cell_kwargs: Mapping[str, Any] | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.nowrap
+  def _make_cell(self) -> RecurrentCell:
+    # parent=None: the RNN that receives the cell adopts it, so its params sit under cell/.
+    return make_cell(self.cell, self.hidden_size, parent=None, dtype=self.dtype,
+                     param_dtype=self.param_dtype, **dict(self.cell_kwargs or {}))
+
+  @nn.nowrap
+  def zero_carry(self, batch_size: int) -> tuple[Carry, ...]:
+    """The all-zero carry for a batch (usable on the unbound module)."""
+    cell = make_cell(self.cell, self.hidden_size, dtype=self.dtype,
+                     **dict(self.cell_kwargs or {}))
+    one = cell.initialize_carry(None, (batch_size, 1))
+    return tuple((one, one) if self.bidirectional else one for _ in range(self.num_layers))
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, seq_lengths: Array | None = None,
+               initial_carry: tuple[Carry, ...] | None = None,
+               train: bool = False) -> tuple[Array, tuple[Carry, ...]]:
+    """Runs all layers.
+
+    Args:
+      inputs: [B, T, F].
+      seq_lengths: optional [B] lengths.
+      initial_carry: a carry as returned by a previous call (or `zero_carry`), or None.
+      train: enables dropout (needs a 'dropout' rng).
+
+    Returns:
+      (outputs [B, T, H or 2H] of the last layer, final carry).
+
+    Raises:
+      ValueError: unknown cell, num_layers < 1, or an initial carry with the wrong
+        number of layers.
+    """
+    if self.cell not in CELLS:
+      raise ValueError(f"cell={self.cell!r}; allowed: {', '.join(sorted(CELLS))}")
+    if self.num_layers < 1:
+      raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+    if initial_carry is not None and len(initial_carry) != self.num_layers:
+      raise ValueError(f"initial_carry has {len(initial_carry)} layers, expected "
+                       f"{self.num_layers}")
+    x, carries = inputs, []
+    for i in range(self.num_layers):
+      if i > 0 and self.dropout > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      rnn = functools.partial(RNN, unroll=self.unroll, custom_vjp=self.custom_vjp)
+      if self.bidirectional:
+        layer = Bidirectional(rnn(self._make_cell(), parent=None),
+                              rnn(self._make_cell(), parent=None), name=f"layer{i}")
+      else:
+        layer = rnn(self._make_cell(), name=f"layer{i}")
+      carry, x = layer(x, initial_carry=None if initial_carry is None else initial_carry[i],
+                       seq_lengths=seq_lengths, return_carry=True)
+      carries.append(carry)
+    return x, tuple(carries)

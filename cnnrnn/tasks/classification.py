@@ -1,0 +1,64 @@
+"""Image (or any) classification: softmax cross-entropy, accuracy, top-5."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """Predict `batch[label_key]` from `batch[input_key]`.
+
+  Metrics are returned as sums over the (masked) examples together with their `count`,
+  so that a metric over many batches, or many devices, is sum / count: every example
+  weighs the same, and padding (mask 0) weighs nothing.
+
+  Attributes:
+    num_classes: number of classes (logits' last dimension).
+    label_smoothing: mass spread uniformly over all classes in the training target.
+    input_key: batch key of the model input.
+    label_key: batch key of the integer labels.
+  """
+
+  num_classes: int
+  label_smoothing: float = 0.0
+  input_key: str = "image"
+  label_key: str = "label"
+
+  def __post_init__(self):
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"task.label_smoothing={self.label_smoothing}; allowed: [0, 1)")
+
+  def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
+    """The positional and keyword model arguments taken from `batch`."""
+    return (batch[self.input_key],), {}
+
+  def loss_and_metrics(self, logits: jnp.ndarray, batch: dict) -> tuple[jnp.ndarray, dict]:
+    """Args:
+      logits: [B, num_classes].
+      batch: with `label` [B] int and optionally `mask` [B] (1 real, 0 padding).
+
+    Returns:
+      (mean training loss over real examples, dict of metric sums incl. `count`).
+    """
+    labels = batch[self.label_key]
+    mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32))
+    logits = logits.astype(jnp.float32)
+    onehot = jax.nn.one_hot(labels, self.num_classes)
+    target = optax.smooth_labels(onehot, self.label_smoothing) if self.label_smoothing else onehot
+    per_example = optax.softmax_cross_entropy(logits, target)
+    count = mask.sum()
+    loss = (per_example * mask).sum() / jnp.maximum(count, 1.0)
+    # Top-k by rank: the label's logit beaten by fewer than k others.
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    rank = (logits > label_logit).sum(axis=-1)
+    metrics = {
+        "loss": (per_example * mask).sum(),
+        "accuracy": ((rank == 0) * mask).sum(),
+        "count": count,
+    }
+    if self.num_classes > 5:
+      metrics["top5_accuracy"] = ((rank < 5) * mask).sum()
+    return loss, metrics

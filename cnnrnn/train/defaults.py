@@ -1,0 +1,59 @@
+"""The fields every experiment config has, with their defaults.
+
+Experiment configs (configs/*.py) start from `default_config()` and override what they
+reproduce; `--config.FIELD=VALUE` overrides any field from the command line.
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "lenet5"  # cnnrnn.models.names(); other fields are the model's kwargs.
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "classification"
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "mnist"
+  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)  # Offline: folder of original files.
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "test"  # Periodic evaluation, logged as split "eval".
+  c.dataset.test_split = "test"  # Final evaluation, logged as split "test".
+  c.dataset.pad_to = ml_collections.FieldReference(None, field_type=int)
+  c.dataset.augment = "none"
+  c.dataset.read_threads = 2
+
+  c.batch_size = 128  # Global, over all devices and processes.
+  c.eval_batch_size = 512
+  c.num_epochs = 10
+  c.num_train_steps = 0  # > 0 overrides num_epochs.
+  c.grad_accum_steps = 1
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "momentum"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0
+  c.optimizer.clip_norm = 0.0
+
+  c.log_every_steps = 100
+  c.eval_every_steps = 0  # 0: only the final test evaluation.
+  c.checkpoint_every_steps = 1000
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.max_to_keep = 3
+  c.checkpoint.keep_best = False
+  c.checkpoint.best_metric = "accuracy"
+  c.checkpoint.best_mode = "max"
+  c.checkpoint.async_save = True
+
+  c.mesh = (("data", -1),)  # (axis, size) pairs; see cnnrnn.train.sharding.
+  c.profile_steps = 0  # > 0: a profiler trace of that many steps into workdir/profile.
+  c.progress_bar = True
+  return c

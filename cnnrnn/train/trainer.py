@@ -1,0 +1,265 @@
+"""The one trainer: config in, trained and evaluated model out.
+
+`train_and_evaluate(config, workdir)` builds the mesh, the data streams, the model, the
+task and the optimizer from `config`; jits `train_step` and `eval_step` once with
+`NamedSharding`s; trains with periodic logging, evaluation and checkpointing; resumes
+from the newest checkpoint in `workdir` when there is one; and ends with an evaluation
+on the test split, logged as `{"step": N, "split": "test", ...}`.
+"""
+
+import json
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cnnrnn import data
+from cnnrnn import models
+from cnnrnn import tasks
+from cnnrnn.train import optim
+from cnnrnn.train import sharding
+from cnnrnn.train import steps
+from cnnrnn.train.checkpoint import Checkpointer
+from cnnrnn.train.state import TrainState
+from cnnrnn.train.writers import MetricWriter, Progress
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def model_kwargs(model_config) -> dict:
+  """`config.model` minus its name, with dtype names turned into dtypes."""
+  kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
+  for field in ("dtype", "param_dtype"):
+    if isinstance(kwargs.get(field), str):
+      if kwargs[field] not in _DTYPES:
+        raise ValueError(f"model.{field}={kwargs[field]!r}; allowed: {', '.join(_DTYPES)}")
+      kwargs[field] = _DTYPES[kwargs[field]]
+  for k, v in kwargs.items():
+    if isinstance(v, list):
+      kwargs[k] = tuple(v)
+  return kwargs
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks names and numbers before anything is compiled or read.
+
+  Raises:
+    ValueError: naming the bad field and the allowed values.
+  """
+  models.get_constructor(config.model.name)
+  if config.task.name not in tasks.names():
+    raise ValueError(f"task.name={config.task.name!r}; known tasks: {', '.join(tasks.names())}")
+  optim.validate(config.optimizer)
+  for field in ("batch_size", "eval_batch_size"):
+    value = config[field]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{field}={value!r}; allowed: a positive integer")
+    if value % num_devices:
+      raise ValueError(
+          f"{field}={value} does not divide over the {num_devices} devices of the mesh; "
+          f"use a multiple of {num_devices}"
+      )
+  accum = config.get("grad_accum_steps", 1)
+  if accum < 1 or config.batch_size % (accum * num_devices):
+    raise ValueError(
+        f"grad_accum_steps={accum}: batch_size={config.batch_size} must be a multiple of "
+        f"grad_accum_steps x devices = {accum * num_devices}"
+    )
+  if not config.get("num_train_steps") and not config.get("num_epochs"):
+    raise ValueError("Set num_train_steps or num_epochs (both are unset or 0)")
+  for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    if config.get(field, 1) < 0:
+      raise ValueError(f"{field}={config.get(field)}; allowed: an integer >= 0 (0: never)")
+
+
+def _sum_metrics(metric_list: list[dict]) -> dict:
+  return {k: float(np.sum([m[k] for m in metric_list])) for k in metric_list[0]}
+
+
+def _means(sums: dict) -> dict:
+  """Metric sums -> per-example means (perplexity from the mean loss if the task wants it)."""
+  count = max(sums.get("count", 1.0), 1.0)
+  return {k: v / count for k, v in sums.items() if k not in ("count", "grad_norm")} | {
+      "num_examples": int(sums.get("count", 0))}
+
+
+def evaluate(eval_step, state, mesh, batches) -> dict:
+  """Runs `eval_step` over `batches` (each example exactly once) and returns means."""
+  sums = None
+  for batch in batches:
+    m = jax.device_get(eval_step(state, sharding.global_batch(mesh, batch)))
+    sums = m if sums is None else jax.tree.map(np.add, sums, m)
+  return _means({k: float(v) for k, v in sums.items()})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains and evaluates the model of `config`; resumes from `workdir` if possible.
+
+  Args:
+    config: an experiment config (see configs/*.py).
+    workdir: receives config.json, metrics.jsonl, TensorBoard events and checkpoints.
+
+  Returns:
+    The final test-split metrics (e.g. {"loss": ..., "accuracy": ..., "num_examples": ...}).
+  """
+  mesh = sharding.make_mesh(config.mesh)
+  validate_config(config, sharding.batch_partitions(mesh))
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  dataset = data.load(config.dataset.name, config.dataset.get("data_dir"),
+                      config.dataset.get("manual_dir"))
+  train_source = dataset.split(config.dataset.get("train_split", "train"))
+  eval_split = config.dataset.get("eval_split", "test")
+  test_split = config.dataset.get("test_split", "test")
+  dataset.split(eval_split), dataset.split(test_split)  # Fail early on a bad split name.
+  steps_per_epoch = len(train_source) // config.batch_size
+  total_steps = int(config.get("num_train_steps") or config.num_epochs * steps_per_epoch)
+
+  kwargs = model_kwargs(config.model)
+  if dataset.num_classes and kwargs.get("num_classes", dataset.num_classes) != dataset.num_classes:
+    raise ValueError(f"model.num_classes={kwargs['num_classes']} but dataset "
+                     f"{dataset.name!r} has {dataset.num_classes} classes")
+  model = models.create(config.model.name, **kwargs)
+  task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
+  task_kwargs.setdefault("num_classes", kwargs.get("num_classes", dataset.num_classes))
+  task = tasks.create(config.task.name, **task_kwargs)
+  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+
+  pc, pi = jax.process_count(), jax.process_index()
+  train_ds = data.train_dataset(
+      train_source, global_batch_size=config.batch_size, seed=config.seed,
+      preprocess=data.image_preprocess(config.dataset, dataset, train=True),
+      process_index=pi, process_count=pc, read_threads=config.dataset.get("read_threads", 2))
+  eval_preprocess = data.image_preprocess(config.dataset, dataset, train=False)
+
+  def eval_batches(split):
+    return data.eval_batches(dataset.split(split), global_batch_size=config.eval_batch_size,
+                             preprocess=eval_preprocess, process_index=pi, process_count=pc)
+
+  # Shapes of one example, from the real pipeline, to initialise the model.
+  example = next(iter(eval_batches(eval_split)))
+  init_args, init_kwargs = task.model_inputs({k: v[:1] for k, v in example.items()})
+
+  def init(rng):
+    params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, *init_args,
+                           train=False, **init_kwargs)
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                      opt_state=tx.init(params), rng=state_rng)
+
+  rng = jax.random.PRNGKey(config.seed)
+  abstract = jax.eval_shape(init, rng)
+  state_shardings = sharding.tree_shardings(mesh, abstract)
+  state = jax.jit(init, out_shardings=state_shardings)(rng)
+  if is_main:
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    logging.info("Model %s: %s parameters; %d steps (%d per epoch); mesh %s",
+                 config.model.name, f"{num_params:,}", total_steps, steps_per_epoch, dict(mesh.shape))
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  metrics_sharding = sharding.replicated(mesh)
+  train_step = jax.jit(
+      steps.make_train_step(model, task, tx, config.get("grad_accum_steps", 1)),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, metrics_sharding),
+      donate_argnums=0,
+  )
+  eval_step = jax.jit(steps.make_eval_step(model, task),
+                      in_shardings=(state_shardings, batch_sharding), out_shardings=metrics_sharding)
+
+  ckpt_cfg = config.get("checkpoint", ml_collections.ConfigDict())
+  checkpointer = Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.get("max_to_keep", 3),
+      keep_best=ckpt_cfg.get("keep_best", False), best_metric=ckpt_cfg.get("best_metric", "accuracy"),
+      best_mode=ckpt_cfg.get("best_mode", "max"), async_save=ckpt_cfg.get("async_save", True))
+  train_iter = iter(train_ds)
+  start = checkpointer.latest_step()
+  if start is not None:
+    abstract_sharded = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+    state, data_state = checkpointer.restore(start, abstract_sharded)
+    train_iter.set_state(data_state)
+    if is_main:
+      logging.info("Resumed from %s at step %d", workdir, start)
+  start = start or 0
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  progress = Progress(total_steps, start, enabled=is_main and config.get("progress_bar", True))
+  log_every = config.get("log_every_steps", 100) or total_steps
+  eval_every = config.get("eval_every_steps", 0)
+  ckpt_every = config.get("checkpoint_every_steps", 0)
+  profile_steps = config.get("profile_steps", 0)
+  profile_start = start + 5 if profile_steps else -1
+
+  pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched.
+  last_time, last_step = time.perf_counter(), start
+
+  def flush_train_metrics(step: int) -> None:
+    """Fetches pending metrics, stops on a non-finite loss, logs the interval's means."""
+    nonlocal last_time, last_step
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      if not math.isfinite(float(m["loss"])):
+        last_good = checkpointer.latest_step()
+        raise FloatingPointError(
+            f"Training loss is {float(m['loss'])} at step {s}; stopped. Last good checkpoint: "
+            f"{'step ' + str(last_good) if last_good is not None else 'none'} in {workdir}.")
+    now = time.perf_counter()
+    means = _means(_sum_metrics(fetched))
+    means["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
+    means["learning_rate"] = float(schedule(step - 1))
+    means["examples_per_sec"] = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
+    pending.clear()
+    last_time, last_step = now, step
+    writer.write(step, "train", means)
+    progress.update(step, loss=means["loss"], ex_per_s=round(means["examples_per_sec"]))
+
+  try:
+    for step in range(start + 1, total_steps + 1):
+      if step == profile_start:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      batch = sharding.global_batch(mesh, next(train_iter))
+      state, metrics = train_step(state, batch)
+      pending.append((step, metrics))
+      if step == profile_start + profile_steps - 1:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+      progress.update(step)
+      is_last = step == total_steps
+      if step % log_every == 0 or is_last or (ckpt_every and step % ckpt_every == 0):
+        flush_train_metrics(step)
+      if eval_every and step % eval_every == 0 and not is_last:
+        eval_metrics = evaluate(eval_step, state, mesh, eval_batches(eval_split))
+        writer.write(step, "eval", eval_metrics)
+        progress.write(f"step {step}: eval " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_metrics.items()))
+        checkpointer.save_best(step, state, train_iter.get_state(), eval_metrics)
+      if (ckpt_every and step % ckpt_every == 0) or is_last:
+        checkpointer.save(step, state, train_iter.get_state())
+    progress.close()
+    test_metrics = evaluate(eval_step, state, mesh, eval_batches(test_split))
+    final_step = int(jax.device_get(state.step))
+    writer.write(final_step, "test", test_metrics)
+  finally:
+    progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  if is_main:
+    summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in test_metrics.items())
+    print(f"Test ({test_split}) at step {final_step}: {summary}\nWorkdir: {os.path.abspath(workdir)}",
+          flush=True)
+  return test_metrics

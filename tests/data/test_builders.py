@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cnnrnn import data
+from cnnrnn.data import builders
+from tests.helpers import shared_dataset
+
+# Label counts published with the MNIST copy in ../shared/datasets/README.md.
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_mnist_builder_parses_the_original_files(data_dir):
+  ds = data.load("mnist", data_dir, shared_dataset("mnist"))
+  train, test = ds.split("train"), ds.split("test")
+  assert (len(train), len(test), ds.num_classes) == (60_000, 10_000, 10)
+  labels = np.array([train[i]["label"] for i in range(len(train))])
+  np.testing.assert_array_equal(np.bincount(labels), MNIST_TRAIN_COUNTS)
+  labels = np.array([test[i]["label"] for i in range(len(test))])
+  np.testing.assert_array_equal(np.bincount(labels), MNIST_TEST_COUNTS)
+  image = train[0]["image"]
+  assert image.shape == (28, 28, 1) and image.dtype == np.uint8 and image.max() == 255
+
+
+def test_fashion_mnist_builder(tmp_path):
+  ds = data.load("fashion_mnist", str(tmp_path), shared_dataset("fashion_mnist"))
+  assert (len(ds.split("train")), len(ds.split("test"))) == (60_000, 10_000)
+
+
+def test_read_idx_rejects_other_files(tmp_path):
+  bad = tmp_path / "bad-idx"
+  bad.write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)  # dtype code 0x0d: float, not uint8
+  with pytest.raises(ValueError, match="unsigned-byte IDX"):
+    builders.mnist.read_idx(str(bad))
+
+
+def test_missing_files_error_says_what_to_put_where(tmp_path):
+  (tmp_path / "manual").mkdir()
+  (tmp_path / "manual" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+  with pytest.raises(FileNotFoundError) as e:
+    data.load("mnist", str(tmp_path / "tfds"), str(tmp_path / "manual"))
+  msg = str(e.value)
+  assert "train-labels-idx1-ubyte.gz" in msg and "t10k-images-idx3-ubyte.gz" in msg
+  assert str(tmp_path / "manual") in msg and "cnnrnn.data.prepare" in msg
+
+
+def test_unknown_dataset_names_the_known_ones(tmp_path):
+  with pytest.raises(ValueError, match="mnist"):
+    data.load("no_such_dataset", str(tmp_path))
+
+
+def test_digits_split_is_fixed_and_stratified(data_dir):
+  ds = data.load("digits", data_dir)
+  train, test = ds.split("train"), ds.split("test")
+  assert len(train) + len(test) == 1797
+  test_labels = np.bincount([test[i]["label"] for i in range(len(test))], minlength=10)
+  assert test_labels.min() >= 35  # ~1/5 of each class (174..183 per class).
+
+
+def test_preparing_and_reading_never_imports_tensorflow(tmp_path):
+  code = (
+      "import sys; from cnnrnn import data; "
+      f"ds = data.load('digits', {str(tmp_path)!r}); ds.split('train')[0]; "
+      "import cnnrnn.train; "
+      "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+  )
+  subprocess.run([sys.executable, "-c", code], check=True)

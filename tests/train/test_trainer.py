@@ -1,0 +1,163 @@
+"""The trainer end to end: real data, sharding, exact resume, and every early error."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cnnrnn import train
+from configs import lenet5_mnist, quickstart
+from tests.helpers import REPO, shared_dataset
+
+
+def _quick(data_dir, **overrides):
+  c = quickstart.get_config()
+  c.dataset.data_dir = data_dir
+  c.progress_bar = False
+  c.num_train_steps = 6
+  c.log_every_steps = 3
+  c.checkpoint.async_save = False
+  for k, v in overrides.items():
+    node, *path = k.split(".")
+    target = c
+    for p in [node, *path][:-1]:
+      target = target[p]
+    target[[node, *path][-1]] = v
+  return c
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model.name", "lenet7", r"Unknown model name 'lenet7' \(model.name\); known models: .*lenet5"),
+    ("optimizer.name", "adagrad", r"optimizer.name='adagrad'; allowed: sgd, momentum, nesterov, adam, adamw"),
+    ("optimizer.learning_rate", -1e-3, r"optimizer.learning_rate=-0.001; allowed: a number >= 0"),
+    ("batch_size", 60, r"batch_size=60 does not divide over the 8 devices"),
+    ("eval_batch_size", 12, r"eval_batch_size=12 does not divide over the 8 devices"),
+    ("dataset.name", "mnistt", r"dataset.name='mnistt' is neither a cnnrnn builder \(.*mnist"),
+    ("task.name", "regression!", r"task.name='regression!'; known tasks"),
+    ("mesh", (("batch", -1),), r"mesh axis 'batch' in config.mesh; allowed axis names"),
+])
+def test_bad_config_fails_before_compiling(data_dir, tmp_path, monkeypatch, field, value, match):
+  assert len(jax.devices()) == 8
+  def no_compile(*args, **kwargs):
+    raise AssertionError("jax.jit was called before the config error was reported")
+  monkeypatch.setattr(jax, "jit", no_compile)
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(_quick(data_dir, **{field: value}), str(tmp_path))
+
+
+def test_outputs_and_resume_of_a_finished_run(data_dir, tmp_path):
+  c = _quick(data_dir)
+  first = train.train_and_evaluate(c, str(tmp_path))
+  assert set(first) >= {"loss", "accuracy", "top5_accuracy"} and first["num_examples"] == 364
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["split"]) for r in records] == [(3, "train"), (6, "train"), (6, "test")]
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "conv_stack"
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6"]
+  # The same command again: nothing left to train; the same test metrics.
+  assert train.train_and_evaluate(c, str(tmp_path)) == first
+
+
+def test_checkpoint_that_does_not_fit_the_model(data_dir, tmp_path):
+  train.train_and_evaluate(_quick(data_dir, **{"model.features": (8, 16)}), str(tmp_path))
+  with pytest.raises(ValueError, match=r"has shape .* but the model needs"):
+    train.train_and_evaluate(_quick(data_dir, **{"model.features": (8, 32)}), str(tmp_path))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_dir, tmp_path):
+  # A harmless first stretch that gets checkpointed, then the learning rate explodes.
+  c = _quick(data_dir, **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e-3,
+                          "optimizer.schedule": "step", "optimizer.decay_boundaries": (4,),
+                          "optimizer.decay_factor": 1e35, "num_train_steps": 12,
+                          "checkpoint_every_steps": 1, "log_every_steps": 1})
+  with pytest.raises(FloatingPointError, match=r"at step \d+; stopped. Last good checkpoint: step \d+"):
+    train.train_and_evaluate(c, str(tmp_path))
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert kept and max(kept) >= 3
+
+
+@pytest.mark.slow
+def test_lenet5_on_real_mnist(data_dir, tmp_path):
+  c = lenet5_mnist.get_config()
+  c.dataset.data_dir = data_dir
+  c.dataset.manual_dir = shared_dataset("mnist")
+  c.num_epochs = 2
+  c.progress_bar = False
+  c.eval_every_steps = 0
+  metrics = train.train_and_evaluate(c, str(tmp_path))
+  assert metrics["num_examples"] == 10_000
+  assert metrics["accuracy"] >= 0.98
+
+
+def _cli(workdir, data_dir, devices, *flags):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  cmd = [sys.executable, "-m", "cnnrnn.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
+         f"--config.dataset.data_dir={data_dir}", "--config.progress_bar=False", *flags]
+  return cmd, dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _final(workdir, step):
+  path = pathlib.Path(workdir) / "checkpoints" / str(step)
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(path / "state")
+  return state, json.loads((path / "data" / "metadata").read_text()) if (path / "data" / "metadata").exists() else None
+
+
+def _leaves(tree):
+  return jax.tree_util.tree_leaves_with_path(tree)
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one(data_dir, tmp_path):
+  flags = ["--config.num_train_steps=20", "--config.model.batch_norm=True", "--config.model.dropout=0.2",
+           "--config.checkpoint_every_steps=20", "--config.eval_every_steps=0"]
+  for devices in (1, 8):
+    cmd, kw = _cli(tmp_path / f"d{devices}", data_dir, devices, *flags)
+    proc = subprocess.run(cmd, **kw)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+  one, _ = _final(tmp_path / "d1", 20)
+  eight, _ = _final(tmp_path / "d8", 20)
+  for (path, a), (_, b) in zip(_leaves(one["params"]), _leaves(eight["params"])):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+  for (path, a), (_, b) in zip(_leaves(one["model_state"]), _leaves(eight["model_state"])):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bitwise(data_dir, tmp_path):
+  steps = 120
+  flags = [f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=10",
+           "--config.log_every_steps=10", "--config.eval_every_steps=0", "--config.model.dropout=0.1"]
+  cmd, kw = _cli(tmp_path / "straight", data_dir, 2, *flags)
+  assert subprocess.run(cmd, **kw).returncode == 0
+
+  cmd, kw = _cli(tmp_path / "killed", data_dir, 2, *flags)
+  proc = subprocess.Popen(cmd, **kw)
+  ckpts = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while not (ckpts.exists() and any(s.isdigit() and int(s) >= 30 for s in os.listdir(ckpts))):
+    assert proc.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
+  assert done and max(done) < steps, "killed too late to test resumption"
+  proc = subprocess.run(cmd, **kw)
+  assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+
+  straight, _ = _final(tmp_path / "straight", steps)
+  resumed, _ = _final(tmp_path / "killed", steps)
+  for (path, a), (_, b) in zip(_leaves(straight), _leaves(resumed)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  assert len(_leaves(straight)) == len(_leaves(resumed))
+  lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(lines[-1])["split"] == "test"
