@@ -4,6 +4,7 @@ Running the same command again on the same workdir resumes from its last checkpo
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -15,8 +16,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
 _MULTIPROCESS = flags.DEFINE_bool(
     "multiprocess", None,
-    "Call jax.distributed.initialize() (several processes). Default: when JAX's cluster "
-    "environment variables (e.g. JAX_COORDINATOR_ADDRESS) or a TPU pod are detected.")
+    "Call jax.distributed.initialize() (several processes). Default: when --num_processes, "
+    "JAX_COORDINATOR_ADDRESS or a SLURM job with several tasks is present. On Cloud TPU pods "
+    "and SLURM, JAX finds the coordinator, process count and id itself.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,13 +42,20 @@ def main(argv):
 
   multiprocess = _MULTIPROCESS.value
   if multiprocess is None:
-    multiprocess = "JAX_COORDINATOR_ADDRESS" in os.environ or "SLURM_NTASKS" in os.environ
+    multiprocess = (_NUM_PROCESSES.value is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
+                    or int(os.environ.get("SLURM_NTASKS", "1")) > 1)
   if multiprocess:
-    jax.distributed.initialize()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only processes.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from cnnrnn.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Configuration and data errors carry their own explanation; a traceback adds noise.
+    sys.exit(f"error: {e}")
 
 
 def run():

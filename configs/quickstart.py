@@ -16,6 +16,8 @@ def get_config():
   c.model.features = (32, 64)
   c.model.pool_every = 1
   c.model.dense = (128,)
+  c.model.batch_norm = False
+  c.model.dropout = 0.0
   c.dataset.name = "digits"
   c.batch_size = 64
   c.eval_batch_size = 128

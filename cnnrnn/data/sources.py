@@ -32,9 +32,15 @@ def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
+def _feature(info, key: str):
+  try:
+    return info.features[key]
+  except (KeyError, TypeError):
+    return None
+
+
 def _num_classes(info) -> int | None:
-  label = info.features.get("label") if hasattr(info.features, "get") else None
-  return getattr(label, "num_classes", None)
+  return getattr(_feature(info, "label"), "num_classes", None)
 
 
 def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
@@ -82,7 +88,7 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None) 
         f"nor a TFDS dataset prepared as ArrayRecord in {data_dir} ({type(e).__name__}: {e})"
     ) from e
   info = next(iter(sources.values())).dataset_info
-  image = info.features.get("image") if hasattr(info.features, "get") else None
+  image = _feature(info, "image")
   channels = image.shape[-1] if image is not None and image.shape else 3
   # ImageNet statistics for RGB datasets without their own; 0.5 otherwise.
   mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.5,), (0.5,))

@@ -348,7 +348,7 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
                          f"fit {name!r}, which expects {tuple(leaf.shape)}; model kwargs: {model_kwargs}")
   out = {}
   for e in entries:
-    out[e.torch_key] = np.ascontiguousarray(e.to_torch(np.asarray(_leaf(variables, e))))
+    out[e.torch_key] = np.array(e.to_torch(np.asarray(_leaf(variables, e))), order="C")  # writable copy
   for key, value in extras.items():
     out[key] = np.full_like(value, num_batches_tracked)
   if tensors:

@@ -5,7 +5,7 @@ filters, no local response normalisation and no grouped convolutions, so its wei
 here (`cnnrnn.interop.torch`). 61,100,840 parameters with 1000 classes.
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,8 +34,9 @@ class AlexNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   # (features, kernel, stride, padding, max-pool 3x3/2 after it)
-  _CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
-            (256, 3, 1, 1, False), (256, 3, 1, 1, True))
+  _CONVS: ClassVar[tuple[tuple[int, int, int, int, bool], ...]] = (
+      (64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
+      (256, 3, 1, 1, False), (256, 3, 1, 1, True))
 
   @nn.compact
   def __call__(self, x, *, train: bool):

@@ -66,16 +66,18 @@ class _RecurrentDot:
       raise ValueError(f"rdot gates must be a contiguous non-empty slice, got {gates}")
     return block.start * width, block.stop * width
 
-  def _product(self, a: Array, lo: int, hi: int, k: int) -> Array:
-    kernel = self.kernel if (lo, hi) == (0, self.kernel.shape[1]) else self.kernel[:, lo:hi]
-    p = jnp.dot(a, kernel)
+  def _kernel(self, lo: int, hi: int) -> Array:
+    return self.kernel if (lo, hi) == (0, self.kernel.shape[1]) else self.kernel[:, lo:hi]
+
+  def _product(self, a: Array, lo: int, hi: int) -> Array:
+    p = jnp.dot(a, self._kernel(lo, hi))
     if self.bias is not None:
       p = p + _bias_row(self.bias[lo:hi], p.ndim)
     return p
 
   def __call__(self, a: Array, gates: slice = slice(None)) -> Array:
     lo, hi = self._cols(gates)
-    p = self._product(a, lo, hi, len(self.products))
+    p = self._product(a, lo, hi)
     self.operands.append(a)
     self.products.append(p)
     self.columns.append((lo, hi))
@@ -109,9 +111,9 @@ class _ReplayDot(_RecurrentDot):
     super().__init__(kernel, bias)
     self.saved, self.taps = saved, taps
 
-  def _product(self, a, lo, hi, k):
-    kernel = self.kernel if (lo, hi) == (0, self.kernel.shape[1]) else self.kernel[:, lo:hi]
-    return _replay_product(a, kernel, self.saved[k], self.taps[k])
+  def _product(self, a, lo, hi):
+    k = len(self.products)  # This is the k-th rdot call of the step.
+    return _replay_product(a, self._kernel(lo, hi), self.saved[k], self.taps[k])
 
 
 class RecurrentCell(nn.Module):
@@ -165,6 +167,7 @@ class RecurrentCell(nn.Module):
     kernel = kernel.astype(self.dtype)
     return kernel, None if bias is None else bias.astype(self.dtype)
 
+  @nn.nowrap  # Pure: no variable access, so it may run inside any jax transform.
   def step(self, rdot: Callable[..., Array], carry: Carry, xp: Array) -> tuple[Carry, Array]:
     """One time step from the projected input xp [..., G*H]; see the module docstring.
 
@@ -246,6 +249,7 @@ class SimpleRNNCell(RecurrentCell):
   num_gates: ClassVar[int] = 1
   nonlinearity: str = "tanh"
 
+  @nn.nowrap
   def step(self, rdot, carry, xp):
     if self.nonlinearity not in _NONLINEARITIES:
       raise ValueError(f"nonlinearity={self.nonlinearity!r}; allowed: {sorted(_NONLINEARITIES)}")
@@ -279,6 +283,7 @@ class LSTMCell(RecurrentCell):
 
     return init
 
+  @nn.nowrap
   def step(self, rdot, carry, xp):
     c, h = carry
     z = xp + rdot(h)
@@ -323,6 +328,7 @@ class GRUCell(RecurrentCell):
   def _has_recurrent_bias(self) -> bool:
     return self.use_bias and (self.recurrent_bias or self.reset_after)
 
+  @nn.nowrap
   def step(self, rdot, h, xp):
     x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
     if self.reset_after:
@@ -457,6 +463,9 @@ class RNN(nn.Module):
   For the gradient-flow analysis, when the 'perturbations' collection is passed to `apply`
   (or made mutable outside `init`), a zero perturbation `hidden_states` [B, T, H] is added
   to every step's hidden state; its gradient is dL/dh_t. That path uses plain autodiff.
+
+  `custom_vjp=True` supports reverse-mode differentiation (grad, vjp) only; use
+  `custom_vjp=False` for forward-mode (jvp, jacfwd) or higher-order derivatives.
 
   Attributes:
     cell: the cell (its parameters live under `cell/`).

@@ -1,5 +1,6 @@
 """Weight conversion to and from torchvision: parity in eval mode, exact round trips, errors."""
 
+import functools
 import jax
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ torch = pytest.importorskip("torch")
 tv_models = pytest.importorskip("torchvision.models")
 
 
+@functools.cache
 def _random_torchvision(name, num_classes=1000):
   """A torchvision model in eval mode with random weights and random BatchNorm statistics."""
   torch.manual_seed(0)
@@ -49,7 +51,7 @@ def test_round_trip_is_exact(name):
   state_dict = _random_torchvision(name).state_dict()
   variables = torch_zoo.from_torch(name, state_dict)
   back = torch_zoo.to_torch(name, variables)
-  assert list(back) == list(state_dict)  # same keys, same order
+  assert set(back) == set(state_dict)
   for key, value in state_dict.items():
     assert back[key].dtype == value.numpy().dtype, key
     np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
@@ -57,22 +59,33 @@ def test_round_trip_is_exact(name):
   _random_torchvision(name).load_state_dict(tensors)  # strict: every key, every shape
 
 
-def test_every_cnn_name_converts_both_ways():
-  for name in torch_zoo.names():
-    model = models.create(name, num_classes=10)
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    rng = np.random.RandomState(0)
-    variables = jax.tree.map(lambda a: rng.randn(*a.shape).astype(a.dtype), abstract)
-    state_dict = torch_zoo.to_torch(name, variables, num_classes=10)
-    again = torch_zoo.from_torch(name, state_dict, num_classes=10)
-    assert jax.tree.all(jax.tree.map(np.array_equal, again, variables)), name
+@pytest.mark.parametrize("name", [n for n in torch_zoo.names() if not n.startswith("cifar")])
+def test_keys_and_shapes_equal_torchvision(name):
+  with torch.device("meta"):  # shapes only, nothing allocated
+    want = {k: tuple(v.shape) for k, v in getattr(tv_models, name)().state_dict().items()}
+  abstract, entries, extras = torch_zoo._prepare(name, {})  # pylint: disable=protected-access
+  got = {k: tuple(v.shape) for k, v in extras.items()}
+  for e in entries:
+    leaf = jax.ShapeDtypeStruct(torch_zoo._leaf(abstract, e).shape, np.float32)  # pylint: disable=protected-access
+    got[e.torch_key] = tuple(jax.eval_shape(e.to_torch, leaf).shape)
+  assert got == want
+
+
+@pytest.mark.parametrize("name", [n for n in torch_zoo.names() if n.startswith("cifar")])
+def test_cifar_round_trip_is_exact(name):
+  model = models.create(name)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  rng = np.random.RandomState(0)
+  variables = jax.tree.map(lambda a: rng.randn(*a.shape).astype(a.dtype), abstract)
+  again = torch_zoo.from_torch(name, torch_zoo.to_torch(name, variables))
+  assert jax.tree.all(jax.tree.map(np.array_equal, again, variables))
 
 
 def test_cifar_resnet_uses_torchvision_style_names():
   model = models.create("cifar_resnet20")
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32), train=False))
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
   variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
   keys = torch_zoo.to_torch("cifar_resnet20", variables)
   assert {"conv1.weight", "bn1.running_var", "layer3.2.bn2.num_batches_tracked",
@@ -89,7 +102,7 @@ def test_wrong_shape_names_the_key():
 
 def test_wrong_num_classes_is_explained():
   state_dict = _random_torchvision("resnet18").state_dict()
-  with pytest.raises(ValueError, match=r"fc\.weight.*num_classes"):
+  with pytest.raises(ValueError, match=r"fc\.(weight|bias): shape .*num_classes"):
     torch_zoo.from_torch("resnet18", state_dict, num_classes=10)
 
 

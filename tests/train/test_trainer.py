@@ -161,3 +161,23 @@ def test_killed_run_resumes_bitwise(data_dir, tmp_path):
   assert len(_leaves(straight)) == len(_leaves(resumed))
   lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
   assert json.loads(lines[-1])["split"] == "test"
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_work(data_dir, tmp_path):
+  """Two cooperating processes (gloo collectives), each reading its own shard."""
+  import portpicker  # pylint: disable=g-import-not-at-top
+
+  port = portpicker.pick_unused_port()
+  procs = []
+  for i in range(2):
+    cmd, kw = _cli(tmp_path, data_dir, 1, "--config.num_train_steps=30", "--config.eval_every_steps=0",
+                   f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}")
+    procs.append(subprocess.Popen(cmd, **kw))
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-3000:]
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  test = [r for r in records if r["split"] == "test"]
+  assert len(test) == 1 and test[0]["num_examples"] == 364  # Written once, every example once.
+  assert test[0]["accuracy"] > 0.5

@@ -10,6 +10,8 @@ ArrayRecord (with encoded images) reads through the same pipeline.
 """
 
 import os
+import socket
+import urllib.parse
 
 import tensorflow_datasets as tfds
 
@@ -48,6 +50,14 @@ class RawFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             + self.missing_files_message(manual_dir)
         )
       return {f: os.path.join(manual_dir, f) for f in self.FILES}
+    host = urllib.parse.urlparse(self.URL).hostname
+    try:  # Offline, fail now rather than after the download manager's minutes of retries.
+      socket.getaddrinfo(host, 443)
+    except OSError as e:
+      raise FileNotFoundError(
+          f"Could not download {self.name!r}: cannot resolve {host} ({e}). "
+          + self.missing_files_message(None)
+      ) from e
     try:
       paths = dl_manager.download({f: self.URL + f for f in self.FILES})
     except Exception as e:  # Offline, blocked host, ...: say what to do instead.

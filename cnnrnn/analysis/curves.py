@@ -1,0 +1,68 @@
+"""Training curves from a workdir's metrics.jsonl, as a PNG.
+
+  python -m cnnrnn.analysis.curves --workdir=workdirs/lenet5 [--out=curves.png]
+"""
+
+import json
+import os
+from collections.abc import Sequence
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of `workdir`/metrics.jsonl, in order (resumed runs append)."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdir: str, out: str | None = None,
+                metrics: Sequence[str] = ("loss", "accuracy"), title: str | None = None) -> str:
+  """One panel per metric, a line per split (train, eval) and a marker for the final test.
+
+  Returns:
+    The path of the PNG written (default: `workdir`/curves.png).
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  records = read_metrics(workdir)
+  metrics = [m for m in metrics if any(m in r for r in records)]
+  if not metrics:
+    raise ValueError(f"none of the requested metrics appear in {workdir}/metrics.jsonl")
+  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+  for ax, name in zip(axes[0], metrics):
+    for split, style in (("train", "-"), ("eval", "o-")):
+      points = {r["step"]: r[name] for r in records if r["split"] == split and name in r}
+      if points:  # A resumed run may log a step twice; the later record wins.
+        steps = sorted(points)
+        ax.plot(steps, [points[s] for s in steps], style, ms=3, label=split)
+    for r in records:
+      if r["split"] == "test" and name in r:
+        ax.plot([r["step"]], [r[name]], "r*", ms=10, label=f"test {r[name]:.4g}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(name)
+    if name == "loss":
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title or os.path.basename(os.path.normpath(workdir)))
+  fig.tight_layout()
+  out = out or os.path.join(workdir, "curves.png")
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def main(argv):
+  del argv
+  print(plot_curves(_WORKDIR.value, _OUT.value, _METRICS.value))
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A cnnrnn workdir.", required=True)
+  _OUT = flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png).")
+  _METRICS = flags.DEFINE_list("metrics", ["loss", "accuracy"], "Metrics to plot.")
+  app.run(main)

@@ -1,0 +1,18 @@
+import json
+
+import pytest
+
+from cnnrnn.analysis import curves
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+  records = [{"step": s, "split": "train", "loss": 1.0 / s, "accuracy": 1 - 1.0 / s} for s in (1, 2, 3)]
+  records += [{"step": 3, "split": "eval", "loss": 0.4, "accuracy": 0.7},
+              {"step": 3, "split": "test", "loss": 0.5, "accuracy": 0.6}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+  out = curves.plot_curves(str(tmp_path))
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert len(curves.read_metrics(str(tmp_path))) == 5
+  with pytest.raises(ValueError, match="none of the requested metrics"):
+    curves.plot_curves(str(tmp_path), metrics=("bleu",))
