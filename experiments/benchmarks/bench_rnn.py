@@ -1,32 +1,43 @@
 """Training-step time of recurrent language models: cnnrnn vs PyTorch eager vs naive Flax.
 
-A step is forward + backward + SGD update, float32, no dropout. Competitors:
+A step is forward + backward + SGD update, float32, no dropout, the same architecture on
+every side (embedding -> L recurrent layers -> dense to the vocabulary, softmax
+cross-entropy). Competitors:
   ours        cnnrnn RNNLM: input projection hoisted out of the loop + the custom VJP
               (recurrent-weight gradient as one matmul after the backward loop); jit, donate.
   ours-ad     the same driver differentiated by plain autodiff (custom_vjp=False).
   flax-naive  flax.linen.RNN over flax.linen.LSTMCell / GRUCell (per-step input matmul).
   torch       torch.nn.Embedding + nn.LSTM / nn.GRU + nn.Linear, eager, torch.optim.SGD.
 
-Competitors run interleaved (A B C D A B C D ...) so that load from other processes hits
-all of them alike; the table gives the median and the spread (min-max) in ms per step and
-torch/ours (above 1: ours faster).
+Interleaved A B C D A B C D (experiments/benchmarks/harness.py), medians; the tables give
+speed vs torch = torch median / competitor median (above 1: faster than PyTorch). Not a test.
 
-  python experiments/benchmarks/bench_rnn.py [--rounds 15] [--configs lstm_lm,gru_lm,char_lstm]
+    python experiments/benchmarks/bench_rnn.py [--rounds=6] [--configs=lstm_lm,gru_lm,char_lstm]
+    taskset -c 0 python experiments/benchmarks/bench_rnn.py --torch_threads=1   # one core
+
+PyTorch's OpenMP threads degrade badly when another process holds a core (a 2-thread
+LSTM LM step went from ~0.7 s to 1-4 s); on a shared machine compare the one-core run too.
 """
 
 import argparse
 import functools
-import statistics
-import time
+import os
+import sys
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import torch
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
 
-from cnnrnn.models.rnn_lm import RNNLM
+harness.xla_flags_from_argv(sys.argv)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+
+from cnnrnn.models.rnn_lm import RNNLM  # noqa: E402
 
 CONFIGS = {
     # Zaremba et al. 2014 medium: 2x650, unroll 35, batch 20, 10k vocabulary.
@@ -71,6 +82,7 @@ def jax_step_fn(model, lr=0.1):
 
 
 class TorchLM(torch.nn.Module):
+  """The same LM in PyTorch (nn.LSTM / nn.GRU use oneDNN/ATen fused kernels on CPU)."""
 
   def __init__(self, vocab, hidden, layers, cell):
     super().__init__()
@@ -84,6 +96,7 @@ class TorchLM(torch.nn.Module):
 
 
 def make_competitors(cfg, seed=0):
+  """name -> zero-argument callable running one blocking training step."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, cfg["vocab"], (cfg["batch"], cfg["seq"]), dtype=np.int32)
   targets = rng.integers(0, cfg["vocab"], (cfg["batch"], cfg["seq"]), dtype=np.int32)
@@ -123,37 +136,29 @@ def make_competitors(cfg, seed=0):
   return competitors
 
 
-def bench(name, cfg, rounds, warmup=2):
-  competitors = make_competitors(cfg)
-  for run in competitors.values():  # Compile / warm up.
-    for _ in range(warmup):
-      run()
-  times = {k: [] for k in competitors}
-  for _ in range(rounds):
-    for k, run in competitors.items():
-      t0 = time.perf_counter()
-      run()
-      times[k].append(1e3 * (time.perf_counter() - t0))
-  return times
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--rounds", type=int, default=15)
+  parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per turn")
   parser.add_argument("--configs", default=",".join(CONFIGS))
+  parser.add_argument("--torch_threads", type=int, default=None)
+  parser.add_argument("--xla_flags", default="", help="appended to $XLA_FLAGS")
   args = parser.parse_args()
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
   print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"devices {jax.devices()}")
-  header = f"{'config':<10} {'competitor':<11} {'median ms':>10} {'min-max ms':>16} {'torch/this':>11}"
-  print(header)
-  print("-" * len(header))
+        f"{affinity} usable cores, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
   for name in args.configs.split(","):
-    times = bench(name, CONFIGS[name], args.rounds)
-    torch_med = statistics.median(times["torch"])
-    for k, ts in times.items():
-      med = statistics.median(ts)
-      print(f"{name:<10} {k:<11} {med:10.1f} {min(ts):7.1f}-{max(ts):<8.1f} "
-            f"{torch_med / med:11.2f}", flush=True)
+    cfg = CONFIGS[name]
+    times = harness.interleave(make_competitors(cfg), rounds=args.rounds, steps=args.steps,
+                               warmup=2)
+    title = (f"{name}: {cfg['cell']} {cfg['layers']}x{cfg['hidden']}, T={cfg['seq']}, "
+             f"B={cfg['batch']}, V={cfg['vocab']}")
+    print(harness.table(times, "torch", title))
+    spread = {k: (1e3 * min(t), 1e3 * max(t)) for k, t in times.items()}
+    print("min-max ms: " + ", ".join(f"{k} {lo:.0f}-{hi:.0f}" for k, (lo, hi) in spread.items()))
+    print(flush=True)
 
 
 if __name__ == "__main__":
