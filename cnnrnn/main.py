@@ -38,6 +38,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  if config.get("xla_flags"):
+    # Read by XLA when the backend starts, which is below: importing jax does not start it.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
   import jax  # pylint: disable=g-import-not-at-top
 
   multiprocess = _MULTIPROCESS.value
@@ -52,7 +56,7 @@ def main(argv):
 
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(config, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Configuration and data errors carry their own explanation; a traceback adds noise.
     sys.exit(f"error: {e}")

@@ -514,7 +514,9 @@ class RNN(nn.Module):
     carry = (self.cell.initialize_carry(None, inputs[:, 0].shape)
              if initial_carry is None else initial_carry)
 
-    xp = jnp.swapaxes(self.cell.project_inputs(inputs), 0, 1)  # [T, B, G*H]
+    # Transposing the F-wide inputs (not the G*H-wide projection) keeps the projection and
+    # its weight gradient plain [T*B, F] x [F, G*H] matmuls with no big transposes.
+    xp = self.cell.project_inputs(jnp.swapaxes(inputs, 0, 1))  # [T, B, G*H]
     kernel, bias = self.cell.recurrent_weights()
 
     delta = None

@@ -26,6 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.test_split = "test"  # Final evaluation, logged as split "test".
   c.dataset.pad_to = ml_collections.FieldReference(None, field_type=int)
   c.dataset.augment = "none"
+  c.dataset.cache = "auto"  # Read splits under 1 GiB into memory once (True/False to force).
   c.dataset.read_threads = 2
 
   c.batch_size = 128  # Global, over all devices and processes.
@@ -54,6 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.async_save = True
 
   c.mesh = (("data", -1),)  # (axis, size) pairs; see cnnrnn.train.sharding.
+  # Extra XLA_FLAGS, applied by the command line before the backend starts (e.g. CPU
+  # backend choices measured in experiments/benchmarks); ignored by train_and_evaluate.
+  c.xla_flags = ""
   c.profile_steps = 0  # > 0: a profiler trace of that many steps into workdir/profile.
   c.progress_bar = True
   return c

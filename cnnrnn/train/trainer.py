@@ -114,10 +114,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   dataset = data.load(config.dataset.name, config.dataset.get("data_dir"),
                       config.dataset.get("manual_dir"))
-  train_source = dataset.split(config.dataset.get("train_split", "train"))
+  cache = config.dataset.get("cache", "auto")
+  train_source = dataset.open_split(config.dataset.get("train_split", "train"), cache)
   eval_split = config.dataset.get("eval_split", "test")
   test_split = config.dataset.get("test_split", "test")
-  dataset.split(eval_split), dataset.split(test_split)  # Fail early on a bad split name.
+  eval_sources = {s: dataset.open_split(s, cache) for s in {eval_split, test_split}}
   steps_per_epoch = len(train_source) // config.batch_size
   total_steps = int(config.get("num_train_steps") or config.num_epochs * steps_per_epoch)
 
@@ -139,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_preprocess = data.image_preprocess(config.dataset, dataset, train=False)
 
   def eval_batches(split):
-    return data.eval_batches(dataset.split(split), global_batch_size=config.eval_batch_size,
+    return data.eval_batches(eval_sources[split], global_batch_size=config.eval_batch_size,
                              preprocess=eval_preprocess, process_index=pi, process_count=pc)
 
   # Shapes of one example, from the real pipeline, to initialise the model.

@@ -81,3 +81,14 @@ def test_image_preprocess_pads_normalises_and_augments():
   assert out.shape == img.shape and set(np.unique(out)) <= set(np.unique(img)) | {0}
   with pytest.raises(ValueError, match="augment"):
     data.ImagePreprocess(mean=(0.0,), std=(1.0,), augment="mixup")
+
+
+def test_in_memory_copy_reads_the_same_batches():
+  src = ArraySource(37)
+  mem = data.pipeline.InMemory(src, chunk=10)
+  idx = [36, 0, 5, 5, 17]
+  for k, v in data.pipeline.read_batch(src, idx).items():
+    np.testing.assert_array_equal(mem.read_batch(idx)[k], v)
+  a = iter(data.train_dataset(src, global_batch_size=8, seed=3, preprocess=_identity))
+  b = iter(data.train_dataset(mem, global_batch_size=8, seed=3, preprocess=_identity))
+  np.testing.assert_array_equal(np.concatenate(_take(a, 9)), np.concatenate(_take(b, 9)))
