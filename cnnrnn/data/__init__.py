@@ -5,8 +5,16 @@ from cnnrnn.data.pipeline import eval_batches, train_dataset
 from cnnrnn.data.sources import Dataset, load, prepare
 
 
-def image_preprocess(dataset_config, dataset: Dataset, *, train: bool) -> ImagePreprocess:
-  """The image preprocessing named by a `config.dataset` block, for `dataset`."""
+def _as_is(batch: dict, rng=None) -> dict:
+  del rng
+  return batch
+
+
+def preprocessor(dataset_config, dataset: Dataset, *, train: bool):
+  """The batch preprocessing named by a `config.dataset` block, for `dataset`: image
+  normalisation/padding/augmentation for image datasets, none for the others."""
+  if not dataset.is_image:
+    return _as_is
   return ImagePreprocess(
       mean=dataset.mean,
       std=dataset.std,

@@ -43,14 +43,24 @@ def _local_batch_size(global_batch_size: int, process_count: int, field: str) ->
 class InMemory:
   """A split read once into stacked numpy arrays; a batch is then one fancy-indexing op."""
 
-  def __init__(self, source, chunk: int = 8192):
-    chunks = [read_batch(source, range(i, min(i + chunk, len(source))))
-              for i in range(0, len(source), chunk)]
-    self.arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    self._len = len(source)
+  def __init__(self, source=None, chunk: int = 8192, *, arrays: dict | None = None):
+    if arrays is None:
+      chunks = [read_batch(source, range(i, min(i + chunk, len(source))))
+                for i in range(0, len(source), chunk)]
+      arrays = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    self.arrays = arrays
+    self._len = len(next(iter(arrays.values())))
+
+  @classmethod
+  def from_arrays(cls, arrays: dict) -> "InMemory":
+    """Wraps a dict of equally long arrays (e.g. a synthetic task's)."""
+    return cls(arrays=arrays)
 
   def __len__(self):
     return self._len
+
+  def __getitem__(self, i: int) -> dict:
+    return {k: v[i] for k, v in self.arrays.items()}
 
   def read_batch(self, indices) -> dict:
     indices = np.asarray(indices, np.int64)

@@ -8,6 +8,7 @@ import jax
 import tensorflow_datasets as tfds
 
 from cnnrnn.data import builders
+from cnnrnn.data import synthetic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,8 +18,9 @@ class Dataset:
   name: str
   splits: dict[str, Any]  # split name -> random-access source (len, __getitem__)
   num_classes: int | None
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
+  mean: tuple[float, ...] = (0.5,)
+  std: tuple[float, ...] = (0.5,)
+  is_image: bool = True
 
   def split(self, name: str):
     if name not in self.splits:
@@ -90,13 +92,18 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   return builder
 
 
-def load(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+         options: dict | None = None) -> Dataset:
   """Opens dataset `name`, preparing it first when it is one of cnnrnn's own.
 
   Preparation runs on process 0 only; the other processes wait for it. Datasets that are
   not cnnrnn's own (e.g. imagenet2012) must already be prepared as ArrayRecord in
-  `data_dir` (by TFDS or otherwise) and are opened with `tfds.data_source`.
+  `data_dir` (by TFDS or otherwise) and are opened with `tfds.data_source`. Synthetic
+  tasks (`synthetic.TASKS`) are generated in memory from `options` (the `config.dataset`
+  fields, e.g. seq_len, num_train, num_test, seed).
   """
+  if name in synthetic.TASKS:
+    return synthetic_dataset(name, options or {})
   data_dir = data_dir or default_data_dir()
   if name in builders.BUILDERS:
     cls = builders.BUILDERS[name]
@@ -114,7 +121,8 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None) 
     sources = tfds.data_source(name, data_dir=data_dir)
   except Exception as e:
     raise ValueError(
-        f"dataset.name={name!r} is neither a cnnrnn builder ({', '.join(sorted(builders.BUILDERS))}) "
+        f"dataset.name={name!r} is neither a cnnrnn builder ({', '.join(sorted(builders.BUILDERS))}), "
+        f"a synthetic task ({', '.join(sorted(synthetic.TASKS))}) "
         f"nor a TFDS dataset prepared as ArrayRecord in {data_dir} ({type(e).__name__}: {e})"
     ) from e
   info = next(iter(sources.values())).dataset_info
@@ -123,3 +131,21 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None) 
   # ImageNet statistics for RGB datasets without their own; 0.5 otherwise.
   mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.5,), (0.5,))
   return Dataset(name, dict(sources), _num_classes(info), mean, std)
+
+
+def synthetic_dataset(name: str, options: dict) -> Dataset:
+  """A synthetic task as a Dataset: "train" and "test" splits generated from two seeds.
+
+  Options (from `config.dataset`): num_train (default 100,000), num_test (10,000), seed
+  (0; the test split uses seed + 1), and the generator's own arguments (e.g. seq_len).
+  """
+  from cnnrnn.data.pipeline import InMemory  # pylint: disable=g-import-not-at-top
+
+  generate, arg_names, num_classes = synthetic.TASKS[name]
+  args = {k: options[k] for k in arg_names if options.get(k) is not None}
+  seed = int(options.get("seed") or 0)
+  splits = {
+      "train": InMemory.from_arrays(generate(int(options.get("num_train") or 100_000), seed=seed, **args)),
+      "test": InMemory.from_arrays(generate(int(options.get("num_test") or 10_000), seed=seed + 1, **args)),
+  }
+  return Dataset(name, splits, num_classes, is_image=False)

@@ -149,3 +149,11 @@ def temporal_order(num_examples: int, seq_len: int = 100, *, num_relevant: int =
     inputs[rows, pos] = np.where(bits[:, k] == 1, _Y, _X)
   targets = (bits * (2 ** np.arange(num_relevant - 1, -1, -1))[None, :]).sum(axis=1)
   return {"inputs": inputs, "targets": targets.astype(np.int32), "seq_lengths": lengths}
+
+
+# name -> (generator, its arguments settable from config.dataset, number of classes or None).
+TASKS = {
+    "adding_problem": (adding_problem, ("seq_len",), None),
+    "copy_task": (copy_task, ("delay", "copy_length", "num_symbols"), None),
+    "temporal_order": (temporal_order, ("seq_len", "num_relevant"), None),
+}

@@ -149,8 +149,9 @@ def _check_tree(expected, got, prefix: str = ""):
   """Raises ValueError unless `got` has exactly the keys and shapes of `expected`."""
   if isinstance(expected, Mapping):
     if not isinstance(got, Mapping) or set(expected) != set(got):
+      got_keys = sorted(got) if isinstance(got, Mapping) else type(got).__name__
       raise ValueError(f"parameter tree mismatch at {prefix or '/'}: expected keys "
-                       f"{sorted(expected)}, got {sorted(got) if isinstance(got, Mapping) else got}")
+                       f"{sorted(expected)}, got {got_keys}")
     for k in expected:
       _check_tree(expected[k], got[k], f"{prefix}/{k}")
   elif tuple(expected.shape) != tuple(np.shape(got)):
@@ -197,7 +198,8 @@ def rnn_to_torch(module: TorchCompatibleRNN | StackedRNN, variables: Mapping, *,
                      "reset_after=False")
   use_bias = kwargs.get("use_bias", True)
   _, first_path = next(_direction_paths(stack.num_layers, stack.bidirectional))
-  common = dict(input_size=_walk(params, first_path)["input"]["kernel"].shape[0], hidden_size=stack.hidden_size,
+  input_size = _walk(params, first_path)["input"]["kernel"].shape[0]
+  common = dict(input_size=input_size, hidden_size=stack.hidden_size,
                 num_layers=stack.num_layers, bias=use_bias, batch_first=batch_first,
                 dropout=stack.dropout, bidirectional=stack.bidirectional)
   if stack.cell == "simple":

@@ -86,11 +86,11 @@ class RNNClassifier(nn.Module):
                        f"ids), got shape {inputs.shape}")
     else:
       x = inputs.astype(self.dtype)
-    outputs, carry = StackedRNN(
+    rnn = StackedRNN(
         cell=self.cell, hidden_size=self.hidden_size, num_layers=self.num_layers,
         bidirectional=self.bidirectional, dropout=self.dropout, unroll=self.unroll,
-        custom_vjp=self.custom_vjp, cell_kwargs=self.cell_kwargs, name="rnn", **kw)(x, seq_lengths=seq_lengths,
-                                                        train=train)
+        custom_vjp=self.custom_vjp, cell_kwargs=self.cell_kwargs, name="rnn", **kw)
+    outputs, carry = rnn(x, seq_lengths=seq_lengths, train=train)  # [B, T, D*H]
     if self.many_to_many:
       features = outputs  # [B, T, D*H]
     else:

@@ -614,7 +614,7 @@ class StackedRNN(nn.Module):
   @nn.nowrap
   def zero_carry(self, batch_size: int) -> tuple[Carry, ...]:
     """The all-zero carry for a batch (usable on the unbound module)."""
-    cell = make_cell(self.cell, self.hidden_size, dtype=self.dtype,
+    cell = make_cell(self.cell, self.hidden_size, parent=None, dtype=self.dtype,
                      **dict(self.cell_kwargs or {}))
     one = cell.initialize_carry(None, (batch_size, 1))
     return tuple((one, one) if self.bidirectional else one for _ in range(self.num_layers))

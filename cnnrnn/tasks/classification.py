@@ -32,8 +32,10 @@ class Classification:
       raise ValueError(f"task.label_smoothing={self.label_smoothing}; allowed: [0, 1)")
 
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
-    """The positional and keyword model arguments taken from `batch`."""
-    return (batch[self.input_key],), {}
+    """The positional and keyword model arguments taken from `batch` (`seq_lengths` for
+    variable-length sequences)."""
+    kwargs = {"seq_lengths": batch["seq_lengths"]} if "seq_lengths" in batch else {}
+    return (batch[self.input_key],), kwargs
 
   def loss_and_metrics(self, logits: jnp.ndarray, batch: dict) -> tuple[jnp.ndarray, dict]:
     """Args:

@@ -113,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   dataset = data.load(config.dataset.name, config.dataset.get("data_dir"),
-                      config.dataset.get("manual_dir"))
+                      config.dataset.get("manual_dir"), options=config.dataset.to_dict())
   cache = config.dataset.get("cache", "auto")
   train_source = dataset.open_split(config.dataset.get("train_split", "train"), cache)
   eval_split = config.dataset.get("eval_split", "test")
@@ -128,16 +128,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"{dataset.name!r} has {dataset.num_classes} classes")
   model = models.create(config.model.name, **kwargs)
   task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
-  task_kwargs.setdefault("num_classes", kwargs.get("num_classes", dataset.num_classes))
+  if "num_classes" in tasks.fields(config.task.name):
+    task_kwargs.setdefault("num_classes", kwargs.get("num_classes", dataset.num_classes))
   task = tasks.create(config.task.name, **task_kwargs)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
 
   pc, pi = jax.process_count(), jax.process_index()
   train_ds = data.train_dataset(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
-      preprocess=data.image_preprocess(config.dataset, dataset, train=True),
+      preprocess=data.preprocessor(config.dataset, dataset, train=True),
       process_index=pi, process_count=pc, read_threads=config.dataset.get("read_threads", 2))
-  eval_preprocess = data.image_preprocess(config.dataset, dataset, train=False)
+  eval_preprocess = data.preprocessor(config.dataset, dataset, train=False)
 
   def eval_batches(split):
     return data.eval_batches(eval_sources[split], global_batch_size=config.eval_batch_size,

@@ -111,11 +111,11 @@ def test_parameter_layout():
 
 
 def test_lstm_unit_forget_bias():
-  bias = cnn.RNN(cnn.LSTMCell(H)).init(jax.random.key(0), _inputs())["params"]["cell"]["input"]["bias"]
-  np.testing.assert_array_equal(bias, np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)])
-  bias = cnn.RNN(cnn.LSTMCell(H, unit_forget_bias=False)).init(
-      jax.random.key(0), _inputs())["params"]["cell"]["input"]["bias"]
-  np.testing.assert_array_equal(bias, np.zeros(4 * H))
+  bias = lambda cell: cnn.RNN(cell).init(jax.random.key(0), _inputs())["params"]["cell"][
+      "input"]["bias"]
+  np.testing.assert_array_equal(bias(cnn.LSTMCell(H)),
+                                np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)])
+  np.testing.assert_array_equal(bias(cnn.LSTMCell(H, unit_forget_bias=False)), np.zeros(4 * H))
 
 
 def test_gru_forms_differ():

@@ -181,3 +181,20 @@ def test_two_processes_share_the_work(data_dir, tmp_path):
   test = [r for r in records if r["split"] == "test"]
   assert len(test) == 1 and test[0]["num_examples"] == 364  # Written once, every example once.
   assert test[0]["accuracy"] > 0.5
+
+
+def test_adding_problem_is_learned_by_an_lstm(tmp_path):
+  """A synthetic dataset and the regression task through the same trainer."""
+  from configs import adding_problem  # pylint: disable=g-import-not-at-top
+
+  c = adding_problem.get_config("lstm,10")
+  c.model.hidden_size = 32
+  c.dataset.num_train, c.dataset.num_test = 20_000, 2_000
+  c.num_train_steps = 500
+  c.optimizer.learning_rate = 3e-3
+  c.eval_every_steps = 0
+  c.progress_bar = False
+  c.eval_batch_size = 400
+  metrics = train.train_and_evaluate(c, str(tmp_path))
+  assert metrics["num_examples"] == 2_000
+  assert metrics["mse"] < 0.03  # The mean-predicting baseline is 0.167.
