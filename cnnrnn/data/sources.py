@@ -116,7 +116,8 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
     if jax.process_index() != 0:
       builder = cls(data_dir=data_dir, file_format="array_record")
     splits = {s: builder.as_data_source(split=s) for s in builder.info.splits}
-    return Dataset(name, splits, _num_classes(builder.info), cls.MEAN, cls.STD)
+    return Dataset(name, splits, _num_classes(builder.info), cls.MEAN, cls.STD,
+                   is_image=_feature(builder.info, "image") is not None)
   try:
     sources = tfds.data_source(name, data_dir=data_dir)
   except Exception as e:
@@ -130,7 +131,7 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   channels = image.shape[-1] if image is not None and image.shape else 3
   # ImageNet statistics for RGB datasets without their own; 0.5 otherwise.
   mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.5,), (0.5,))
-  return Dataset(name, dict(sources), _num_classes(info), mean, std)
+  return Dataset(name, dict(sources), _num_classes(info), mean, std, is_image=image is not None)
 
 
 def synthetic_dataset(name: str, options: dict) -> Dataset:

@@ -18,7 +18,11 @@ _MIN_SHARDED_SIZE = 2**14  # Smaller arrays are cheaper replicated.
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
-  """Builds the mesh from (name, size) pairs, e.g. (("data", -1),) or (("data", 2), ("fsdp", 4))."""
+  """Builds the mesh from (name, size) pairs, e.g. (("data", -1),) or (("data", 2), ("fsdp", 4)).
+
+  In a single process, explicit sizes may ask for fewer devices than are present (the
+  first ones are used); across processes the mesh must cover every device.
+  """
   devices = jax.devices() if devices is None else devices
   names = [a for a, _ in axes]
   sizes = [int(s) for _, s in axes]
@@ -32,6 +36,8 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
     if len(devices) % known:
       raise ValueError(f"config.mesh={tuple(axes)} does not divide {len(devices)} devices")
     sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) < len(devices) and jax.process_count() == 1:
+    devices = devices[: int(np.prod(sizes))]  # One process: a smaller mesh uses the first devices.
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(
         f"config.mesh={tuple(axes)} has {int(np.prod(sizes))} devices but {len(devices)} are present"

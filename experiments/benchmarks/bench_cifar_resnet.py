@@ -13,7 +13,6 @@ XLA flags must be set before JAX starts, hence the flag (it is appended to $XLA_
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -32,7 +31,10 @@ def parse_args():
 
 
 ARGS = parse_args()
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ARGS.xla_flags).strip()
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+
+harness.xla_flags_from_argv([f"--xla_flags={ARGS.xla_flags}"])
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -145,45 +147,23 @@ def main():
 
   def run_jax():
     nonlocal state
-    t = time.perf_counter()
     state, loss = jstep(state, jimages, jlabels)
     jax.block_until_ready(loss)
-    return time.perf_counter() - t
 
-  runners = {"jax": run_jax}
+  runners = {"cnnrnn (jax)": run_jax}
   if not ARGS.skip_torch:
     tstep, n_torch, torch = torch_step_fn(ARGS.depth, ARGS.batch)
     timages = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     tlabels = torch.from_numpy(labels.astype(np.int64))
     if n_torch != n_jax:
       raise SystemExit(f"parameter counts differ: torch {n_torch}, jax {n_jax}")
+    runners = {"pytorch eager": lambda: tstep(timages, tlabels), **runners}
 
-    def run_torch():
-      t = time.perf_counter()
-      tstep(timages, tlabels)
-      return time.perf_counter() - t
-
-    runners["torch"] = run_torch
-
-  for run in runners.values():
-    for _ in range(ARGS.warmup):
-      run()
-  times = {k: [] for k in runners}
-  for _ in range(ARGS.rounds):
-    for k, run in runners.items():
-      times[k].extend(run() for _ in range(ARGS.steps))
-
-  med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-  print(f"cifar_resnet{ARGS.depth}, batch {ARGS.batch}, {n_jax:,} params, "
-        f"{ARGS.rounds} x {ARGS.steps} steps each, jax {jax.__version__}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, jax compile {compile_s:.1f} s")
-  print(f"{'':8}{'median ms/step':>16}{'min':>10}{'max':>10}")
-  for k, v in times.items():
-    print(f"{k:8}{med[k]:16.1f}{1e3 * min(v):10.1f}{1e3 * max(v):10.1f}")
-  if "torch" in med:
-    best = {k: min(v) for k, v in times.items()}
-    print(f"ratio torch_ms / jax_ms = {med['torch'] / med['jax']:.2f} of medians, "
-          f"{best['torch'] / best['jax']:.2f} of minima (above 1: JAX faster)")
+  times = harness.interleave(runners, rounds=ARGS.rounds, steps=ARGS.steps, warmup=ARGS.warmup)
+  title = (f"cifar_resnet{ARGS.depth} train step, batch {ARGS.batch}, {n_jax:,} params (jax "
+           f"{jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, jax compile "
+           f"{compile_s:.1f} s)")
+  print(harness.table(times, next(iter(times)), title))
 
 
 if __name__ == "__main__":

@@ -68,3 +68,11 @@ def test_preparing_and_reading_never_imports_tensorflow(tmp_path):
       "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
   )
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_only_image_datasets_get_image_preprocessing(data_dir):
+  assert data.load("digits", data_dir).is_image
+  text = data.load("ptb", data_dir, shared_dataset("ptb"))
+  assert not text.is_image
+  batch = {"text": np.array([b"a b"])}
+  assert data.preprocessor({}, text, train=True)(batch) is batch

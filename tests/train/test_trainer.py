@@ -18,8 +18,15 @@ from configs import lenet5_mnist, quickstart
 from tests.helpers import REPO, shared_dataset
 
 
+# In-process runs use one of the 8 fake devices: with jax 0.10.2, in-process 8-device
+# steps under heavy CPU contention occasionally aborted in XLA's all-reduce rendezvous
+# ("7 of 8 threads arrived"). Multi-device training is tested in subprocesses below.
+ONE_DEVICE = (("data", 1),)
+
+
 def _quick(data_dir, **overrides):
   c = quickstart.get_config()
+  c.mesh = ONE_DEVICE
   c.dataset.data_dir = data_dir
   c.progress_bar = False
   c.num_train_steps = 6
@@ -50,7 +57,7 @@ def test_bad_config_fails_before_compiling(data_dir, tmp_path, monkeypatch, fiel
     raise AssertionError("jax.jit was called before the config error was reported")
   monkeypatch.setattr(jax, "jit", no_compile)
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(_quick(data_dir, **{field: value}), str(tmp_path))
+    train.train_and_evaluate(_quick(data_dir, **{"mesh": (("data", -1),), field: value}), str(tmp_path))
 
 
 def test_outputs_and_resume_of_a_finished_run(data_dir, tmp_path):
@@ -92,13 +99,15 @@ def test_lenet5_on_real_mnist(data_dir, tmp_path):
   c.num_epochs = 2
   c.progress_bar = False
   c.eval_every_steps = 0
+  c.mesh = ONE_DEVICE
   metrics = train.train_and_evaluate(c, str(tmp_path))
   assert metrics["num_examples"] == 10_000
   assert metrics["accuracy"] >= 0.98
 
 
 def _cli(workdir, data_dir, devices, *flags):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=600")
   cmd = [sys.executable, "-m", "cnnrnn.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
          f"--config.dataset.data_dir={data_dir}", "--config.progress_bar=False", *flags]
   return cmd, dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -117,8 +126,11 @@ def _leaves(tree):
 
 @pytest.mark.slow
 def test_eight_devices_match_one(data_dir, tmp_path):
+  # Momentum SGD rather than the quickstart's Adam: Adam turns rounding-level differences
+  # of near-zero gradients into +-lr steps, which no tolerance separates from a real bug.
   flags = ["--config.num_train_steps=20", "--config.model.batch_norm=True", "--config.model.dropout=0.2",
-           "--config.checkpoint_every_steps=20", "--config.eval_every_steps=0"]
+           "--config.checkpoint_every_steps=20", "--config.eval_every_steps=0",
+           "--config.optimizer.name=momentum", "--config.optimizer.learning_rate=0.05"]
   for devices in (1, 8):
     cmd, kw = _cli(tmp_path / f"d{devices}", data_dir, devices, *flags)
     proc = subprocess.run(cmd, **kw)
@@ -195,6 +207,7 @@ def test_adding_problem_is_learned_by_an_lstm(tmp_path):
   c.eval_every_steps = 0
   c.progress_bar = False
   c.eval_batch_size = 400
+  c.mesh = ONE_DEVICE
   metrics = train.train_and_evaluate(c, str(tmp_path))
   assert metrics["num_examples"] == 2_000
   assert metrics["mse"] < 0.03  # The mean-predicting baseline is 0.167.

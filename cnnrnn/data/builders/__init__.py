@@ -4,6 +4,7 @@ from cnnrnn.data.builders.base import RawFilesBuilder
 from cnnrnn.data.builders.cifar import Cifar10, Cifar10Folder
 from cnnrnn.data.builders.digits import Digits
 from cnnrnn.data.builders.mnist import FashionMnist, Mnist
+from cnnrnn.data.builders.text import Ptb, TinyShakespeare
 
 BUILDERS: dict[str, type[RawFilesBuilder]] = {
     "digits": Digits,
@@ -11,4 +12,6 @@ BUILDERS: dict[str, type[RawFilesBuilder]] = {
     "fashion_mnist": FashionMnist,
     "cifar10": Cifar10,
     "cifar10_folder": Cifar10Folder,
+    "ptb": Ptb,
+    "tiny_shakespeare": TinyShakespeare,
 }
