@@ -54,6 +54,50 @@ def plot_curves(workdir: str, out: str | None = None,
   return out
 
 
+def plot_runs(workdirs: dict[str, str], out: str, *, metric: str = "loss", split: str = "eval",
+              log_y: bool = True, baseline: float | None = None, title: str | None = None) -> str:
+  """One metric of several runs on one axis (e.g. three cells on the same task).
+
+  Args:
+    workdirs: legend label -> workdir.
+    out: PNG path.
+    metric: metric name.
+    split: "train" or "eval".
+    log_y: log-scale y axis.
+    baseline: a horizontal reference line (e.g. a trivial predictor's loss).
+    title: figure title.
+
+  Returns:
+    `out`.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(6.4, 4))
+  for label, workdir in workdirs.items():
+    points = {r["step"]: r[metric] for r in read_metrics(workdir) if r["split"] == split and metric in r}
+    if not points:
+      raise ValueError(f"{workdir}/metrics.jsonl has no {split!r} records of {metric!r}")
+    steps = sorted(points)
+    ax.plot(steps, [points[s] for s in steps], "o-", ms=3, label=label)
+  if baseline is not None:
+    ax.axhline(baseline, color="gray", ls="--", label=f"baseline {baseline:.3g}")
+  if log_y:
+    ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel(f"{split} {metric}")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
 def main(argv):
   del argv
   print(plot_curves(_WORKDIR.value, _OUT.value, _METRICS.value))

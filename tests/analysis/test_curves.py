@@ -16,3 +16,9 @@ def test_plot_curves_writes_a_png(tmp_path):
   assert len(curves.read_metrics(str(tmp_path))) == 5
   with pytest.raises(ValueError, match="none of the requested metrics"):
     curves.plot_curves(str(tmp_path), metrics=("bleu",))
+  out = curves.plot_runs({"a": str(tmp_path), "b": str(tmp_path)}, str(tmp_path / "runs.png"),
+                         metric="accuracy", baseline=0.5)
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="no 'eval' records of 'bleu'"):
+    curves.plot_runs({"a": str(tmp_path)}, str(tmp_path / "x.png"), metric="bleu")
