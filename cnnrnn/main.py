@@ -22,6 +22,7 @@ _MULTIPROCESS = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of configuration/data errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -59,7 +60,9 @@ def main(argv):
     train_and_evaluate(config, _WORKDIR.value)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Configuration and data errors carry their own explanation; a traceback adds noise.
-    sys.exit(f"error: {e}")
+    if _TRACEBACK.value:
+      raise
+    sys.exit(f"error: {e}\n(--traceback shows where it was raised)")
 
 
 def run():

@@ -2,7 +2,7 @@
 applied to document recognition", Proc. IEEE 86(11)).
 
 Paper: LeNet-5, 0.95% test error without distortions (0.8% with).
-Ours (as committed, 2 CPU cores): see experiments/lenet5_mnist/README.md.
+Ours (as committed, 2 CPU cores): 0.74% test error in 86 s (experiments/lenet5_mnist/README.md).
 
   python -m cnnrnn.main --config=configs/lenet5_mnist.py --workdir=workdirs/lenet5_mnist \
       --config.dataset.manual_dir=../shared/datasets/mnist
