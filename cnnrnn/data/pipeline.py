@@ -32,7 +32,8 @@ def read_batch(source, indices) -> dict:
   return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
 
 
-def _local_batch_size(global_batch_size: int, process_count: int, field: str) -> int:
+def local_batch_size(global_batch_size: int, process_count: int, field: str) -> int:
+  """Each process's share of a global batch; ValueError naming `field` if it does not divide."""
   if global_batch_size % process_count:
     raise ValueError(
         f"{field}={global_batch_size} does not divide over {process_count} processes"
@@ -104,7 +105,7 @@ def train_dataset(
   index. Iterate with `iter(...)`; the iterator's `get_state()`/`set_state()` make
   resumption exact. `source` may be an `InMemory` copy of a small split.
   """
-  local = _local_batch_size(global_batch_size, process_count, "batch_size")
+  local = local_batch_size(global_batch_size, process_count, "batch_size")
   shard = np.arange(process_index, len(source), process_count)
   if len(shard) < local:
     raise ValueError(f"batch_size={global_batch_size} exceeds the training split ({len(source)})")
@@ -129,7 +130,7 @@ def eval_batches(
   an example and carry `mask` 0 there (1 on real examples). Every process yields the
   same number of batches, as the sharded step needs.
   """
-  local = _local_batch_size(global_batch_size, process_count, "eval_batch_size")
+  local = local_batch_size(global_batch_size, process_count, "eval_batch_size")
   shard = np.arange(process_index, len(source), process_count)
   longest_shard = math.ceil(len(source) / process_count)
   for start in range(0, longest_shard, local):

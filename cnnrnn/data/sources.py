@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from cnnrnn.data import builders
 from cnnrnn.data import synthetic
+from cnnrnn.data.pipeline import InMemory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,6 @@ class Dataset:
     Raises:
       ValueError: an unknown split or cache value.
     """
-    from cnnrnn.data.pipeline import InMemory  # pylint: disable=g-import-not-at-top
-
     if cache not in (True, False, "auto"):
       raise ValueError(f"dataset.cache={cache!r}; allowed: True, False, 'auto'")
     source = self.split(name)
@@ -140,8 +139,6 @@ def synthetic_dataset(name: str, options: dict) -> Dataset:
   Options (from `config.dataset`): num_train (default 100,000), num_test (10,000), seed
   (0; the test split uses seed + 1), and the generator's own arguments (e.g. seq_len).
   """
-  from cnnrnn.data.pipeline import InMemory  # pylint: disable=g-import-not-at-top
-
   generate, arg_names, num_classes = synthetic.TASKS[name]
   args = {k: options[k] for k in arg_names if options.get(k) is not None}
   seed = int(options.get("seed") or 0)

@@ -253,9 +253,7 @@ class LanguageModelBatches:
       raise ValueError(f"{field}={global_batch_size}; must be positive")
     if seq_len < 1:
       raise ValueError(f"seq_len={seq_len}; must be positive")
-    if global_batch_size % process_count:
-      raise ValueError(
-          f"{field}={global_batch_size} does not divide over {process_count} processes")
+    pipeline.local_batch_size(global_batch_size, process_count, field)
     B, T = global_batch_size, seq_len
     num_targets = max(len(tokens) - 1, 0)
     if train:

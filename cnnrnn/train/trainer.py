@@ -82,7 +82,7 @@ def _sum_metrics(metric_list: list[dict]) -> dict:
 
 
 def _means(sums: dict) -> dict:
-  """Metric sums -> per-example means (perplexity from the mean loss if the task wants it)."""
+  """Metric sums -> per-example means, plus the number of examples."""
   count = max(sums.get("count", 1.0), 1.0)
   return {k: v / count for k, v in sums.items() if k not in ("count", "grad_norm")} | {
       "num_examples": int(sums.get("count", 0))}
