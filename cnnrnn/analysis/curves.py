@@ -1,6 +1,7 @@
 """Training curves from a workdir's metrics.jsonl, as a PNG.
 
-  python -m cnnrnn.analysis.curves --workdir=workdirs/lenet5 [--out=curves.png]
+  python -m cnnrnn.analysis.curves --workdir=workdirs/lenet5 [--out=curves.png] \
+      [--metrics=loss,accuracy] [--reference="accuracy=0.9125:He et al. 2015"]
 """
 
 import json
@@ -15,8 +16,12 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def plot_curves(workdir: str, out: str | None = None,
-                metrics: Sequence[str] = ("loss", "accuracy"), title: str | None = None) -> str:
+                metrics: Sequence[str] = ("loss", "accuracy"), title: str | None = None,
+                references: dict[str, tuple[float, str]] | None = None) -> str:
   """One panel per metric, a line per split (train, eval) and a marker for the final test.
+
+  `references` maps a metric to (value, label), drawn as a dashed horizontal line (e.g. a
+  paper's number).
 
   Returns:
     The path of the PNG written (default: `workdir`/curves.png).
@@ -40,6 +45,9 @@ def plot_curves(workdir: str, out: str | None = None,
     for r in records:
       if r["split"] == "test" and name in r:
         ax.plot([r["step"]], [r[name]], "r*", ms=10, label=f"test {r[name]:.4g}")
+    if references and name in references:
+      value, label = references[name]
+      ax.axhline(value, color="gray", ls="--", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel(name)
     if name == "loss":
@@ -98,9 +106,23 @@ def plot_runs(workdirs: dict[str, str], out: str, *, metric: str = "loss", split
   return out
 
 
+def _parse_references(specs: Sequence[str]) -> dict[str, tuple[float, str]]:
+  """"metric=value:label" strings -> {metric: (value, label)}."""
+  references = {}
+  for spec in specs:
+    metric, _, rest = spec.partition("=")
+    value, _, label = rest.partition(":")
+    try:
+      references[metric] = (float(value), label or f"{metric} {value}")
+    except ValueError as e:
+      raise ValueError(f"--reference={spec!r}; expected metric=value[:label]") from e
+  return references
+
+
 def main(argv):
   del argv
-  print(plot_curves(_WORKDIR.value, _OUT.value, _METRICS.value))
+  print(plot_curves(_WORKDIR.value, _OUT.value, _METRICS.value, _TITLE.value,
+                    _parse_references(_REFERENCE.value)))
 
 
 if __name__ == "__main__":
@@ -109,4 +131,7 @@ if __name__ == "__main__":
   _WORKDIR = flags.DEFINE_string("workdir", None, "A cnnrnn workdir.", required=True)
   _OUT = flags.DEFINE_string("out", None, "PNG path (default: WORKDIR/curves.png).")
   _METRICS = flags.DEFINE_list("metrics", ["loss", "accuracy"], "Metrics to plot.")
+  _TITLE = flags.DEFINE_string("title", None, "Figure title (default: the workdir's name).")
+  _REFERENCE = flags.DEFINE_multi_string(
+      "reference", [], "metric=value[:label]: a dashed reference line (repeatable).")
   app.run(main)

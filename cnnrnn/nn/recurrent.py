@@ -15,6 +15,12 @@ recurrent products in the forward pass and compute the recurrent-weight gradient
 backward loop as one large matmul, `sum_t a_t^T dp_t` over [H, T*B] x [T*B, G*H], instead
 of T small outer products inside the loop (`RNN(custom_vjp=True)`, the default).
 
+Inside that backward loop the driver replays each step under `jax.vjp`, which works for any
+cell but recomputes the gate activations in many small fusions. A cell can instead split
+`step` into `step_forward`, which also returns residuals (e.g. the activated gates), and a
+hand-written `step_backward`; the backward step is then one dot plus a few elementwise ops
+(`LSTMCell`, `GRUCell` and `SimpleRNNCell` do this).
+
 Parameters of a cell with hidden size H, input size F and G gate blocks:
 
   input/kernel       [F, G*H]   input/bias      [G*H]   (if use_bias)
@@ -116,6 +122,22 @@ class _ReplayDot(_RecurrentDot):
     return _replay_product(a, self._kernel(lo, hi), self.saved[k], self.taps[k])
 
 
+class _RecurrentDotTranspose(_RecurrentDot):
+  """`rdot_t(a, dp, gates)`: the transpose of `rdot(a, gates)` for `step_backward`.
+
+  Returns dp @ kernel[:, cols]^T, the cotangent of a, and records a in `operands` and dp
+  in `products` (here the cotangents of the products) for the kernel gradient that the
+  driver forms after the loop.
+  """
+
+  def __call__(self, a: Array, dp: Array, gates: slice = slice(None)) -> Array:
+    lo, hi = self._cols(gates)
+    self.operands.append(a)
+    self.products.append(dp)
+    self.columns.append((lo, hi))
+    return jnp.dot(dp, self._kernel(lo, hi).T)
+
+
 class RecurrentCell(nn.Module):
   """Base of all cells: the input/recurrent weight split and the common interface.
 
@@ -179,6 +201,39 @@ class RecurrentCell(nn.Module):
 
     Returns:
       (new carry, output h [..., H]).
+    """
+    new_carry, y, _ = self.step_forward(rdot, carry, xp)
+    return new_carry, y
+
+  @nn.nowrap
+  def step_forward(self, rdot: Callable[..., Array], carry: Carry,
+                   xp: Array) -> tuple[Carry, Array, Any]:
+    """`step` that also returns the residuals its `step_backward` needs.
+
+    A cell implements either `step` alone (the driver's backward pass then replays the
+    step under `jax.vjp`) or `step_forward` and `step_backward` (and inherits `step`).
+
+    Returns:
+      (new carry, output h [..., H], residuals: a pytree of arrays with leading dims [...]).
+    """
+    raise NotImplementedError
+
+  @nn.nowrap
+  def step_backward(self, rdot_t: Callable[..., Array], carry: Carry, residuals: Any,
+                    d_carry: Carry, dy: Array) -> tuple[Carry, Array]:
+    """Hand-written VJP of `step_forward` (the gradient of the recurrent weights excluded).
+
+    Args:
+      rdot_t: `rdot_t(a, dp, gates=slice(None))` -> dp @ U[:, gates]^T, the transpose of
+        `rdot(a, gates)`; call it once for every `rdot` call of the forward step (it also
+        records (a, dp) for the recurrent-weight gradient).
+      carry: the carry that `step_forward` received.
+      residuals: what `step_forward` returned as residuals.
+      d_carry: cotangent of the new carry.
+      dy: [..., H] cotangent of the output.
+
+    Returns:
+      (cotangent of `carry`, cotangent of xp [..., G*H]).
     """
     raise NotImplementedError
 
@@ -284,13 +339,27 @@ class LSTMCell(RecurrentCell):
     return init
 
   @nn.nowrap
-  def step(self, rdot, carry, xp):
+  def step_forward(self, rdot, carry, xp):
+    """Residuals: [..., 5H], the activated gates and tanh(c_t) [i, f, g, o, tanh_c]."""
     c, h = carry
     z = xp + rdot(h)
     i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-    h = nn.sigmoid(o) * jnp.tanh(c)
-    return (c, h), h
+    i, f, g, o = nn.sigmoid(i), nn.sigmoid(f), jnp.tanh(g), nn.sigmoid(o)
+    c = f * c + i * g
+    tanh_c = jnp.tanh(c)
+    h = o * tanh_c
+    return (c, h), h, jnp.concatenate([i, f, g, o, tanh_c], axis=-1)
+
+  @nn.nowrap
+  def step_backward(self, rdot_t, carry, residuals, d_carry, dy):
+    c, h = carry
+    d_c, d_h = d_carry
+    i, f, g, o, tanh_c = jnp.split(residuals, 5, axis=-1)
+    d_h = d_h + dy
+    d_c = d_c + (d_h * o) * (1 - tanh_c * tanh_c)
+    d_z = jnp.concatenate([(d_c * g) * (i * (1 - i)), (d_c * c) * (f * (1 - f)),
+                           (d_c * i) * (1 - g * g), (d_h * tanh_c) * (o * (1 - o))], axis=-1)
+    return (d_c * f, rdot_t(h, d_z)), d_z
 
   @nn.nowrap
   def initialize_carry(self, rng, input_shape):
@@ -362,9 +431,8 @@ def make_cell(cell: str, hidden_size: int, **kwargs) -> RecurrentCell:
 # ----------------------------------------------------------------------------- the driver
 
 
-def _masked_step(cell, rdot, carry, xp_t, mask_t, delta_t):
-  """cell.step plus the driver's concerns: perturbation, dtype, freezing past the length."""
-  new_carry, y = cell.step(rdot, carry, xp_t)
+def _finish_step(cell, carry, new_carry, y, mask_t, delta_t):
+  """The driver's concerns after a cell step: perturbation, dtype, freezing past the length."""
   if delta_t is not None:  # Zero perturbation of h_t whose gradient is dL/dh_t.
     y = y + delta_t
     new_carry = cell.with_hidden_state(new_carry, cell.hidden_state(new_carry) + delta_t)
@@ -374,6 +442,19 @@ def _masked_step(cell, rdot, carry, xp_t, mask_t, delta_t):
     new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
     y = jnp.where(keep, y, jnp.zeros_like(y))
   return new_carry, y
+
+
+def _masked_step(cell, rdot, carry, xp_t, mask_t, delta_t):
+  """cell.step followed by `_finish_step`."""
+  new_carry, y = cell.step(rdot, carry, xp_t)
+  return _finish_step(cell, carry, new_carry, y, mask_t, delta_t)
+
+
+def _has_backward_rule(cell) -> bool:
+  """Whether the cell's `step_forward`/`step_backward` may stand in for `step`: only when
+  it has a `step_backward` and does not override `step` (so that both describe one step)."""
+  cls = type(cell)
+  return cls.step is RecurrentCell.step and cls.step_backward is not RecurrentCell.step_backward
 
 
 def _scan_autodiff(cell, kernel, bias, carry, xp, mask, delta, reverse, unroll):
@@ -388,21 +469,34 @@ def _scan_autodiff(cell, kernel, bias, carry, xp, mask, delta, reverse, unroll):
 
 def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
   """Same result as `_scan_autodiff`; the backward pass accumulates no weight gradient in
-  the loop: it replays the saved recurrent products, and dW = sum_t a_t^T dp_t is one
-  matmul over all steps afterwards."""
+  the loop, and dW = sum_t a_t^T dp_t is one matmul over all steps afterwards.
+
+  A cell with a backward rule (`_has_backward_rule`) saves its residuals in the forward
+  loop and runs `step_backward` in the backward loop; any other cell saves its recurrent
+  products and is replayed under `jax.vjp`.
+  """
+  rule = _has_backward_rule(cell)
   columns = []  # (lo, hi) of every rdot call in a step, recorded while tracing.
+  new_dtypes = []  # Dtypes of the cell's new carry before `_finish_step` casts them.
+  aliases = []  # Per rdot_t call: (index of the operand among the carry leaves, dp is d_xp).
 
   def forward(kernel, bias, carry, xp, mask):
     def body(carry, xs):
       xp_t, mask_t = xs
       rdot = _RecurrentDot(kernel, bias)
-      new_carry, y = _masked_step(cell, rdot, carry, xp_t, mask_t, None)
-      columns[:] = rdot.columns
-      return new_carry, (y, carry, tuple(rdot.products))
+      if rule:
+        new_carry, y, saved = cell.step_forward(rdot, carry, xp_t)
+        new_dtypes[:] = [a.dtype for a in jax.tree.leaves(new_carry)]
+        new_carry, y = _finish_step(cell, carry, new_carry, y, mask_t, None)
+      else:
+        new_carry, y = _masked_step(cell, rdot, carry, xp_t, mask_t, None)
+        columns[:] = rdot.columns
+        saved = tuple(rdot.products)
+      return new_carry, (y, carry, saved)
 
-    carry_out, (ys, carries_in, products) = lax.scan(
+    carry_out, (ys, carries_in, saved) = lax.scan(
         body, carry, (xp, mask), reverse=reverse, unroll=unroll)
-    return carry_out, ys, carries_in, products
+    return carry_out, ys, carries_in, saved
 
   @jax.custom_vjp
   def loop(kernel, bias, carry, xp, mask):
@@ -410,14 +504,14 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
     return carry_out, ys
 
   def loop_fwd(kernel, bias, carry, xp, mask):
-    carry_out, ys, carries_in, products = forward(kernel, bias, carry, xp, mask)
-    return (carry_out, ys), (kernel, bias, carries_in, products, xp, mask)
+    carry_out, ys, carries_in, saved = forward(kernel, bias, carry, xp, mask)
+    return (carry_out, ys), (kernel, bias, carries_in, saved, xp, mask)
 
   def loop_bwd(residuals, cotangents):
-    kernel, bias, carries_in, products, xp, mask = residuals
+    kernel, bias, carries_in, saved, xp, mask = residuals
     d_carry_out, d_ys = cotangents
 
-    def body(d_carry, xs):
+    def replay_body(d_carry, xs):
       carry_in, saved, xp_t, mask_t, dy_t = xs
 
       def step(carry_in, xp_t, taps):
@@ -430,12 +524,42 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
       d_carry_in, d_xp_t, d_products = step_vjp((d_carry, dy_t))
       return d_carry_in, (d_xp_t, d_products, operands)
 
+    def rule_body(d_carry, xs):
+      carry_in, saved, xp_t, mask_t, dy_t = xs
+      d_new, d_kept = d_carry, None
+      if mask_t is not None:  # Transpose of `_finish_step`'s freezing past the length.
+        keep = mask_t[:, None]  # [B, 1]
+        d_new = jax.tree.map(lambda d: jnp.where(keep, d, jnp.zeros_like(d)), d_carry)
+        d_kept = jax.tree.map(lambda d: jnp.where(keep, jnp.zeros_like(d), d), d_carry)
+        dy_t = jnp.where(keep, dy_t, jnp.zeros_like(dy_t))
+      d_new = jax.tree.unflatten(jax.tree.structure(d_new), [
+          d.astype(dtype) for d, dtype in zip(jax.tree.leaves(d_new), new_dtypes, strict=True)])
+      rdot_t = _RecurrentDotTranspose(kernel, bias)
+      d_carry_in, d_xp_t = cell.step_backward(rdot_t, carry_in, saved, d_new, dy_t)
+      d_carry_in = jax.tree.map(lambda d, c: d.astype(c.dtype), d_carry_in, carry_in)
+      if d_kept is not None:
+        d_carry_in = jax.tree.map(jnp.add, d_carry_in, d_kept)
+      columns[:] = rdot_t.columns
+      # An operand that is a leaf of the input carry (LSTM: h) or a product cotangent that
+      # is the cotangent of xp (LSTM: d_z) is stacked already; None marks it for loop_bwd.
+      carry_leaves = jax.tree.leaves(carry_in)
+      aliases[:] = [(next((k for k, c in enumerate(carry_leaves) if a is c), None), dp is d_xp_t)
+                    for a, dp in zip(rdot_t.operands, rdot_t.products)]
+      operands = tuple(None if k is not None else a
+                       for a, (k, _) in zip(rdot_t.operands, aliases))
+      d_products = tuple(None if same else dp for dp, (_, same) in zip(rdot_t.products, aliases))
+      return d_carry_in, (d_xp_t.astype(xp_t.dtype), d_products, operands)
+
     d_carry, (d_xp, d_products, operands) = lax.scan(
-        body, d_carry_out, (carries_in, products, xp, mask, d_ys),
+        rule_body if rule else replay_body, d_carry_out, (carries_in, saved, xp, mask, d_ys),
         reverse=not reverse, unroll=unroll)
+    if rule:
+      carry_leaves = jax.tree.leaves(carries_in)
+      operands = [carry_leaves[k] if a is None else a for a, (k, _) in zip(operands, aliases)]
+      d_products = [d_xp if dp is None else dp for dp in d_products]
     d_kernel = jnp.zeros_like(kernel)
     d_bias = None if bias is None else jnp.zeros_like(bias)
-    for (lo, hi), a, dp in zip(columns, operands, d_products):
+    for (lo, hi), a, dp in zip(columns, operands, d_products, strict=True):
       # [T, B, H] x [T, B, cols] -> [H, cols]: the one large matmul.
       d_kernel = d_kernel.at[:, lo:hi].add(jnp.einsum("tbh,tbg->hg", a, dp))
       if bias is not None:

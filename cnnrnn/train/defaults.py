@@ -25,7 +25,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.eval_split = "test"  # Periodic evaluation, logged as split "eval".
   c.dataset.test_split = "test"  # Final evaluation, logged as split "test".
   c.dataset.pad_to = ml_collections.FieldReference(None, field_type=int)
-  c.dataset.augment = "none"
+  c.dataset.augment = "none"  # none | crop_flip | random_resized_crop (cnnrnn.data.image).
+  # ImageNet-style: random-resized crops to image_size in training, resize + center crop
+  # (shorter side image_size / crop_fraction) in evaluation; None keeps the images' size.
+  c.dataset.image_size = ml_collections.FieldReference(None, field_type=int)
+  c.dataset.crop_fraction = 0.875
   c.dataset.cache = "auto"  # Read splits under 1 GiB into memory once (True/False to force).
   c.dataset.read_threads = 2
 

@@ -15,6 +15,8 @@ class TrainState:
     opt_state: the optimizer's state.
     rng: raw uint32 PRNG key data; step s uses fold_in(rng, s), so a resumed run draws
       the same numbers as an uninterrupted one.
+    carry: the recurrent state carried from one training batch to the next (truncated
+      BPTT over contiguous streams; rows [B, ...] like the batch), or None.
   """
 
   step: jax.Array
@@ -22,6 +24,7 @@ class TrainState:
   model_state: Any
   opt_state: Any
   rng: jax.Array
+  carry: Any = None
 
   def variables(self) -> dict:
     return {"params": self.params, **self.model_state}

@@ -7,6 +7,7 @@ from the newest checkpoint in `workdir` when there is one; and ends with an eval
 on the test split, logged as `{"step": N, "split": "test", ...}`.
 """
 
+import inspect
 import json
 import math
 import os
@@ -88,11 +89,15 @@ def _means(sums: dict) -> dict:
       "num_examples": int(sums.get("count", 0))}
 
 
-def evaluate(eval_step, state, mesh, batches) -> dict:
-  """Runs `eval_step` over `batches` (each example exactly once) and returns means."""
+def evaluate(eval_step, state, mesh, batches, carry=None) -> dict:
+  """Runs `eval_step` over `batches` (each example exactly once) and returns means.
+
+  `carry` is a stateful model's initial carry, passed from each batch to the next.
+  """
   sums = None
   for batch in batches:
-    m = jax.device_get(eval_step(state, sharding.global_batch(mesh, batch)))
+    m, carry = eval_step(state, sharding.global_batch(mesh, batch), carry)
+    m = jax.device_get(m)
     sums = m if sums is None else jax.tree.map(np.add, sums, m)
   return _means({k: float(v) for k, v in sums.items()})
 
@@ -114,35 +119,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   dataset = data.load(config.dataset.name, config.dataset.get("data_dir"),
                       config.dataset.get("manual_dir"), options=config.dataset.to_dict())
-  cache = config.dataset.get("cache", "auto")
-  train_source = dataset.open_split(config.dataset.get("train_split", "train"), cache)
   eval_split = config.dataset.get("eval_split", "test")
   test_split = config.dataset.get("test_split", "test")
-  eval_sources = {s: dataset.open_split(s, cache) for s in {eval_split, test_split}}
-  steps_per_epoch = len(train_source) // config.batch_size
+  for split in {config.dataset.get("train_split", "train"), eval_split, test_split}:
+    dataset.split(split)  # Unknown split names fail here, naming the known ones.
+  pc, pi = jax.process_count(), jax.process_index()
+  task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
+  stateful = getattr(tasks.task_class(config.task.name), "stateful", False)
+  streams = data.make_streams(
+      config.dataset, dataset, batch_size=config.batch_size,
+      eval_batch_size=config.eval_batch_size, seed=config.seed, language_model=stateful,
+      process_index=pi, process_count=pc)
+  steps_per_epoch = streams.steps_per_epoch
   total_steps = int(config.get("num_train_steps") or config.num_epochs * steps_per_epoch)
 
   kwargs = model_kwargs(config.model)
-  if dataset.num_classes and kwargs.get("num_classes", dataset.num_classes) != dataset.num_classes:
-    raise ValueError(f"model.num_classes={kwargs['num_classes']} but dataset "
-                     f"{dataset.name!r} has {dataset.num_classes} classes")
+  accepted = inspect.signature(models.get_constructor(config.model.name)).parameters
+  for field, value in streams.model_defaults.items():
+    if field in kwargs and kwargs[field] != value:
+      raise ValueError(f"model.{field}={kwargs[field]} but dataset {dataset.name!r} has {value} "
+                       f"{'classes' if field == 'num_classes' else 'tokens in its vocabulary'}")
+    if field in accepted:
+      kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
   model = models.create(config.model.name, **kwargs)
-  task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
   if "num_classes" in tasks.fields(config.task.name):
-    task_kwargs.setdefault("num_classes", kwargs.get("num_classes", dataset.num_classes))
+    task_kwargs.setdefault("num_classes",
+                           kwargs.get("num_classes", streams.model_defaults.get("num_classes")))
   task = tasks.create(config.task.name, **task_kwargs)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-
-  pc, pi = jax.process_count(), jax.process_index()
-  train_ds = data.train_dataset(
-      train_source, global_batch_size=config.batch_size, seed=config.seed,
-      preprocess=data.preprocessor(config.dataset, dataset, train=True),
-      process_index=pi, process_count=pc, read_threads=config.dataset.get("read_threads", 2))
-  eval_preprocess = data.preprocessor(config.dataset, dataset, train=False)
-
-  def eval_batches(split):
-    return data.eval_batches(eval_sources[split], global_batch_size=config.eval_batch_size,
-                             preprocess=eval_preprocess, process_index=pi, process_count=pc)
+  if stateful and not hasattr(model, "zero_carry"):
+    raise ValueError(f"task.name={config.task.name!r} carries a recurrent state between batches, "
+                     f"but model {config.model.name!r} has no zero_carry(batch_size)")
+  train_ds, eval_batches = streams.train, streams.eval_batches
 
   # Shapes of one example, from the real pipeline, to initialise the model.
   example = next(iter(eval_batches(eval_split)))
@@ -153,19 +161,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, *init_args,
                            train=False, **init_kwargs)
     params = variables.pop("params")
+    carry = model.zero_carry(config.batch_size) if stateful else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                      opt_state=tx.init(params), rng=state_rng)
+                      opt_state=tx.init(params), rng=state_rng, carry=carry)
 
   rng = jax.random.PRNGKey(config.seed)
   abstract = jax.eval_shape(init, rng)
   state_shardings = sharding.tree_shardings(mesh, abstract)
+  batch_sharding = sharding.batch_sharding(mesh)
+  # The carry's rows are the batch's rows: split like the batch.
+  state_shardings = state_shardings.replace(
+      carry=jax.tree.map(lambda _: batch_sharding, abstract.carry))
   state = jax.jit(init, out_shardings=state_shardings)(rng)
   if is_main:
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info("Model %s: %s parameters; %d steps (%d per epoch); mesh %s",
                  config.model.name, f"{num_params:,}", total_steps, steps_per_epoch, dict(mesh.shape))
 
-  batch_sharding = sharding.batch_sharding(mesh)
   metrics_sharding = sharding.replicated(mesh)
   train_step = jax.jit(
       steps.make_train_step(model, task, tx, config.get("grad_accum_steps", 1)),
@@ -173,8 +185,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       out_shardings=(state_shardings, metrics_sharding),
       donate_argnums=0,
   )
+  eval_carry = None
+  if stateful:
+    abstract_carry = jax.eval_shape(lambda: model.zero_carry(config.eval_batch_size))
+    carry_sharding = jax.tree.map(lambda _: batch_sharding, abstract_carry)
+    eval_carry = jax.jit(lambda: model.zero_carry(config.eval_batch_size),
+                         out_shardings=carry_sharding)()
+  carry_sharding = jax.tree.map(lambda _: batch_sharding, eval_carry)
   eval_step = jax.jit(steps.make_eval_step(model, task),
-                      in_shardings=(state_shardings, batch_sharding), out_shardings=metrics_sharding)
+                      in_shardings=(state_shardings, batch_sharding, carry_sharding),
+                      out_shardings=(metrics_sharding, carry_sharding))
+
+  def run_eval(split):
+    means = evaluate(eval_step, state, mesh, eval_batches(split), eval_carry)
+    return means | (task.derived_metrics(means) if hasattr(task, "derived_metrics") else {})
 
   ckpt_cfg = config.get("checkpoint", ml_collections.ConfigDict())
   checkpointer = Checkpointer(
@@ -220,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"{'step ' + str(last_good) if last_good is not None else 'none'} in {workdir}.")
     now = time.perf_counter()
     means = _means(_sum_metrics(fetched))
+    if hasattr(task, "derived_metrics"):
+      means |= task.derived_metrics(means)
     means["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
     means["learning_rate"] = float(schedule(step - 1))
     means["examples_per_sec"] = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
@@ -243,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % log_every == 0 or is_last or (ckpt_every and step % ckpt_every == 0):
         flush_train_metrics(step)
       if eval_every and step % eval_every == 0 and not is_last:
-        eval_metrics = evaluate(eval_step, state, mesh, eval_batches(eval_split))
+        eval_metrics = run_eval(eval_split)
         writer.write(step, "eval", eval_metrics)
         progress.write(f"step {step}: eval " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_metrics.items()))
@@ -251,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if (ckpt_every and step % ckpt_every == 0) or is_last:
         checkpointer.save(step, state, train_iter.get_state())
     progress.close()
-    test_metrics = evaluate(eval_step, state, mesh, eval_batches(test_split))
+    test_metrics = run_eval(test_split)
     final_step = int(jax.device_get(state.step))
     writer.write(final_step, "test", test_metrics)
   finally:

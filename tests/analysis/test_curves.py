@@ -10,10 +10,14 @@ def test_plot_curves_writes_a_png(tmp_path):
   records += [{"step": 3, "split": "eval", "loss": 0.4, "accuracy": 0.7},
               {"step": 3, "split": "test", "loss": 0.5, "accuracy": 0.6}]
   (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-  out = curves.plot_curves(str(tmp_path))
+  out = curves.plot_curves(str(tmp_path), references={"accuracy": (0.9, "paper 0.9")})
   with open(out, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert len(curves.read_metrics(str(tmp_path))) == 5
+  assert curves._parse_references(["accuracy=0.9125:He et al.", "loss=0.3"]) == {
+      "accuracy": (0.9125, "He et al."), "loss": (0.3, "loss 0.3")}
+  with pytest.raises(ValueError, match="expected metric=value"):
+    curves._parse_references(["accuracy:0.9"])
   with pytest.raises(ValueError, match="none of the requested metrics"):
     curves.plot_curves(str(tmp_path), metrics=("bleu",))
   out = curves.plot_runs({"a": str(tmp_path), "b": str(tmp_path)}, str(tmp_path / "runs.png"),

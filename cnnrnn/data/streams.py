@@ -1,0 +1,111 @@
+"""The trainer's data: a training stream and evaluation passes for any dataset.
+
+Examples datasets (images, synthetic sequences) give shuffled batches of examples
+(`pipeline.train_dataset` / `pipeline.eval_batches`); text datasets trained as language
+models give truncated-BPTT windows over contiguous streams (`text.lm_train_dataset` /
+`text.lm_eval_batches`), with a vocabulary built from the training split.
+"""
+
+from collections.abc import Callable, Iterable
+import dataclasses
+
+import grain
+
+from cnnrnn.data import pipeline
+from cnnrnn.data import text
+from cnnrnn.data.image import ImagePreprocess
+from cnnrnn.data.sources import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Streams:
+  """Attributes:
+    train: the endless training stream of this process's batches (checkpointable).
+    eval_batches: split name -> one pass over that split, every example once (`mask`).
+    steps_per_epoch: training batches per pass over the training split.
+    model_defaults: model fields the data determines (`num_classes` or `vocab_size`).
+    vocab: the vocabulary of a text dataset, else None.
+  """
+
+  train: grain.IterDataset
+  eval_batches: Callable[[str], Iterable[dict]]
+  steps_per_epoch: int
+  model_defaults: dict
+  vocab: text.Vocabulary | None = None
+
+
+def _as_is(batch: dict, rng=None) -> dict:
+  del rng
+  return batch
+
+
+def preprocessor(dataset_config, dataset: Dataset, *, train: bool):
+  """The batch preprocessing named by a `config.dataset` block, for `dataset`: image
+  normalisation/padding/augmentation for image datasets, none for the others."""
+  if not dataset.is_image:
+    return _as_is
+  return ImagePreprocess(
+      mean=dataset.mean,
+      std=dataset.std,
+      pad_to=dataset_config.get("pad_to"),
+      augment=dataset_config.get("augment", "none") if train else "none",
+      image_size=dataset_config.get("image_size"),
+      crop_fraction=dataset_config.get("crop_fraction", 0.875),
+  )
+
+
+def make_streams(dataset_config, dataset: Dataset, *, batch_size: int, eval_batch_size: int,
+                 seed: int, language_model: bool = False, process_index: int = 0,
+                 process_count: int = 1) -> Streams:
+  """Builds the streams a `config.dataset` block asks for.
+
+  Args:
+    dataset_config: `config.dataset` (train_split, cache, read_threads; for language
+      models seq_len, the truncated-BPTT window, and optionally level).
+    dataset: the opened dataset.
+    batch_size, eval_batch_size: global batch sizes (streams, for language models).
+    seed: shuffling seed (examples datasets).
+    language_model: read a text dataset as token streams.
+    process_index, process_count: this process's share of every batch.
+
+  Raises:
+    ValueError: a language model on a dataset without text, or a bad seq_len.
+  """
+  cache = dataset_config.get("cache", "auto")
+  train_split = dataset_config.get("train_split", "train")
+  shard = dict(process_index=process_index, process_count=process_count)
+  if language_model:
+    seq_len = dataset_config.get("seq_len")
+    if not isinstance(seq_len, int) or seq_len < 1:
+      raise ValueError(f"dataset.seq_len={seq_len!r}; a language model needs the truncated-BPTT "
+                       "window: a positive integer")
+    if dataset.is_image:
+      raise ValueError(f"task.name='language_model' needs a text dataset; {dataset.name!r} is images")
+    corpus = text.load_corpus(dataset, dataset_config.get("level"), train_split)
+    train = text.lm_train_dataset(corpus.split(train_split), global_batch_size=batch_size,
+                                  seq_len=seq_len, **shard)
+    steps_per_epoch = len(text.LanguageModelBatches(
+        corpus.split(train_split), global_batch_size=batch_size, seq_len=seq_len, train=True))
+
+    def lm_eval(split):
+      return text.lm_eval_batches(corpus.split(split), global_batch_size=eval_batch_size,
+                                  seq_len=seq_len, **shard)
+
+    return Streams(train, lm_eval, steps_per_epoch, {"vocab_size": len(corpus.vocab)}, corpus.vocab)
+
+  train_source = dataset.open_split(train_split, cache)
+  sources = {}
+
+  def eval_batches(split):
+    if split not in sources:
+      sources[split] = dataset.open_split(split, cache)
+    return pipeline.eval_batches(sources[split], global_batch_size=eval_batch_size,
+                                 preprocess=preprocessor(dataset_config, dataset, train=False),
+                                 **shard)
+
+  train = pipeline.train_dataset(
+      train_source, global_batch_size=batch_size, seed=seed,
+      preprocess=preprocessor(dataset_config, dataset, train=True),
+      read_threads=dataset_config.get("read_threads", 2), **shard)
+  defaults = {"num_classes": dataset.num_classes} if dataset.num_classes else {}
+  return Streams(train, eval_batches, len(train_source) // batch_size, defaults)

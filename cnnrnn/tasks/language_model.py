@@ -1,0 +1,61 @@
+"""Language modelling: next-token cross-entropy, perplexity and bits per token.
+
+The model is recurrent and stateful across batches (truncated BPTT over contiguous
+streams, `cnnrnn.data.text`): it is called as `model(inputs, train=..., carry=carry)` and
+returns `(logits, final_carry)`; the trainer keeps the carry in the train state, passes
+it to the next batch and zeroes the rows whose `reset` flag is set.
+"""
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModel:
+  """Predict `batch[target_key]` [B, T] from `batch[input_key]` [B, T].
+
+  Metric sums are over real target tokens (`mask` 1; padding weighs nothing), with
+  `count` the number of tokens, so `loss` means nats per token; `derived_metrics` adds
+  `perplexity` = exp(loss) and `bits_per_token` = loss / ln 2 (bits per character for a
+  character model) to the means.
+
+  Attributes:
+    input_key: batch key of the input token ids.
+    target_key: batch key of the target (next) token ids.
+  """
+
+  input_key: str = "inputs"
+  target_key: str = "targets"
+
+  # The model carries a recurrent state from batch to batch (see the module doc).
+  stateful = True
+
+  def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
+    return (batch[self.input_key],), {}
+
+  def loss_and_metrics(self, logits: jnp.ndarray, batch: dict) -> tuple[jnp.ndarray, dict]:
+    """Args:
+      logits: [B, T, V].
+      batch: with targets [B, T] int and optionally `mask` [B, T] (1 real, 0 padding).
+
+    Returns:
+      (mean NLL over real tokens, dict of metric sums incl. `count`).
+    """
+    targets = batch[self.target_key]
+    mask = batch.get("mask", jnp.ones(targets.shape, jnp.float32)).astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    count = mask.sum()
+    nll_sum = (nll * mask).sum()
+    correct = (jnp.argmax(logits, axis=-1) == targets) * mask
+    metrics = {"loss": nll_sum, "accuracy": correct.sum(), "count": count}
+    return nll_sum / jnp.maximum(count, 1.0), metrics
+
+  @staticmethod
+  def derived_metrics(means: dict) -> dict:
+    """Perplexity and bits per token from the mean NLL (nats)."""
+    loss = means["loss"]
+    return {"perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2.0)}
