@@ -25,13 +25,23 @@ class LanguageModel:
   Attributes:
     input_key: batch key of the input token ids.
     target_key: batch key of the target (next) token ids.
+    average_over: what the training loss averages the summed NLL over: "tokens" (the
+      mean per token), or "rows" (summed over the T steps of each row, averaged over the
+      batch rows, as Zaremba et al.'s code does: gradients T times larger than with
+      "tokens", so their learning rate 1 and clipping norm 5 mean what they meant there).
+      Only the training loss changes; the logged metrics are per token either way.
   """
 
   input_key: str = "inputs"
   target_key: str = "targets"
+  average_over: str = "tokens"
 
   # The model carries a recurrent state from batch to batch (see the module doc).
   stateful = True
+
+  def __post_init__(self):
+    if self.average_over not in ("tokens", "rows"):
+      raise ValueError(f"task.average_over={self.average_over!r}; allowed: 'tokens', 'rows'")
 
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
     return (batch[self.input_key],), {}
@@ -42,7 +52,7 @@ class LanguageModel:
       batch: with targets [B, T] int and optionally `mask` [B, T] (1 real, 0 padding).
 
     Returns:
-      (mean NLL over real tokens, dict of metric sums incl. `count`).
+      (training loss (see `average_over`), dict of metric sums incl. `count`).
     """
     targets = batch[self.target_key]
     mask = batch.get("mask", jnp.ones(targets.shape, jnp.float32)).astype(jnp.float32)
@@ -52,6 +62,8 @@ class LanguageModel:
     nll_sum = (nll * mask).sum()
     correct = (jnp.argmax(logits, axis=-1) == targets) * mask
     metrics = {"loss": nll_sum, "accuracy": correct.sum(), "count": count}
+    if self.average_over == "rows":
+      return nll_sum / targets.shape[0], metrics
     return nll_sum / jnp.maximum(count, 1.0), metrics
 
   @staticmethod

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from cnnrnn import tasks
 
@@ -25,3 +26,15 @@ def test_loss_counts_only_real_tokens_and_derives_perplexity():
   assert math.isclose(derived["perplexity"], math.exp(1.5))
   assert math.isclose(derived["bits_per_token"], 1.5 / math.log(2))
   assert task.stateful and "language_model" in tasks.names()
+
+
+def test_rows_average_sums_over_time_like_zaremba():
+  logits = jax.random.normal(jax.random.PRNGKey(1), (4, 5, 9))
+  targets = jax.random.randint(jax.random.PRNGKey(2), (4, 5), 0, 9)
+  per_token, m1 = tasks.create("language_model").loss_and_metrics(logits, {"targets": targets})
+  per_row, m2 = tasks.create("language_model", average_over="rows").loss_and_metrics(
+      logits, {"targets": targets})
+  np.testing.assert_allclose(per_row, 5 * per_token, rtol=1e-6)  # T = 5 steps.
+  assert jax.tree.map(float, m1) == jax.tree.map(float, m2)  # Metrics stay per token.
+  with pytest.raises(ValueError, match="task.average_over='steps'; allowed: 'tokens', 'rows'"):
+    tasks.create("language_model", average_over="steps")
