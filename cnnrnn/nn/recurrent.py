@@ -8,6 +8,8 @@ which is what the driver `RNN` runs:
   xp = cell.project_inputs(x)              # W_x x_t + b for all T steps: one matmul
   carry, y_t = cell.step(rdot, carry, xp_t)  # the rest, inside the time loop
 
+(the driver leaves the input bias b out of that matmul and adds it to xp_t in the loop).
+
 `step` touches the recurrent weights only through `rdot(a, gates)`, which returns
 `a @ recurrent_kernel[:, gates] + recurrent_bias[gates]` (gates: a slice of gate blocks).
 Because every use of the recurrent weights goes through `rdot`, the driver can save the
@@ -15,11 +17,12 @@ recurrent products in the forward pass and compute the recurrent-weight gradient
 backward loop as one large matmul, `sum_t a_t^T dp_t` over [H, T*B] x [T*B, G*H], instead
 of T small outer products inside the loop (`RNN(custom_vjp=True)`, the default).
 
-Inside that backward loop the driver replays each step under `jax.vjp`, which works for any
-cell but recomputes the gate activations in many small fusions. A cell can instead split
+Inside that backward loop the driver can replay each step under `jax.vjp`, which works for
+any cell but recomputes the gate activations in many small fusions. A cell can instead split
 `step` into `step_forward`, which also returns residuals (e.g. the activated gates), and a
-hand-written `step_backward`; the backward step is then one dot plus a few elementwise ops
-(`LSTMCell`, `GRUCell` and `SimpleRNNCell` do this).
+hand-written `step_backward`; the backward step is then one dot plus a few elementwise ops.
+`LSTMCell`, `GRUCell` and `SimpleRNNCell` do this; a cell that defines only `step` is
+replayed.
 
 Parameters of a cell with hidden size H, input size F and G gate blocks:
 
@@ -172,16 +175,24 @@ class RecurrentCell(nn.Module):
 
   def setup(self):
     width = self.num_gates * self.features
-    self.input = nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init,
-                          bias_init=self._input_bias_init(), dtype=self.dtype,
-                          param_dtype=self.param_dtype)
+    self.input = _InputWeights(width, self.use_bias, self.kernel_init,
+                               self._input_bias_init(), self.param_dtype)
     self.recurrent = _RecurrentWeights(self.features, width, self._has_recurrent_bias(),
                                        self.recurrent_kernel_init, self.bias_init,
                                        self.param_dtype)
 
-  def project_inputs(self, x: Array) -> Array:
-    """W_x x + b: [..., F] -> [..., G*H]. The driver calls it once on [B, T, F]."""
-    return self.input(x)
+  def input_weights(self, num_inputs: int) -> tuple[Array, Array | None]:
+    """(input kernel [F, G*H], input bias [G*H] or None) for F = num_inputs, cast to `dtype`."""
+    kernel, bias = self.input(num_inputs)
+    kernel = kernel.astype(self.dtype)
+    return kernel, None if bias is None else bias.astype(self.dtype)
+
+  def project_inputs(self, x: Array, *, add_bias: bool = True) -> Array:
+    """W_x x (+ b): [..., F] -> [..., G*H]. The driver calls it once on [T*B, F] without
+    the bias, which it adds inside the time loop (saving a pass over [T, B, G*H])."""
+    kernel, bias = self.input_weights(x.shape[-1])
+    xp = jnp.dot(x.astype(self.dtype), kernel)
+    return xp + _bias_row(bias, xp.ndim) if add_bias and bias is not None else xp
 
   def recurrent_weights(self) -> tuple[Array, Array | None]:
     """(recurrent kernel [H, G*H], recurrent bias [G*H] or None), cast to `dtype`."""
@@ -271,6 +282,23 @@ class RecurrentCell(nn.Module):
     return 1
 
 
+class _InputWeights(nn.Module):
+  """Holds input/kernel [F, G*H] and the optional input/bias [G*H] (nn.Dense's layout)."""
+
+  width: int
+  use_bias: bool
+  kernel_init: Initializer
+  bias_init: Initializer
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, num_inputs: int) -> tuple[Array, Array | None]:
+    kernel = self.param("kernel", self.kernel_init, (num_inputs, self.width), self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.width,), self.param_dtype)
+            if self.use_bias else None)
+    return kernel, bias
+
+
 class _RecurrentWeights(nn.Module):
   """Holds recurrent/kernel [H, G*H] and the optional recurrent/bias [G*H]."""
 
@@ -305,11 +333,21 @@ class SimpleRNNCell(RecurrentCell):
   nonlinearity: str = "tanh"
 
   @nn.nowrap
-  def step(self, rdot, carry, xp):
+  def step_forward(self, rdot, carry, xp):
+    """Residuals: h_t [..., H]."""
     if self.nonlinearity not in _NONLINEARITIES:
       raise ValueError(f"nonlinearity={self.nonlinearity!r}; allowed: {sorted(_NONLINEARITIES)}")
     h = _NONLINEARITIES[self.nonlinearity](xp + rdot(carry))
-    return h, h
+    return h, h, h
+
+  @nn.nowrap
+  def step_backward(self, rdot_t, carry, residuals, d_carry, dy):
+    h, d_h = residuals, d_carry + dy
+    if self.nonlinearity == "tanh":
+      d_z = d_h * (1 - h * h)
+    else:  # relu: h > 0 exactly where its input is.
+      d_z = jnp.where(h > 0, d_h, jnp.zeros_like(d_h))
+    return rdot_t(carry, d_z), d_z
 
 
 class LSTMCell(RecurrentCell):
@@ -340,7 +378,7 @@ class LSTMCell(RecurrentCell):
 
   @nn.nowrap
   def step_forward(self, rdot, carry, xp):
-    """Residuals: [..., 5H], the activated gates and tanh(c_t) [i, f, g, o, tanh_c]."""
+    """Residuals: the activated gates and tanh(c_t), (i, f, g, o, tanh_c), each [..., H]."""
     c, h = carry
     z = xp + rdot(h)
     i, f, g, o = jnp.split(z, 4, axis=-1)
@@ -348,13 +386,13 @@ class LSTMCell(RecurrentCell):
     c = f * c + i * g
     tanh_c = jnp.tanh(c)
     h = o * tanh_c
-    return (c, h), h, jnp.concatenate([i, f, g, o, tanh_c], axis=-1)
+    return (c, h), h, (i, f, g, o, tanh_c)
 
   @nn.nowrap
   def step_backward(self, rdot_t, carry, residuals, d_carry, dy):
     c, h = carry
     d_c, d_h = d_carry
-    i, f, g, o, tanh_c = jnp.split(residuals, 5, axis=-1)
+    i, f, g, o, tanh_c = residuals
     d_h = d_h + dy
     d_c = d_c + (d_h * o) * (1 - tanh_c * tanh_c)
     d_z = jnp.concatenate([(d_c * g) * (i * (1 - i)), (d_c * c) * (f * (1 - f)),
@@ -398,18 +436,38 @@ class GRUCell(RecurrentCell):
     return self.use_bias and (self.recurrent_bias or self.reset_after)
 
   @nn.nowrap
-  def step(self, rdot, h, xp):
+  def step_forward(self, rdot, h, xp):
+    """Residuals: (r, z, n), each [..., H], and with reset_after also h U_n + b_hn."""
     x_r, x_z, x_n = jnp.split(xp, 3, axis=-1)
     if self.reset_after:
       p_r, p_z, p_n = jnp.split(rdot(h), 3, axis=-1)
       r, z = nn.sigmoid(x_r + p_r), nn.sigmoid(x_z + p_z)
       n = jnp.tanh(x_n + r * p_n)
+      residuals = (r, z, n, p_n)
     else:
       p_r, p_z = jnp.split(rdot(h, slice(0, 2)), 2, axis=-1)
       r, z = nn.sigmoid(x_r + p_r), nn.sigmoid(x_z + p_z)
       n = jnp.tanh(x_n + rdot(r * h, slice(2, 3)))
+      residuals = (r, z, n)
     h = (1 - z) * n + z * h
-    return h, h
+    return h, h, residuals
+
+  @nn.nowrap
+  def step_backward(self, rdot_t, h, residuals, d_carry, dy):
+    r, z, n = residuals[:3]
+    d_h = d_carry + dy
+    d_n = (d_h * (1 - z)) * (1 - n * n)  # Cotangents of the pre-activations.
+    d_z = (d_h * (h - n)) * (z * (1 - z))
+    d_h_in = d_h * z
+    if self.reset_after:
+      d_r = (d_n * residuals[3]) * (r * (1 - r))
+      d_h_in = d_h_in + rdot_t(h, jnp.concatenate([d_r, d_z, d_n * r], axis=-1))
+    else:
+      d_rh = rdot_t(r * h, d_n, slice(2, 3))
+      d_r = (d_rh * h) * (r * (1 - r))
+      d_h_in = (d_h_in + d_rh * r
+                + rdot_t(h, jnp.concatenate([d_r, d_z], axis=-1), slice(0, 2)))
+    return d_h_in, jnp.concatenate([d_r, d_z, d_n], axis=-1)
 
 
 CELLS: Mapping[str, type[RecurrentCell]] = {
@@ -457,17 +515,24 @@ def _has_backward_rule(cell) -> bool:
   return cls.step is RecurrentCell.step and cls.step_backward is not RecurrentCell.step_backward
 
 
-def _scan_autodiff(cell, kernel, bias, carry, xp, mask, delta, reverse, unroll):
-  """Time loop differentiated by plain autodiff. xp [T, B, G*H] -> (carry, ys [T, B, H])."""
+def _add_bias(xp_t, input_bias):
+  """xp_t [B, G*H] plus the input bias, which the driver adds inside the time loop."""
+  return xp_t if input_bias is None else xp_t + _bias_row(input_bias, xp_t.ndim)
+
+
+def _scan_autodiff(cell, kernel, bias, carry, xp, input_bias, mask, delta, reverse, unroll):
+  """Time loop differentiated by plain autodiff. xp [T, B, G*H] (without the input bias
+  [G*H] or None) -> (carry, ys [T, B, H])."""
 
   def body(carry, xs):
     xp_t, mask_t, delta_t = xs
-    return _masked_step(cell, _RecurrentDot(kernel, bias), carry, xp_t, mask_t, delta_t)
+    return _masked_step(cell, _RecurrentDot(kernel, bias), carry, _add_bias(xp_t, input_bias),
+                        mask_t, delta_t)
 
   return lax.scan(body, carry, (xp, mask, delta), reverse=reverse, unroll=unroll)
 
 
-def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
+def _scan_custom_vjp(cell, kernel, bias, carry, xp, input_bias, mask, reverse, unroll):
   """Same result as `_scan_autodiff`; the backward pass accumulates no weight gradient in
   the loop, and dW = sum_t a_t^T dp_t is one matmul over all steps afterwards.
 
@@ -480,9 +545,10 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
   new_dtypes = []  # Dtypes of the cell's new carry before `_finish_step` casts them.
   aliases = []  # Per rdot_t call: (index of the operand among the carry leaves, dp is d_xp).
 
-  def forward(kernel, bias, carry, xp, mask):
+  def forward(kernel, bias, carry, xp, input_bias, mask):
     def body(carry, xs):
       xp_t, mask_t = xs
+      xp_t = _add_bias(xp_t, input_bias)
       rdot = _RecurrentDot(kernel, bias)
       if rule:
         new_carry, y, saved = cell.step_forward(rdot, carry, xp_t)
@@ -499,16 +565,16 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
     return carry_out, ys, carries_in, saved
 
   @jax.custom_vjp
-  def loop(kernel, bias, carry, xp, mask):
-    carry_out, ys, _, _ = forward(kernel, bias, carry, xp, mask)
+  def loop(kernel, bias, carry, xp, input_bias, mask):
+    carry_out, ys, _, _ = forward(kernel, bias, carry, xp, input_bias, mask)
     return carry_out, ys
 
-  def loop_fwd(kernel, bias, carry, xp, mask):
-    carry_out, ys, carries_in, saved = forward(kernel, bias, carry, xp, mask)
-    return (carry_out, ys), (kernel, bias, carries_in, saved, xp, mask)
+  def loop_fwd(kernel, bias, carry, xp, input_bias, mask):
+    carry_out, ys, carries_in, saved = forward(kernel, bias, carry, xp, input_bias, mask)
+    return (carry_out, ys), (kernel, bias, carries_in, saved, xp, input_bias, mask)
 
   def loop_bwd(residuals, cotangents):
-    kernel, bias, carries_in, saved, xp, mask = residuals
+    kernel, bias, carries_in, saved, xp, input_bias, mask = residuals
     d_carry_out, d_ys = cotangents
 
     def replay_body(d_carry, xs):
@@ -520,6 +586,7 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
         return out, tuple(rdot.operands)
 
       taps = tuple(jnp.zeros_like(p) for p in saved)
+      xp_t = _add_bias(xp_t, input_bias)
       _, step_vjp, operands = jax.vjp(step, carry_in, xp_t, taps, has_aux=True)
       d_carry_in, d_xp_t, d_products = step_vjp((d_carry, dy_t))
       return d_carry_in, (d_xp_t, d_products, operands)
@@ -561,21 +628,24 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, mask, reverse, unroll):
     d_bias = None if bias is None else jnp.zeros_like(bias)
     for (lo, hi), a, dp in zip(columns, operands, d_products, strict=True):
       # [T, B, H] x [T, B, cols] -> [H, cols]: the one large matmul.
-      d_kernel = d_kernel.at[:, lo:hi].add(jnp.einsum("tbh,tbg->hg", a, dp))
+      d_kernel = d_kernel.at[:, lo:hi].add(
+          jnp.einsum("tbh,tbg->hg", a, dp).astype(kernel.dtype))
       if bias is not None:
-        d_bias = d_bias.at[lo:hi].add(dp.sum(axis=(0, 1)))
-    return d_kernel, d_bias, d_carry, d_xp, None
+        d_bias = d_bias.at[lo:hi].add(dp.sum(axis=(0, 1)).astype(bias.dtype))
+    d_input_bias = None if input_bias is None else d_xp.sum(axis=(0, 1))
+    return d_kernel, d_bias, d_carry, d_xp, d_input_bias, None
 
   loop.defvjp(loop_fwd, loop_bwd)
-  return loop(kernel, bias, carry, xp, mask)
+  return loop(kernel, bias, carry, xp, input_bias, mask)
 
 
 class RNN(nn.Module):
   """Runs any cell over batch-major sequences with `lax.scan`.
 
   The input projection of all T steps is one matmul before the loop; inside the loop only
-  the recurrent matmul and the gate arithmetic run. With `custom_vjp=True` the gradient of
-  the recurrent weights is one matmul after the backward loop (equal to autodiff up to
+  the input bias, the recurrent matmul and the gate arithmetic run. With `custom_vjp=True`
+  the gradient of the recurrent weights is one matmul after the backward loop, and the
+  backward loop runs the cell's `step_backward` where it has one (equal to autodiff up to
   float rounding).
 
   Variable lengths: with `seq_lengths`, step t of example b runs only if t < length[b];
@@ -639,8 +709,12 @@ class RNN(nn.Module):
              if initial_carry is None else initial_carry)
 
     # Transposing the F-wide inputs (not the G*H-wide projection) keeps the projection and
-    # its weight gradient plain [T*B, F] x [F, G*H] matmuls with no big transposes.
-    xp = self.cell.project_inputs(jnp.swapaxes(inputs, 0, 1))  # [T, B, G*H]
+    # its weight gradient plain [T*B, F] x [F, G*H] matmuls with no big transposes. The 2D
+    # reshape matters: on [T, B, F], XLA:CPU transposed the [T*B, G*H] cotangent for the
+    # weight gradient and ran that matmul 1.7x slower (char LSTM, 512 units, B=64).
+    x = jnp.swapaxes(inputs, 0, 1).reshape(t * b, -1)
+    xp = self.cell.project_inputs(x, add_bias=False).reshape(t, b, -1)  # [T, B, G*H]
+    _, input_bias = self.cell.input_weights(x.shape[-1])
     kernel, bias = self.cell.recurrent_weights()
 
     delta = None
@@ -650,11 +724,11 @@ class RNN(nn.Module):
       delta = jnp.swapaxes(self.perturb("hidden_states", jnp.zeros(shape, xp.dtype)), 0, 1)
 
     if self.custom_vjp and delta is None:
-      carry, ys = _scan_custom_vjp(self.cell, kernel, bias, carry, xp, mask, reverse,
-                                   self.unroll)
+      carry, ys = _scan_custom_vjp(self.cell, kernel, bias, carry, xp, input_bias, mask,
+                                   reverse, self.unroll)
     else:
-      carry, ys = _scan_autodiff(self.cell, kernel, bias, carry, xp, mask, delta, reverse,
-                                 self.unroll)
+      carry, ys = _scan_autodiff(self.cell, kernel, bias, carry, xp, input_bias, mask, delta,
+                                 reverse, self.unroll)
     outputs = jnp.swapaxes(ys, 0, 1)  # [B, T, H]
     return (carry, outputs) if return_carry else outputs
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cnnrnn import nn as cnn
+from cnnrnn.nn import recurrent
 
 B, T, F, H = 3, 6, 4, 5
 
@@ -182,12 +183,29 @@ def test_truncated_bptt_halves_equal_one_run(spec):
   _assert_tree_close(carry, carry2, rtol=1e-6, atol=1e-6)
 
 
+class _ReplayedLSTMCell(cnn.LSTMCell):
+  """An LSTM that overrides `step`: the driver replays it instead of using its backward rule."""
+
+  @nn.nowrap
+  def step(self, rdot, carry, xp):
+    return super().step(rdot, carry, xp)
+
+
+def test_which_cells_use_a_backward_rule():
+  for spec in CELL_SPECS:
+    assert recurrent._has_backward_rule(_cell(spec)), spec
+  assert not recurrent._has_backward_rule(_ReplayedLSTMCell(H))
+
+
 @pytest.mark.parametrize("spec,reverse,lengths,unrolls", [
     *[(spec, True, (T, 3, 1), (1,)) for spec in sorted(CELL_SPECS)],
+    *[(spec, False, (T, 2, 0), (1,)) for spec in ("simple", "lstm", "gru")],
     ("lstm", False, None, (1, 2)), ("gru_cho", False, (T, 2, 0), (1, 2)),
+    ("replayed_lstm", True, (T, 3, 1), (1, 2)), ("replayed_lstm", False, None, (1,)),
 ])
 def test_custom_vjp_gradient_equals_autodiff(spec, reverse, lengths, unrolls):
-  cell = _cell(spec)
+  """Each cell's hand-written backward rule, and the replay of a cell without one."""
+  cell = _ReplayedLSTMCell(H) if spec == "replayed_lstm" else _cell(spec)
   x = _inputs()
   variables = _init(cnn.RNN(cell), x)
   carry0 = jax.tree.map(lambda c: 0.5 * jnp.ones_like(c), cell.initialize_carry(None, (B, F)))
@@ -204,6 +222,28 @@ def test_custom_vjp_gradient_equals_autodiff(spec, reverse, lengths, unrolls):
   expected = grad(variables, x, carry0, False, 1)
   for unroll in unrolls:
     _assert_tree_close(grad(variables, x, carry0, True, unroll), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["lstm", "gru"])
+@pytest.mark.parametrize("cell_dtype,carry_dtype", [(jnp.bfloat16, jnp.float32),
+                                                    (jnp.float32, jnp.bfloat16)])
+def test_custom_vjp_with_mixed_dtypes(spec, cell_dtype, carry_dtype):
+  """Carry and cell dtypes differ: the backward rules get cotangents cast as autodiff casts."""
+  cell = cnn.make_cell(spec, H, dtype=cell_dtype)
+  x = _inputs()
+  variables = _init(cnn.RNN(cell), x)
+  carry0 = jax.tree.map(lambda c: jnp.full(c.shape, 0.5, carry_dtype),
+                        cell.initialize_carry(None, (B, F)))
+
+  def loss(variables, custom_vjp):
+    rnn = cnn.RNN(cell, return_carry=True, custom_vjp=custom_vjp)
+    carry, out = rnn.apply(variables, x, initial_carry=carry0, seq_lengths=jnp.array([T, 2, 4]))
+    assert all(c.dtype == carry_dtype for c in jax.tree.leaves(carry))
+    return (jnp.sum(out.astype(jnp.float32))
+            + sum(jnp.sum(c.astype(jnp.float32) ** 2) for c in jax.tree.leaves(carry)))
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  _assert_tree_close(grad(variables, True), grad(variables, False), rtol=2e-2, atol=2e-2)
 
 
 def test_unroll_and_jit_give_same_outputs():
