@@ -8,7 +8,6 @@ on the test split, logged as `{"step": N, "split": "test", ...}`.
 """
 
 import inspect
-import json
 import math
 import os
 import time
