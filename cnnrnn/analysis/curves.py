@@ -50,7 +50,7 @@ def plot_curves(workdir: str, out: str | None = None,
       ax.axhline(value, color="gray", ls="--", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel(name)
-    if name == "loss":
+    if name in ("loss", "perplexity"):
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
