@@ -82,16 +82,18 @@ def make_streams(dataset_config, dataset: Dataset, *, batch_size: int, eval_batc
     if dataset.is_image:
       raise ValueError(f"task.name='language_model' needs a text dataset; {dataset.name!r} is images")
     corpus = text.load_corpus(dataset, dataset_config.get("level"), train_split)
-    train = text.lm_train_dataset(corpus.split(train_split), global_batch_size=batch_size,
-                                  seq_len=seq_len, **shard)
-    steps_per_epoch = len(text.LanguageModelBatches(
-        corpus.split(train_split), global_batch_size=batch_size, seq_len=seq_len, train=True))
+    batches = text.LanguageModelBatches(corpus.split(train_split), global_batch_size=batch_size,
+                                        seq_len=seq_len, train=True, **shard)
+    eval_passes = {}
 
     def lm_eval(split):
-      return text.lm_eval_batches(corpus.split(split), global_batch_size=eval_batch_size,
-                                  seq_len=seq_len, **shard)
+      if split not in eval_passes:  # Built once per split; every pass reads the same windows.
+        eval_passes[split] = text.lm_eval_batches(
+            corpus.split(split), global_batch_size=eval_batch_size, seq_len=seq_len, **shard)
+      return eval_passes[split]
 
-    return Streams(train, lm_eval, steps_per_epoch, {"vocab_size": len(corpus.vocab)}, corpus.vocab)
+    return Streams(text.training_stream(batches), lm_eval, len(batches),
+                   {"vocab_size": len(corpus.vocab)}, corpus.vocab)
 
   train_source = dataset.open_split(train_split, cache)
   sources = {}

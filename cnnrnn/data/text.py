@@ -312,11 +312,16 @@ def lm_train_dataset(
     process_count: int = 1,
 ) -> grain.IterDataset:
   """An endless stream of this process's training batches (`LanguageModelBatches`), epoch
-  after epoch in the same order. The iterator's `get_state()`/`set_state()` record the
-  batch number, so a resumed run continues with the next window of the streams."""
-  batches = LanguageModelBatches(
+  after epoch in the same order; see `training_stream`."""
+  return training_stream(LanguageModelBatches(
       tokens, global_batch_size=global_batch_size, seq_len=seq_len, train=True,
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count))
+
+
+def training_stream(batches: LanguageModelBatches) -> grain.IterDataset:
+  """Training batches 0, 1, 2, ... of `batches` (train=True), endlessly. The iterator's
+  `get_state()`/`set_state()` record the batch number, so a resumed run continues with
+  the next window of the streams."""
   return grain.MapDataset.range(2**62).map(batches.__getitem__).to_iter_dataset(
       grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
 

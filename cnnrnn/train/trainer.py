@@ -184,13 +184,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       out_shardings=(state_shardings, metrics_sharding),
       donate_argnums=0,
   )
-  eval_carry = None
+  eval_carry = carry_sharding = None
   if stateful:
-    abstract_carry = jax.eval_shape(lambda: model.zero_carry(config.eval_batch_size))
-    carry_sharding = jax.tree.map(lambda _: batch_sharding, abstract_carry)
-    eval_carry = jax.jit(lambda: model.zero_carry(config.eval_batch_size),
-                         out_shardings=carry_sharding)()
-  carry_sharding = jax.tree.map(lambda _: batch_sharding, eval_carry)
+    zero_carry = lambda: model.zero_carry(config.eval_batch_size)
+    carry_sharding = jax.tree.map(lambda _: batch_sharding, jax.eval_shape(zero_carry))
+    eval_carry = jax.jit(zero_carry, out_shardings=carry_sharding)()
   eval_step = jax.jit(steps.make_eval_step(model, task),
                       in_shardings=(state_shardings, batch_sharding, carry_sharding),
                       out_shardings=(metrics_sharding, carry_sharding))

@@ -3,16 +3,13 @@ accumulation, exact resume, metrics over every token, and the PTB/char-RNN confi
 
 import json
 import math
-import os
 import pathlib
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from cnnrnn import data
@@ -25,7 +22,7 @@ from cnnrnn.train import optim
 from cnnrnn.train import steps
 from cnnrnn.train.state import TrainState
 from configs import char_rnn_shakespeare, ptb_lstm
-from tests.helpers import REPO, shared_dataset
+from tests.helpers import cli, override, restore_state, shared_dataset
 
 ONE_DEVICE = (("data", 1),)
 
@@ -114,24 +111,7 @@ def _char_config(data_dir, **overrides):
   c.checkpoint_every_steps = 3
   c.checkpoint.async_save = False
   c.progress_bar = False
-  for k, v in overrides.items():
-    *path, last = k.split(".")
-    target = c
-    for p in path:
-      target = target[p]
-    target[last] = v
-  return c
-
-
-def _restore(workdir, step):
-  """A checkpoint's train state on this process's first device, whatever wrote it."""
-  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.metadata(path).item_metadata.tree
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
-                          is_leaf=lambda m: hasattr(m, "shape"))
-    return jax.device_get(ckptr.restore(path, target))
+  return override(c, **overrides)
 
 
 def test_char_lm_learns_and_evaluates_every_character(data_dir, tmp_path):
@@ -159,7 +139,7 @@ def test_resumed_lm_run_equals_an_uninterrupted_one(data_dir, tmp_path):
   train.train_and_evaluate(_char_config(data_dir), str(whole))
   train.train_and_evaluate(_char_config(data_dir, num_train_steps=3), str(parts))
   train.train_and_evaluate(_char_config(data_dir), str(parts))  # Resumes at step 3.
-  a, b = _restore(whole, 6), _restore(parts, 6)
+  a, b = restore_state(whole, 6), restore_state(parts, 6)
   assert jax.tree.structure(a) == jax.tree.structure(b)
   assert any(np.abs(x).sum() > 0 for x in jax.tree.leaves(a["carry"]))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -195,17 +175,13 @@ def test_ptb_config_epochs_and_zaremba_schedule(data_dir):
 
 
 def _lm_cli(workdir, data_dir, devices, *flags):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_cpu_collective_call_terminate_timeout_seconds=600")
-  cmd = [sys.executable, "-m", "cnnrnn.main", "--config=configs/char_rnn_shakespeare.py",
-         f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
-         f"--config.dataset.manual_dir={shared_dataset('tinyshakespeare')}",
-         "--config.progress_bar=False", "--config.model.hidden_size=16", "--config.dataset.seq_len=12",
-         "--config.batch_size=8", "--config.eval_batch_size=16", "--config.num_train_steps=8",
-         "--config.eval_every_steps=0", "--config.checkpoint_every_steps=8",
-         "--config.optimizer.name=momentum", "--config.optimizer.learning_rate=0.5",
-         "--config.optimizer.schedule=constant", *flags]
-  return cmd, dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  return cli("configs/char_rnn_shakespeare.py", workdir, data_dir, devices,
+             f"--config.dataset.manual_dir={shared_dataset('tinyshakespeare')}",
+             "--config.model.hidden_size=16", "--config.dataset.seq_len=12",
+             "--config.batch_size=8", "--config.eval_batch_size=16", "--config.num_train_steps=8",
+             "--config.eval_every_steps=0", "--config.checkpoint_every_steps=8",
+             "--config.optimizer.name=momentum", "--config.optimizer.learning_rate=0.5",
+             "--config.optimizer.schedule=constant", *flags)
 
 
 def _test_record(workdir):
@@ -233,9 +209,9 @@ def test_lm_on_eight_devices_and_two_processes_matches_one_device(data_dir, tmp_
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err.decode()[-3000:]
 
-  one = _restore(tmp_path / "d1", 8)
+  one = restore_state(tmp_path / "d1", 8)
   for other in ("d8", "p2"):
-    state = _restore(tmp_path / other, 8)
+    state = restore_state(tmp_path / other, 8)
     for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(one["params"]),
                                  jax.tree_util.tree_leaves_with_path(state["params"])):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=f"{other}{jax.tree_util.keystr(path)}")

@@ -2,20 +2,17 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from cnnrnn import train
 from configs import lenet5_mnist, quickstart
-from tests.helpers import REPO, shared_dataset
+from tests.helpers import cli, override, restore_state, shared_dataset
 
 
 # In-process runs use one of the 8 fake devices: with jax 0.10.2, in-process 8-device
@@ -32,13 +29,7 @@ def _quick(data_dir, **overrides):
   c.num_train_steps = 6
   c.log_every_steps = 3
   c.checkpoint.async_save = False
-  for k, v in overrides.items():
-    node, *path = k.split(".")
-    target = c
-    for p in [node, *path][:-1]:
-      target = target[p]
-    target[[node, *path][-1]] = v
-  return c
+  return override(c, **overrides)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -106,18 +97,7 @@ def test_lenet5_on_real_mnist(data_dir, tmp_path):
 
 
 def _cli(workdir, data_dir, devices, *flags):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_cpu_collective_call_terminate_timeout_seconds=600")
-  cmd = [sys.executable, "-m", "cnnrnn.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
-         f"--config.dataset.data_dir={data_dir}", "--config.progress_bar=False", *flags]
-  return cmd, dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _final(workdir, step):
-  path = pathlib.Path(workdir) / "checkpoints" / str(step)
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(path / "state")
-  return state, json.loads((path / "data" / "metadata").read_text()) if (path / "data" / "metadata").exists() else None
+  return cli("configs/quickstart.py", workdir, data_dir, devices, *flags)
 
 
 def _leaves(tree):
@@ -135,8 +115,8 @@ def test_eight_devices_match_one(data_dir, tmp_path):
     cmd, kw = _cli(tmp_path / f"d{devices}", data_dir, devices, *flags)
     proc = subprocess.run(cmd, **kw)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-  one, _ = _final(tmp_path / "d1", 20)
-  eight, _ = _final(tmp_path / "d8", 20)
+  one = restore_state(tmp_path / "d1", 20)
+  eight = restore_state(tmp_path / "d8", 20)
   for (path, a), (_, b) in zip(_leaves(one["params"]), _leaves(eight["params"])):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
   for (path, a), (_, b) in zip(_leaves(one["model_state"]), _leaves(eight["model_state"])):
@@ -166,8 +146,8 @@ def test_killed_run_resumes_bitwise(data_dir, tmp_path):
   proc = subprocess.run(cmd, **kw)
   assert proc.returncode == 0, proc.stderr.decode()[-3000:]
 
-  straight, _ = _final(tmp_path / "straight", steps)
-  resumed, _ = _final(tmp_path / "killed", steps)
+  straight = restore_state(tmp_path / "straight", steps)
+  resumed = restore_state(tmp_path / "killed", steps)
   for (path, a), (_, b) in zip(_leaves(straight), _leaves(resumed)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
   assert len(_leaves(straight)) == len(_leaves(resumed))
