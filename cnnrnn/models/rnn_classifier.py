@@ -75,12 +75,15 @@ class RNNClassifier(nn.Module):
     if self.cell not in CELLS:
       raise ValueError(f"model.cell={self.cell!r}; allowed: {', '.join(sorted(CELLS))}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    embedding = None
     if self.vocab_size is not None:
       if inputs.ndim != 2:
         raise ValueError(f"with vocab_size set, inputs must be [batch, time] token ids, got "
                          f"shape {inputs.shape}")
-      x = nn.Embed(self.vocab_size, self.embedding_size or self.hidden_size, name="embed",
-                   **kw)(inputs)
+      embed = nn.Embed(self.vocab_size, self.embedding_size or self.hidden_size,
+                       name="embed", **kw)
+      # The first layer reads the table itself (cheaper for small vocabularies, see RNN).
+      x, embedding = inputs, jnp.asarray(embed.embedding, self.dtype)
     elif inputs.ndim != 3:
       raise ValueError(f"inputs must be [batch, time, features] (or set vocab_size for token "
                        f"ids), got shape {inputs.shape}")
@@ -90,7 +93,8 @@ class RNNClassifier(nn.Module):
         cell=self.cell, hidden_size=self.hidden_size, num_layers=self.num_layers,
         bidirectional=self.bidirectional, dropout=self.dropout, unroll=self.unroll,
         custom_vjp=self.custom_vjp, cell_kwargs=self.cell_kwargs, name="rnn", **kw)
-    outputs, carry = rnn(x, seq_lengths=seq_lengths, train=train)  # [B, T, D*H]
+    outputs, carry = rnn(x, seq_lengths=seq_lengths, train=train,
+                         embedding=embedding)  # [B, T, D*H]
     if self.many_to_many:
       features = outputs  # [B, T, D*H]
     else:

@@ -112,9 +112,13 @@ class RNNLM(nn.Module):
             else _symmetric_uniform(self.init_scale))
     embed = nn.Embed(self.vocab_size, emb_size, embedding_init=init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="embed")
-    x = embed(tokens)  # [B, T, E]
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x, carry = self._stack(name="rnn")(x, initial_carry=carry, train=train)  # [B, T, H]
+    stack = self._stack(name="rnn")
+    if train and self.dropout > 0:
+      x = nn.Dropout(self.dropout, deterministic=False)(embed(tokens))  # [B, T, E]
+      x, carry = stack(x, initial_carry=carry, train=train)  # [B, T, H]
+    else:  # The first layer reads the table itself (cheaper for small vocabularies).
+      x, carry = stack(tokens, initial_carry=carry, train=train,
+                       embedding=jnp.asarray(embed.embedding, self.dtype))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     if self.tie_weights:
       bias = self.param("head_bias", nn.initializers.zeros_init(), (self.vocab_size,),

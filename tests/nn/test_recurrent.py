@@ -246,6 +246,47 @@ def test_custom_vjp_with_mixed_dtypes(spec, cell_dtype, carry_dtype):
   _assert_tree_close(grad(variables, True), grad(variables, False), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("vocab", [5, 4 * B * T])  # Table projected, or rows gathered.
+@pytest.mark.parametrize("layer", ["lstm", "gru_reverse", "bidirectional", "stacked"])
+def test_embedding_input_equals_embedded_inputs(vocab, layer):
+  """rnn(ids, embedding=E) == rnn(E[ids]): outputs, carry and every gradient, with lengths."""
+  ids = jax.random.randint(jax.random.key(0), (B, T), 0, vocab)
+  table = jax.random.normal(jax.random.key(1), (vocab, F))
+  lengths = jnp.array([T, 4, 1])
+  width = H
+  if layer == "stacked":
+    rnn, width = cnn.StackedRNN(cell="lstm", hidden_size=H, num_layers=2, bidirectional=True), 2 * H
+    run = lambda v, x, **kw: rnn.apply(v, x, seq_lengths=lengths, **kw)[::-1]  # (carry, out)
+  else:
+    make = cnn.GRUCell if layer == "gru_reverse" else cnn.LSTMCell
+    rnn = cnn.RNN(make(H), reverse=layer == "gru_reverse")
+    if layer == "bidirectional":
+      rnn, width = cnn.Bidirectional(cnn.RNN(make(H)), cnn.RNN(make(H))), 2 * H
+    run = lambda v, x, **kw: rnn.apply(v, x, seq_lengths=lengths, return_carry=True, **kw)
+  variables = _init(rnn, table[ids])
+  weights = jax.random.normal(jax.random.key(3), (B, T, width))
+
+  def loss(variables, table, use_table):
+    carry, out = run(variables, ids, embedding=table) if use_table else run(variables, table[ids])
+    total = jnp.sum(weights * out) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(carry))
+    return total, (out, carry)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+  (g_ids, (out_ids, carry_ids)), (g_ref, (out_ref, carry_ref)) = (
+      grad(variables, table, True), grad(variables, table, False))
+  _assert_tree_close((out_ids, carry_ids), (out_ref, carry_ref), rtol=1e-5, atol=1e-6)
+  _assert_tree_close(g_ids, g_ref, rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(g_ids[1])).sum() > 0  # The table does get a gradient.
+
+
+def test_embedding_input_needs_integer_ids():
+  rnn = cnn.RNN(cnn.LSTMCell(H))
+  with pytest.raises(ValueError, match="integer ids"):
+    rnn.init(jax.random.key(0), jnp.zeros((B, T)), embedding=jnp.ones((7, F)))
+  with pytest.raises(ValueError, match="integer ids"):
+    rnn.init(jax.random.key(0), jnp.zeros((B, T, 1), jnp.int32), embedding=jnp.ones((7, F)))
+
+
 def test_unroll_and_jit_give_same_outputs():
   x = _inputs()
   variables = _init(cnn.RNN(cnn.LSTMCell(H)), x)
