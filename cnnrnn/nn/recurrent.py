@@ -131,14 +131,22 @@ class _RecurrentDotTranspose(_RecurrentDot):
   Returns dp @ kernel[:, cols]^T, the cotangent of a, and records a in `operands` and dp
   in `products` (here the cotangents of the products) for the kernel gradient that the
   driver forms after the loop.
+
+  `kernel_t` is kernel^T, transposed once outside the loop: a per-step product with a
+  transposed operand ran ~10% slower on XLA:CPU (B=20, H=650).
   """
+
+  def __init__(self, kernel: Array, bias: Array | None, kernel_t: Array):
+    super().__init__(kernel, bias)
+    self.kernel_t = kernel_t
 
   def __call__(self, a: Array, dp: Array, gates: slice = slice(None)) -> Array:
     lo, hi = self._cols(gates)
     self.operands.append(a)
     self.products.append(dp)
     self.columns.append((lo, hi))
-    return jnp.dot(dp, self._kernel(lo, hi).T)
+    kernel_t = self.kernel_t if (lo, hi) == (0, self.kernel.shape[1]) else self.kernel_t[lo:hi]
+    return jnp.dot(dp, kernel_t)
 
 
 class RecurrentCell(nn.Module):
@@ -576,6 +584,7 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, input_bias, mask, reverse, u
   def loop_bwd(residuals, cotangents):
     kernel, bias, carries_in, saved, xp, input_bias, mask = residuals
     d_carry_out, d_ys = cotangents
+    kernel_t = kernel.T
 
     def replay_body(d_carry, xs):
       carry_in, saved, xp_t, mask_t, dy_t = xs
@@ -601,7 +610,7 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, input_bias, mask, reverse, u
         dy_t = jnp.where(keep, dy_t, jnp.zeros_like(dy_t))
       d_new = jax.tree.unflatten(jax.tree.structure(d_new), [
           d.astype(dtype) for d, dtype in zip(jax.tree.leaves(d_new), new_dtypes, strict=True)])
-      rdot_t = _RecurrentDotTranspose(kernel, bias)
+      rdot_t = _RecurrentDotTranspose(kernel, bias, kernel_t)
       d_carry_in, d_xp_t = cell.step_backward(rdot_t, carry_in, saved, d_new, dy_t)
       d_carry_in = jax.tree.map(lambda d, c: d.astype(c.dtype), d_carry_in, carry_in)
       if d_kept is not None:
