@@ -6,6 +6,8 @@ cross-entropy). Competitors:
   ours        cnnrnn RNNLM: input projection hoisted out of the loop + the custom VJP
               (recurrent-weight gradient as one matmul after the backward loop); jit, donate.
   ours-ad     the same driver differentiated by plain autodiff (custom_vjp=False).
+  ours-gather cnnrnn's StackedRNN fed embedded inputs table[ids] (as torch's nn.LSTM is),
+              without RNNLM's projection of the embedding table (see cnnrnn.nn.RNN).
   flax-naive  flax.linen.RNN over flax.linen.LSTMCell / GRUCell (per-step input matmul).
   torch       torch.nn.Embedding + nn.LSTM / nn.GRU + nn.Linear, eager, torch.optim.SGD.
 
@@ -38,6 +40,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 from cnnrnn.models.rnn_lm import RNNLM  # noqa: E402
+from cnnrnn.nn import StackedRNN  # noqa: E402
 
 CONFIGS = {
     # Zaremba et al. 2014 medium: 2x650, unroll 35, batch 20, 10k vocabulary.
@@ -46,6 +49,22 @@ CONFIGS = {
     # Character LSTM on Tiny Shakespeare: 512 units, 128 steps, batch 64, 65 characters.
     "char_lstm": dict(cell="lstm", hidden=512, layers=1, seq=128, batch=64, vocab=65),
 }
+
+
+class GatheredLM(nn.Module):
+  """nn.Embed -> cnnrnn StackedRNN -> nn.Dense: our driver on embedded inputs."""
+
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  cell: str
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab_size, self.hidden_size)(tokens)
+    x, _ = StackedRNN(cell=self.cell, hidden_size=self.hidden_size,
+                      num_layers=self.num_layers)(x)
+    return nn.Dense(self.vocab_size)(x)
 
 
 class NaiveLM(nn.Module):
@@ -118,6 +137,7 @@ def make_competitors(cfg, seed=0):
             cell=cfg["cell"])
   competitors["ours"] = jax_runner(RNNLM(**lm))
   competitors["ours-ad"] = jax_runner(RNNLM(**lm, custom_vjp=False))
+  competitors["ours-gather"] = jax_runner(GatheredLM(**lm))
   competitors["flax-naive"] = jax_runner(NaiveLM(**lm))
 
   torch.manual_seed(seed)

@@ -44,7 +44,8 @@ def table(times: dict[str, list[float]], baseline: str, title: str) -> str:
   """A markdown table of median/min ms per step and the speed ratio baseline/competitor."""
   base = statistics.median(times[baseline])
   lines = [f"### {title}", "",
-           f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}", "",
+           f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
+           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}", "",
            f"| competitor | median ms/step | min ms/step | speed vs {baseline} |",
            "|---|---:|---:|---:|"]
   for name, t in times.items():
