@@ -51,22 +51,6 @@ CONFIGS = {
 }
 
 
-class GatheredLM(nn.Module):
-  """nn.Embed -> cnnrnn StackedRNN -> nn.Dense: our driver on embedded inputs."""
-
-  vocab_size: int
-  hidden_size: int
-  num_layers: int
-  cell: str
-
-  @nn.compact
-  def __call__(self, tokens):
-    x = nn.Embed(self.vocab_size, self.hidden_size)(tokens)
-    x, _ = StackedRNN(cell=self.cell, hidden_size=self.hidden_size,
-                      num_layers=self.num_layers)(x)
-    return nn.Dense(self.vocab_size)(x)
-
-
 class NaiveLM(nn.Module):
   """The straightforward Flax LM: nn.RNN over Flax's own cells, one step at a time."""
 
@@ -81,6 +65,17 @@ class NaiveLM(nn.Module):
     cell_cls = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[self.cell]
     for _ in range(self.num_layers):
       x = nn.RNN(cell_cls(self.hidden_size))(x)
+    return nn.Dense(self.vocab_size)(x)
+
+
+class GatheredLM(NaiveLM):
+  """nn.Embed -> cnnrnn StackedRNN -> nn.Dense: our driver on embedded inputs."""
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab_size, self.hidden_size)(tokens)
+    x, _ = StackedRNN(cell=self.cell, hidden_size=self.hidden_size,
+                      num_layers=self.num_layers)(x)
     return nn.Dense(self.vocab_size)(x)
 
 
