@@ -25,14 +25,15 @@ BN_EPSILON = 1e-5
 
 
 @jax.custom_vjp
-def _kept(x, token):
+def _through_conditional(x, token):
   t = token.reshape(-1)[0]
   # Two branches XLA does not merge (x * 1.0 == x exactly, NaN included) around an opaque
   # boundary: consumers read the stored x instead of fusing its producers.
   return lax.cond(t == t, lambda v: v, lambda v: v * 1.0, x)
 
 
-_kept.defvjp(lambda x, token: (_kept(x, token), None), lambda _, g: (g, None))
+_through_conditional.defvjp(lambda x, token: (_through_conditional(x, token), None),
+                            lambda _, g: (g, None))
 
 
 def materialize(x: jax.Array, token: jax.Array) -> jax.Array:
@@ -58,7 +59,7 @@ def materialize(x: jax.Array, token: jax.Array) -> jax.Array:
   """
   if jax.default_backend() != "cpu":
     return x
-  return _kept(x, lax.stop_gradient(token))
+  return _through_conditional(x, lax.stop_gradient(token))
 
 
 def torch_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
