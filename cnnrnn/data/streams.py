@@ -2,8 +2,9 @@
 
 Examples datasets (images, synthetic sequences) give shuffled batches of examples
 (`pipeline.train_dataset` / `pipeline.eval_batches`); text datasets trained as language
-models give truncated-BPTT windows over contiguous streams (`text.lm_train_dataset` /
-`text.lm_eval_batches`), with a vocabulary built from the training split.
+models give truncated-BPTT windows over contiguous streams (`text.training_stream` over
+`text.LanguageModelBatches` / `text.lm_eval_batches`), with a vocabulary built from the
+training split.
 """
 
 from collections.abc import Callable, Iterable

@@ -303,21 +303,6 @@ class LanguageModelBatches:
     return (self[b] for b in range(self.num_batches))
 
 
-def lm_train_dataset(
-    tokens,
-    *,
-    global_batch_size: int,
-    seq_len: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> grain.IterDataset:
-  """An endless stream of this process's training batches (`LanguageModelBatches`), epoch
-  after epoch in the same order; see `training_stream`."""
-  return training_stream(LanguageModelBatches(
-      tokens, global_batch_size=global_batch_size, seq_len=seq_len, train=True,
-      process_index=process_index, process_count=process_count))
-
-
 def training_stream(batches: LanguageModelBatches) -> grain.IterDataset:
   """Training batches 0, 1, 2, ... of `batches` (train=True), endlessly. The iterator's
   `get_state()`/`set_state()` record the batch number, so a resumed run continues with

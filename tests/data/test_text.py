@@ -119,12 +119,14 @@ def test_process_shards_are_disjoint_and_complete(train):
 
 def test_train_iterator_resumes_at_the_next_window():
   tokens = np.arange(500)
-  it = iter(text.lm_train_dataset(tokens, global_batch_size=2, seq_len=10))
+  it = iter(text.training_stream(text.LanguageModelBatches(
+      tokens, global_batch_size=2, seq_len=10, train=True)))
   for _ in range(3):
     next(it)
   state = it.get_state()
   expected = [next(it)["inputs"] for _ in range(30)]  # Crosses an epoch boundary (24).
-  fresh = iter(text.lm_train_dataset(tokens, global_batch_size=2, seq_len=10))
+  fresh = iter(text.training_stream(text.LanguageModelBatches(
+      tokens, global_batch_size=2, seq_len=10, train=True)))
   fresh.set_state(state)
   for e in expected:
     np.testing.assert_array_equal(next(fresh)["inputs"], e)
@@ -161,7 +163,8 @@ def test_text_data_never_imports_tensorflow(tmp_path):
   code = (
       "import sys; from cnnrnn import data; from cnnrnn.data import text; "
       f"c = text.load_corpus(data.load('tiny_shakespeare', {str(tmp_path)!r}, {folder!r})); "
-      "next(iter(text.lm_train_dataset(c.splits['train'], global_batch_size=4, seq_len=8))); "
+      "next(iter(text.training_stream(text.LanguageModelBatches("
+      "c.splits['train'], global_batch_size=4, seq_len=8, train=True)))); "
       "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
   )
   subprocess.run([sys.executable, "-c", code], check=True)
