@@ -127,7 +127,8 @@ class LayerInfo:
 
 
 _SPATIAL = (nn.Conv, cnn.MaxPool, cnn.AvgPool)
-_RECORDED = (nn.Conv, nn.Dense, nn.BatchNorm, cnn.MaxPool, cnn.AvgPool, cnn.AdaptiveAvgPool)
+_RECORDED = (nn.Conv, nn.Dense, nn.BatchNorm, cnn.BatchNorm, cnn.MaxPool, cnn.AvgPool,
+             cnn.AdaptiveAvgPool)
 
 
 def _pair(v) -> tuple[int, int]:

@@ -44,8 +44,8 @@ class AlexNet(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pools = 0
     for i, (f, k, s, p, pool) in enumerate(self._CONVS):
-      x = nn.relu(nn.Conv(f, (k, k), strides=(s, s), padding=((p, p), (p, p)),
-                          name=f"conv{i + 1}", **kw)(x))
+      x = nn.relu(cnn.Conv(f, (k, k), strides=(s, s), padding=((p, p), (p, p)),
+                           name=f"conv{i + 1}", **kw)(x))
       if pool:
         pools += 1
         x = cnn.MaxPool((3, 3), (2, 2), name=f"pool{pools}")(x)  # overlapping: reduce_window

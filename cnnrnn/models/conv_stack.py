@@ -40,9 +40,10 @@ class ConvStack(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     k = self.kernel_size
     for i, f in enumerate(self.features):
-      x = nn.Conv(f, (k, k), padding="SAME", use_bias=not self.batch_norm, name=f"conv{i}", **kw)(x)
+      x = cnn.Conv(f, (k, k), padding="SAME", use_bias=not self.batch_norm, name=f"conv{i}",
+                   **kw)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}", **kw)(x)
+        x = cnn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}", **kw)(x)
       x = nn.relu(x)
       if self.pool_every and (i + 1) % self.pool_every == 0:
         x = cnn.max_pool(x, (2, 2))

@@ -44,9 +44,9 @@ class LeNet5(nn.Module):
       raise ValueError(f"model.pooling={self.pooling!r}; allowed: {sorted(_POOLS)}")
     act, pool = _ACTIVATIONS[self.activation], _POOLS[self.pooling]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = act(nn.Conv(6, (5, 5), padding="VALID", name="conv1", **kw)(x))  # (B, 28, 28, 6)
+    x = act(cnn.Conv(6, (5, 5), padding="VALID", name="conv1", **kw)(x))  # (B, 28, 28, 6)
     x = pool(x, (2, 2))  # (B, 14, 14, 6)
-    x = act(nn.Conv(16, (5, 5), padding="VALID", name="conv2", **kw)(x))  # (B, 10, 10, 16)
+    x = act(cnn.Conv(16, (5, 5), padding="VALID", name="conv2", **kw)(x))  # (B, 10, 10, 16)
     x = pool(x, (2, 2))  # (B, 5, 5, 16)
     x = x.reshape(x.shape[0], -1)  # (B, 400)
     x = act(nn.Dense(120, name="fc1", **kw)(x))

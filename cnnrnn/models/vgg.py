@@ -59,11 +59,11 @@ class VGG(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for s, (n, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
       for j in range(n):
-        x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=cnn.he_normal_fan_out,
-                    name=f"stage{s}_conv{j}", **kw)(x)
+        x = cnn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=cnn.he_normal_fan_out,
+                     name=f"stage{s}_conv{j}", **kw)(x)
         if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=cnn.BN_MOMENTUM,
-                           epsilon=cnn.BN_EPSILON, name=f"stage{s}_bn{j}", **kw)(x)
+          x = cnn.BatchNorm(use_running_average=not train, momentum=cnn.BN_MOMENTUM,
+                            epsilon=cnn.BN_EPSILON, name=f"stage{s}_bn{j}", **kw)(x)
         x = nn.relu(x)
       x = cnn.MaxPool((2, 2), name=f"stage{s}_pool")(x)
     x = cnn.AdaptiveAvgPool(7, name="avgpool")(x)  # (B, 7, 7, 512)

@@ -1,8 +1,9 @@
 """Reusable layers, each usable alone in any Flax codebase."""
 
 from cnnrnn.nn.conv import (BN_EPSILON, BN_MOMENTUM, RESIDUAL_BLOCKS, BasicBlock,
-                            BottleneckBlock, ConvBN, he_normal_fan_out, pad_shortcut,
+                            BottleneckBlock, Conv, ConvBN, he_normal_fan_out, pad_shortcut,
                             torch_padding)
+from cnnrnn.nn.norm import BatchNorm
 from cnnrnn.nn.pooling import (AdaptiveAvgPool, AvgPool, MaxPool, adaptive_avg_pool, avg_pool,
                                max_pool)
 from cnnrnn.nn.recurrent import (CELLS, RNN, Bidirectional, GRUCell, LSTMCell, RecurrentCell,

@@ -17,6 +17,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from cnnrnn.nn import native
+from cnnrnn.nn.norm import BatchNorm
+
 # He et al. 2015 ("Delving deep into rectifiers") normal init, fan-out mode, as torchvision's ResNet/VGG.
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -62,6 +65,17 @@ def materialize(x: jax.Array, token: jax.Array) -> jax.Array:
   return _through_conditional(x, lax.stop_gradient(token))
 
 
+class Conv(nn.Conv):
+  """`flax.linen.Conv` whose float32 convolutions run on native kernels on the CPU.
+
+  Same parameters and results (to float32 rounding) as `flax.linen.Conv`; see
+  `cnnrnn.nn.native` for when the native kernels apply. Every convolution of the model zoo
+  is this one.
+  """
+
+  conv_general_dilated: Callable[..., jax.Array] | None = native.conv_general_dilated
+
+
 def torch_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """Symmetric padding k // 2 on both spatial axes, as `torch.nn.Conv2d(padding=k // 2)`."""
   p = kernel_size // 2
@@ -80,7 +94,7 @@ class ConvBN(nn.Module):
     dtype: compute dtype.
     param_dtype: parameter dtype.
 
-  Submodules: `conv` (nn.Conv) and `bn` (nn.BatchNorm).
+  Submodules: `conv` (`Conv`) and `bn` (`BatchNorm`).
   """
 
   features: int
@@ -94,13 +108,13 @@ class ConvBN(nn.Module):
   def __call__(self, x, *, train: bool):
     """Args: x: [B, H, W, C]. Returns: [B, H / strides, W / strides, features] (floored)."""
     k, s = self.kernel_size, self.strides
-    x = nn.Conv(self.features, (k, k), strides=(s, s), padding=torch_padding(k), use_bias=False,
-                kernel_init=he_normal_fan_out, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="conv")(x)
+    x = Conv(self.features, (k, k), strides=(s, s), padding=torch_padding(k), use_bias=False,
+             kernel_init=he_normal_fan_out, dtype=self.dtype, param_dtype=self.param_dtype,
+             name="conv")(x)
     scale_init = nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        scale_init=scale_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="bn")(x)
+    return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                     scale_init=scale_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="bn")(x)
 
 
 def pad_shortcut(x, features: int, strides: int):
@@ -153,12 +167,12 @@ class _ResidualBlock(nn.Module):
   def _conv_bn(self, features: int, kernel_size: int, strides: int, index: int, last: bool) -> Callable:
     """The block's `index`-th conv + BN, named `conv{index}` / `bn{index}` like torchvision."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    conv = nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
-                   padding=torch_padding(kernel_size), use_bias=False,
-                   kernel_init=he_normal_fan_out, name=f"conv{index}", **kw)
+    conv = Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
+                padding=torch_padding(kernel_size), use_bias=False,
+                kernel_init=he_normal_fan_out, name=f"conv{index}", **kw)
     scale_init = nn.initializers.zeros if (last and self.zero_init_residual) else nn.initializers.ones
-    bn = nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale_init=scale_init,
-                      name=f"bn{index}", **kw)
+    bn = BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale_init=scale_init,
+                   name=f"bn{index}", **kw)
     return lambda x, train: bn(conv(x), use_running_average=not train)
 
   def _kept(self, x):

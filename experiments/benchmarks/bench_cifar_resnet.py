@@ -9,6 +9,8 @@ from other processes hits both alike; the table reports medians over all timed s
     python experiments/benchmarks/bench_cifar_resnet.py --xla_flags=--xla_cpu_experimental_ynn_fusion_type=
 
 XLA flags must be set before JAX starts, hence the flag (it is appended to $XLA_FLAGS).
+`cnnrnn (jax)` is what the trainer runs on one CPU device: native convolution and
+BatchNorm kernels (cnnrnn.nn.native). `--xla_convs` adds the same step traced without them.
 """
 
 import argparse
@@ -27,6 +29,8 @@ def parse_args():
   p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the JAX side")
   p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
   p.add_argument("--skip_torch", action="store_true")
+  p.add_argument("--xla_convs", action="store_true",
+                 help="also time the step traced with XLA's convolutions and BatchNorm")
   return p.parse_args()
 
 
@@ -43,6 +47,7 @@ import optax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from cnnrnn import models  # noqa: E402
+from cnnrnn.nn import native  # noqa: E402
 
 LR, MOMENTUM = 0.1, 0.9
 
@@ -151,6 +156,17 @@ def main():
     jax.block_until_ready(loss)
 
   runners = {"cnnrnn (jax)": run_jax}
+  if ARGS.xla_convs:
+    xstep, xla_state = jax_step_fn(ARGS.depth, ARGS.batch)
+    with native.override(False):  # Traced (and compiled) without the native kernels here.
+      xla_state, _ = xstep(xla_state, jimages, jlabels)
+
+    def run_xla():
+      nonlocal xla_state
+      xla_state, loss = xstep(xla_state, jimages, jlabels)
+      jax.block_until_ready(loss)
+
+    runners["cnnrnn, XLA convolutions"] = run_xla
   if not ARGS.skip_torch:
     tstep, n_torch, torch = torch_step_fn(ARGS.depth, ARGS.batch)
     timages = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())

@@ -7,6 +7,10 @@ dense 120, 84, 10, ReLU). Interleaved A B A B; medians. Not a test.
     python experiments/benchmarks/bench_lenet.py [--batch=256] [--rounds=10]
     python experiments/benchmarks/bench_lenet.py --xla_flags=--xla_cpu_experimental_ynn_fusion_type=
     python experiments/benchmarks/bench_lenet.py --flax_pool   # flax.linen.max_pool instead
+    python experiments/benchmarks/bench_lenet.py --xla_convs   # also XLA's convolutions
+
+`cnnrnn (jax)` is what the trainer runs on one CPU device: native convolution kernels
+(cnnrnn.nn.native). `--xla_convs` adds the same step traced with XLA's convolutions.
 """
 
 import argparse
@@ -27,13 +31,14 @@ import optax  # noqa: E402
 
 from cnnrnn import models, tasks  # noqa: E402
 from cnnrnn.models import lenet  # noqa: E402
+from cnnrnn.nn import native  # noqa: E402
 from cnnrnn.train import steps  # noqa: E402
 from cnnrnn.train.state import TrainState  # noqa: E402
 
 LR, MOMENTUM = 0.05, 0.9
 
 
-def jax_competitor(batch: int, flax_pool: bool):
+def jax_competitor(batch: int, flax_pool: bool, use_native: bool | None = None):
   if flax_pool:  # The straightforward version, for the record.
     lenet._POOLS["max"] = lambda x, w: nn.max_pool(x, w, strides=w)
   model = models.create("lenet5")
@@ -52,6 +57,8 @@ def jax_competitor(batch: int, flax_pool: bool):
     box[0], metrics = step(box[0], data)
     jax.block_until_ready(metrics)
 
+  with native.override(use_native):  # Traced (and compiled) here, by the first call.
+    run()
   return run
 
 
@@ -84,12 +91,15 @@ def main():
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--flax_pool", action="store_true")
   p.add_argument("--xla_flags", default="")
+  p.add_argument("--xla_convs", action="store_true", help="also time XLA's convolutions")
   args = p.parse_args()
   import torch  # pylint: disable=g-import-not-at-top
 
-  times = harness.interleave(
-      {"pytorch eager": torch_competitor(args.batch), "cnnrnn (jax)": jax_competitor(args.batch, args.flax_pool)},
-      rounds=args.rounds, steps=args.steps)
+  competitors = {"pytorch eager": torch_competitor(args.batch),
+                 "cnnrnn (jax)": jax_competitor(args.batch, args.flax_pool)}
+  if args.xla_convs:
+    competitors["cnnrnn, XLA convolutions"] = jax_competitor(args.batch, args.flax_pool, False)
+  times = harness.interleave(competitors, rounds=args.rounds, steps=args.steps)
   title = (f"LeNet-5 train step, batch {args.batch} (torch {torch.__version__}, jax {jax.__version__}, "
            f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}{', flax max_pool' if args.flax_pool else ''})")
   print(harness.table(times, "pytorch eager", title))

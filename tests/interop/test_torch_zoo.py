@@ -7,6 +7,7 @@ import pytest
 
 from cnnrnn import models
 from cnnrnn.interop import torch_zoo
+from cnnrnn.nn import native
 
 torch = pytest.importorskip("torch")
 tv_models = pytest.importorskip("torchvision.models")
@@ -35,14 +36,18 @@ def _random_torchvision(name, num_classes=1000):
     ("resnet18", 64, 1000),
     ("resnet50", 64, 1000),
 ])
-def test_logits_match_torchvision(name, size, num_classes):
+@pytest.mark.parametrize("use_native", [False, True], ids=["xla", "native"])
+def test_logits_match_torchvision(name, size, num_classes, use_native):
+  if use_native and not native.available()[0]:
+    pytest.skip(f"native kernels unavailable: {native.available()[1]}")
   tmodel = _random_torchvision(name, num_classes)
   x = np.random.RandomState(1).randn(2, 3, size, size).astype(np.float32)
   with torch.no_grad():
     want = tmodel(torch.from_numpy(x)).numpy()
   variables = torch_zoo.from_torch(name, tmodel.state_dict(), num_classes=num_classes)
   model = models.create(name, num_classes=num_classes)
-  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x.transpose(0, 2, 3, 1))
+  with native.override(use_native):  # This process has 8 devices: native only when asked.
+    got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x.transpose(0, 2, 3, 1))
   assert np.abs(np.asarray(got) - want).max() <= 1e-5 * np.abs(want).max()
 
 
