@@ -150,23 +150,22 @@ def main():
   compile_s = time.perf_counter() - t0
   n_jax = sum(x.size for x in jax.tree.leaves(state[0]))
 
-  def run_jax():
-    nonlocal state
-    state, loss = jstep(state, jimages, jlabels)
-    jax.block_until_ready(loss)
+  def runner(step, state):
+    """A zero-argument step of `step` that carries its own (donated) state."""
+    box = [state]
 
-  runners = {"cnnrnn (jax)": run_jax}
+    def run():
+      box[0], loss = step(box[0], jimages, jlabels)
+      jax.block_until_ready(loss)
+
+    return run
+
+  runners = {"cnnrnn (jax)": runner(jstep, state)}
   if ARGS.xla_convs:
     xstep, xla_state = jax_step_fn(ARGS.depth, ARGS.batch)
     with native.override(False):  # Traced (and compiled) without the native kernels here.
       xla_state, _ = xstep(xla_state, jimages, jlabels)
-
-    def run_xla():
-      nonlocal xla_state
-      xla_state, loss = xstep(xla_state, jimages, jlabels)
-      jax.block_until_ready(loss)
-
-    runners["cnnrnn, XLA convolutions"] = run_xla
+    runners["cnnrnn, XLA convolutions"] = runner(xstep, xla_state)
   if not ARGS.skip_torch:
     tstep, n_torch, torch = torch_step_fn(ARGS.depth, ARGS.batch)
     timages = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())

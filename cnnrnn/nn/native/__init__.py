@@ -203,7 +203,7 @@ def _conv2d_bwd(pad, strides, residuals, dy):
     dx = _forward(dy, w_t, (kh - 1 - ph, kw - 1 - pw))
   else:  # A strided convolution's input gradient dilates dy: XLA's.
     _, vjp = jax.vjp(lambda x: lax.conv_general_dilated(
-        x, w, strides, ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+        x, w, strides, ((ph, ph), (pw, pw)), dimension_numbers=_NHWC), x)
     (dx,) = vjp(dy)
   return dx, _weight_grad(x, dy, (kh, kw), pad, strides)
 
