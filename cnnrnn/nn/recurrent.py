@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnrnn.nn import native
+
 Array = jax.Array
 Carry = Any
 Initializer = Callable[..., Array]
@@ -650,6 +652,33 @@ def _scan_custom_vjp(cell, kernel, bias, carry, xp, input_bias, mask, reverse, u
   return loop(kernel, bias, carry, xp, input_bias, mask)
 
 
+def _native_lstm_applies(cell, kernel, carry, xp) -> bool:
+  """Whether the time loop runs on the native LSTM kernels (`native.lstm`): an LSTMCell
+  (or a subclass that keeps its step), float32 throughout, where `native.applies`."""
+  cls = type(cell)
+  if not (cls.step is RecurrentCell.step and cls.step_forward is LSTMCell.step_forward
+          and cls.step_backward is LSTMCell.step_backward):
+    return False
+  leaves = jax.tree.leaves(carry)
+  b, g = xp.shape[1:]
+  return (xp.shape[0] > 0 and b > 0 and len(leaves) == 2
+          and all(c.shape == (b, g // 4) for c in leaves)
+          and native.applies(kernel, xp, *leaves))
+
+
+def _native_lstm(kernel, bias, carry, xp, input_bias, seq_lengths, reverse):
+  """The LSTM loop of `_scan_custom_vjp` on the native kernels."""
+  t, b, g = xp.shape
+  total_bias = jnp.zeros((g,), jnp.float32)
+  for vector in (input_bias, bias):
+    if vector is not None:
+      total_bias = total_bias + vector.astype(jnp.float32)
+  lengths = (jnp.full((b,), t, jnp.int32) if seq_lengths is None
+             else seq_lengths.astype(jnp.int32))
+  c, h = carry
+  return native.lstm(kernel, total_bias, c, h, xp, lengths, reverse)
+
+
 class RNN(nn.Module):
   """Runs any cell over batch-major sequences with `lax.scan`.
 
@@ -658,6 +687,12 @@ class RNN(nn.Module):
   the gradient of the recurrent weights is one matmul after the backward loop, and the
   backward loop runs the cell's `step_backward` where it has one (equal to autodiff up to
   float rounding).
+
+  For an `LSTMCell` in float32 on one CPU device, the same loops run on native kernels
+  instead of `lax.scan` (`cnnrnn.nn.native.lstm`: one call for the forward loop, one for the
+  backward loop; the same function, to float32 rounding). `native.override(False)` keeps
+  the scan; programs on several devices keep it too, since the SPMD partitioner cannot
+  split a custom call.
 
   Variable lengths: with `seq_lengths`, step t of example b runs only if t < length[b];
   past it the carry is frozen (so the final carry is the one at the example's last valid
@@ -755,7 +790,9 @@ class RNN(nn.Module):
       shape = (b, t, self.cell.features)
       delta = jnp.swapaxes(self.perturb("hidden_states", jnp.zeros(shape, xp.dtype)), 0, 1)
 
-    if self.custom_vjp and delta is None:
+    if self.custom_vjp and delta is None and _native_lstm_applies(self.cell, kernel, carry, xp):
+      carry, ys = _native_lstm(kernel, bias, carry, xp, input_bias, seq_lengths, reverse)
+    elif self.custom_vjp and delta is None:
       carry, ys = _scan_custom_vjp(self.cell, kernel, bias, carry, xp, input_bias, mask,
                                    reverse, self.unroll)
     else:

@@ -5,6 +5,8 @@ every side (embedding -> L recurrent layers -> dense to the vocabulary, softmax
 cross-entropy). Competitors:
   ours        cnnrnn RNNLM: input projection hoisted out of the loop + the custom VJP
               (recurrent-weight gradient as one matmul after the backward loop); jit, donate.
+              The LSTM's time loops run on the native kernels (cnnrnn.nn.native.lstm).
+  ours-xla    the same, traced with native.override(False): the loops are lax.scans.
   ours-ad     the same driver differentiated by plain autodiff (custom_vjp=False).
   ours-gather cnnrnn's StackedRNN fed embedded inputs table[ids] (as torch's nn.LSTM is),
               without RNNLM's projection of the embedding table (see cnnrnn.nn.RNN).
@@ -40,7 +42,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 from cnnrnn.models.rnn_lm import RNNLM  # noqa: E402
-from cnnrnn.nn import StackedRNN  # noqa: E402
+from cnnrnn.nn import StackedRNN, native  # noqa: E402
 
 CONFIGS = {
     # Zaremba et al. 2014 medium: 2x650, unroll 35, batch 20, 10k vocabulary.
@@ -117,13 +119,14 @@ def make_competitors(cfg, seed=0):
   tok_j, tgt_j = jnp.asarray(tokens), jnp.asarray(targets)
   competitors = {}
 
-  def jax_runner(model):
+  def jax_runner(model, use_native=None):
     params = model.init(jax.random.key(seed), tok_j)["params"]
     step = jax_step_fn(model)
     state = {"params": params}
 
     def run():
-      state["params"], loss = step(state["params"], tok_j, tgt_j)
+      with native.override(use_native):  # Decides when the first call traces the step.
+        state["params"], loss = step(state["params"], tok_j, tgt_j)
       jax.block_until_ready(loss)
 
     return run
@@ -131,6 +134,8 @@ def make_competitors(cfg, seed=0):
   lm = dict(vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], num_layers=cfg["layers"],
             cell=cfg["cell"])
   competitors["ours"] = jax_runner(RNNLM(**lm))
+  if cfg["cell"] == "lstm":
+    competitors["ours-xla"] = jax_runner(RNNLM(**lm), use_native=False)
   competitors["ours-ad"] = jax_runner(RNNLM(**lm, custom_vjp=False))
   competitors["ours-gather"] = jax_runner(GatheredLM(**lm))
   competitors["flax-naive"] = jax_runner(NaiveLM(**lm))

@@ -1,4 +1,5 @@
-"""Native CPU kernels for convolutions and BatchNorm, called through the XLA FFI (`kernels.cc`).
+"""Native CPU kernels called through the XLA FFI: convolutions and BatchNorm (`kernels.cc`),
+and the LSTM's time loops (`recurrent.cc`).
 
 XLA:CPU runs the small-channel convolutions of LeNet and the CIFAR ResNets at a fraction of
 the machine's speed, and lowers their weight gradients to layout transposes plus a
@@ -8,9 +9,12 @@ conv_general_dilated=...)` hook) that sends NHWC/HWIO float32 convolutions on a 
 device to direct AVX-512 kernels (forward, weight gradient, and input gradient at stride 1),
 and everything else to XLA unchanged. `batch_norm_train` computes BatchNorm's batch
 statistics and their gradients in one pass each (XLA:CPU materialises x**2 and reduces
-through reduce-window fusions, ~90 ms of a ResNet-20 step). Parameters and results are the
-same; sums are ordered differently (BatchNorm's in float32 blocks, then float64), so
-results equal XLA's to float32 rounding.
+through reduce-window fusions, ~90 ms of a ResNet-20 step). `lstm` runs an LSTM's whole
+forward loop in one call and its whole backward loop in another, each step a register-tiled
+matmul with the gate arithmetic fused in, instead of a `lax.scan` of a small dot and
+several small fusions; `cnnrnn.nn.RNN` uses it for `LSTMCell` where it applies. Parameters
+and results are the same; sums are ordered differently (BatchNorm's in float32 blocks, then
+float64), so results equal XLA's to float32 rounding.
 
 The kernels are compiled on first use with the system's C++ compiler (`$CXX`, else `g++`)
 against jaxlib's FFI headers, for this machine's CPU (`-march=native`), and cached under
@@ -37,10 +41,16 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCE = Path(__file__).with_name("kernels.cc")
-_FORWARD = "cnnrnn_conv2d_fwd"
-_WEIGHT_GRAD = "cnnrnn_conv2d_dw"
-_CHANNEL_SUMS = "cnnrnn_channel_sums"
+_SOURCES = tuple(Path(__file__).with_name(name)
+                 for name in ("kernels.cc", "recurrent.cc", "common.h"))
+# FFI target name -> handler symbol in the library.
+_TARGETS = {
+    "cnnrnn_conv2d_fwd": "CnnrnnConv2dForward",
+    "cnnrnn_conv2d_dw": "CnnrnnConv2dWeightGrad",
+    "cnnrnn_channel_sums": "CnnrnnChannelSums",
+    "cnnrnn_lstm_fwd": "CnnrnnLstmForward",
+    "cnnrnn_lstm_bwd": "CnnrnnLstmBackward",
+}
 _LANES = 16  # float32 lanes of an AVX-512 vector; kernels take output channels padded to this.
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
@@ -62,7 +72,8 @@ def _compile(cxx: str, out: Path) -> None:
   with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
     tmp_out = Path(tmp) / out.name
     cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-isystem",
-           jax.ffi.include_dir(), str(_SOURCE), "-o", str(tmp_out)]
+           jax.ffi.include_dir(), *(str(p) for p in _SOURCES if p.suffix == ".cc"), "-o",
+           str(tmp_out)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
       raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
@@ -82,9 +93,9 @@ def _load() -> tuple[bool, str]:
   cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if cxx is None:
     return False, "no C++ compiler (set $CXX or install g++)"
-  key = hashlib.sha256(
-      b"\0".join([_SOURCE.read_bytes(), jax.__version__.encode(), cxx.encode(), flags.encode()])
-  ).hexdigest()[:16]
+  key = hashlib.sha256(b"\0".join(
+      [*(p.read_bytes() for p in _SOURCES), jax.__version__.encode(), cxx.encode(),
+       flags.encode()])).hexdigest()[:16]
   cache = Path(os.environ.get("CNNRNN_CACHE_DIR", Path.home() / ".cache" / "cnnrnn"))
   library = cache / "native" / f"kernels-{key}.so"
   try:
@@ -92,11 +103,8 @@ def _load() -> tuple[bool, str]:
       log.info("Compiling the native kernels into %s", library)
       _compile(cxx, library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.CnnrnnConv2dForward), platform="cpu")
-    jax.ffi.register_ffi_target(_WEIGHT_GRAD, jax.ffi.pycapsule(lib.CnnrnnConv2dWeightGrad),
-                                platform="cpu")
-    jax.ffi.register_ffi_target(_CHANNEL_SUMS, jax.ffi.pycapsule(lib.CnnrnnChannelSums),
-                                platform="cpu")
+    for target, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   except (OSError, RuntimeError, AttributeError) as e:
     log.warning("Native kernels unavailable, using XLA's: %s", e)
     return False, str(e)
@@ -141,11 +149,12 @@ def applies(*arrays: jax.Array) -> bool:
           and available()[0])
 
 
-def _ffi_call(target: str, out: jax.ShapeDtypeStruct, *args, **attrs):
+def _ffi_call(target: str, out, *args, **attrs):
+  """Calls an FFI target with result shape(s) `out`; int attributes as int64, bools as bool."""
   ok, why = available()
   if not ok:
     raise RuntimeError(f"cnnrnn's native kernels are unavailable: {why}")
-  attrs = {k: np.int64(v) for k, v in attrs.items()}
+  attrs = {k: np.bool_(v) if isinstance(v, bool) else np.int64(v) for k, v in attrs.items()}
   return jax.ffi.ffi_call(target, out, vmap_method="sequential")(*args, **attrs)
 
 
@@ -160,14 +169,14 @@ def _forward(x, w, pad, strides=(1, 1)):
   b, h, wd, _ = x.shape
   out = jax.ShapeDtypeStruct(
       (b, (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1, w.shape[3]), jnp.float32)
-  return _ffi_call(_FORWARD, out, x, _pad_channels(w), pad_h=ph, pad_w=pw, stride_h=sh,
+  return _ffi_call("cnnrnn_conv2d_fwd", out, x, _pad_channels(w), pad_h=ph, pad_w=pw, stride_h=sh,
                    stride_w=sw)
 
 
 def _weight_grad(x, dy, kernel_hw, pad, strides):
   (kh, kw), (ph, pw), (sh, sw) = kernel_hw, pad, strides
   out = jax.ShapeDtypeStruct((kh, kw, x.shape[3], dy.shape[3]), jnp.float32)
-  return _ffi_call(_WEIGHT_GRAD, out, x, dy, pad_h=ph, pad_w=pw, stride_h=sh, stride_w=sw)
+  return _ffi_call("cnnrnn_conv2d_dw", out, x, dy, pad_h=ph, pad_w=pw, stride_h=sh, stride_w=sw)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -255,7 +264,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 def _channel_sums(u, v, shift, *, moments: bool):
   out = jax.ShapeDtypeStruct((2, u.shape[1]), jnp.float32)
-  return _ffi_call(_CHANNEL_SUMS, out, u, v, shift, moments=moments)
+  return _ffi_call("cnnrnn_channel_sums", out, u, v, shift, moments=int(moments))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -306,3 +315,60 @@ def _batch_norm_bwd(epsilon, residuals, cotangents):
 
 
 batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+def _lstm_forward(kernel, bias, c0, h0, xp, lengths, reverse, save_residuals):
+  t, b, g = xp.shape
+  seq = jax.ShapeDtypeStruct((t, b, g // 4), jnp.float32)
+  carry = jax.ShapeDtypeStruct((b, g // 4), jnp.float32)
+  out = (seq, carry, carry, seq, seq, jax.ShapeDtypeStruct((t, b, g), jnp.float32), seq)
+  return _ffi_call("cnnrnn_lstm_fwd", out, xp, bias, kernel, c0, h0, lengths, reverse=reverse,
+                   save_residuals=save_residuals)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def lstm(kernel: jax.Array, bias: jax.Array, c0: jax.Array, h0: jax.Array, xp: jax.Array,
+         lengths: jax.Array, reverse: bool = False):
+  """The LSTM time loop of `cnnrnn.nn.RNN(LSTMCell)` on the native kernels (recurrent.cc).
+
+  Raises RuntimeError if the kernels are unavailable. Gate blocks [i, f, g, o], as LSTMCell;
+  example b is updated at step t only if t < lengths[b] (else its carry is kept and its
+  output is zero). Reverse-mode differentiable; the recurrent-weight gradient is one matmul
+  over all steps.
+
+  Args:
+    kernel: [H, 4H] float32 recurrent kernel.
+    bias: [4H] float32, added to every step's gates (the input and recurrent biases).
+    c0, h0: [B, H] float32 initial carry.
+    xp: [T, B, 4H] float32 input projections, time-major.
+    lengths: [B] int32.
+    reverse: run t = T-1 .. 0.
+
+  Returns:
+    ((c_T, h_T), ys [T, B, H]).
+  """
+  ys, c, h, *_ = _lstm_forward(kernel, bias, c0, h0, xp, lengths, reverse, False)
+  return (c, h), ys
+
+
+def _lstm_fwd(kernel, bias, c0, h0, xp, lengths, reverse):
+  ys, c, h, h_in, c_in, acts, tanh_c = _lstm_forward(kernel, bias, c0, h0, xp, lengths, reverse,
+                                                     True)
+  return ((c, h), ys), (kernel, h_in, c_in, acts, tanh_c, lengths)
+
+
+def _lstm_bwd(reverse, residuals, cotangents):
+  kernel, h_in, c_in, acts, tanh_c, lengths = residuals
+  (dc, dh), dys = cotangents
+  t, b, g = acts.shape
+  carry = jax.ShapeDtypeStruct((b, g // 4), jnp.float32)
+  out = (jax.ShapeDtypeStruct((t, b, g), jnp.float32), carry, carry)
+  dz, dc0, dh0 = _ffi_call("cnnrnn_lstm_bwd", out, kernel, acts, c_in, tanh_c, lengths, dys, dc,
+                           dh, reverse=reverse)
+  # sum_t h_in_t^T dz_t as one [H, T*B] x [T*B, 4H] matmul.
+  dz2 = dz.reshape(t * b, g)
+  d_kernel = lax.dot_general(h_in.reshape(t * b, -1), dz2, (((0,), (0,)), ((), ())))
+  return d_kernel, dz2.sum(axis=0), dc0, dh0, dz, None
+
+
+lstm.defvjp(_lstm_fwd, _lstm_bwd)

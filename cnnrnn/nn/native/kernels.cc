@@ -29,47 +29,15 @@
 #include <utility>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "common.h"
 
 namespace {
 
-constexpr int kLanes = 16;
-
-// Calls fn(worker, i) for every i in [0, n), on the calling thread and up to
-// num_workers - 1 tasks of XLA's pool. Indices are handed out through an atomic counter,
-// so the caller finishes the work alone if the pool is busy; it returns when all are done.
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t num_workers, int64_t n, const F& fn) {
-  num_workers = std::max<int64_t>(1, std::min(num_workers, n));
-  if (num_workers == 1) {
-    for (int64_t i = 0; i < n; ++i) fn(0, i);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, n, &fn](int64_t worker) {
-    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
-      fn(worker, i);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  // A task that starts after all indices are taken touches only `state`, which it owns.
-  for (int64_t t = 1; t < num_workers; ++t) pool.Schedule([work, t]() { work(t); });
-  work(0);
-  while (state->done.load(std::memory_order_acquire) < n) _mm_pause();
-}
-
-int64_t NumWorkers(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
-
-inline __mmask16 TailMask(int64_t channels) {
-  const int64_t rem = channels % kLanes;
-  return rem == 0 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1);
-}
+namespace ffi = xla::ffi;
+using cnnrnn::kLanes;
+using cnnrnn::NumWorkers;
+using cnnrnn::ParallelFor;
+using cnnrnn::TailMask;
 
 // Copies image `src` [h, w, c] into the middle of `dst` [h + 2 ph, w + 2 pw, c], zeroing the border.
 void PadImage(const float* src, int64_t h, int64_t w, int64_t c, int64_t ph, int64_t pw, float* dst) {
