@@ -14,6 +14,7 @@ import pytest
 from cnnrnn import models
 from cnnrnn import nn as cnn
 from cnnrnn.nn import native
+from cnnrnn.nn.recurrent import _scan_custom_vjp
 
 pytestmark = pytest.mark.skipif(not native.available()[0],
                                 reason=f"native kernels unavailable: {native.available()[1]}")
@@ -252,13 +253,12 @@ def _lstm_inputs(t, b, h, seed=0):
 ])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_lstm_loop_and_its_gradients_equal_the_scan(t, b, h, lengths, reverse):
-  from cnnrnn.nn.recurrent import LSTMCell, _scan_custom_vjp  # pylint: disable=import-outside-toplevel
   args, (dys, dc, dh) = _lstm_inputs(t, b, h)
   lengths = jnp.full((b,), t, jnp.int32) if lengths is None else jnp.array(lengths, jnp.int32)
   mask = jnp.arange(t)[:, None] < lengths[None, :]
 
   def scan(kernel, bias, c0, h0, xp):  # XLA's loop: LSTMCell under the driver's custom VJP.
-    return _scan_custom_vjp(LSTMCell(h), kernel, None, (c0, h0), xp, bias, mask, reverse, 1)
+    return _scan_custom_vjp(cnn.LSTMCell(h), kernel, None, (c0, h0), xp, bias, mask, reverse, 1)
 
   def loop(kernel, bias, c0, h0, xp):
     return native.lstm(kernel, bias, c0, h0, xp, lengths, reverse)

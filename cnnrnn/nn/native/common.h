@@ -100,7 +100,8 @@ void ParallelSteps(ffi::ThreadPool& pool, int64_t num_workers, int64_t steps, in
 // Calls fn(worker, i) for every i in [0, n), in parallel as ParallelSteps.
 template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t num_workers, int64_t n, const F& fn) {
-  ParallelSteps(pool, num_workers, 1, n, [&fn](int64_t worker, int64_t, int64_t i) { fn(worker, i); });
+  ParallelSteps(pool, num_workers, 1, n,
+                [&fn](int64_t worker, int64_t, int64_t i) { fn(worker, i); });
 }
 
 }  // namespace cnnrnn

@@ -124,7 +124,9 @@ void PackBackward(ffi::ThreadPool& pool, const Dims& d, const float* w, float* w
     const int64_t u0 = j * kLanes, m = std::min<int64_t>(kLanes, h - u0);
     float* panel = wt + j * g * kLanes;
     for (int64_t n = 0; n < g; ++n) {
-      for (int64_t u = 0; u < kLanes; ++u) panel[n * kLanes + u] = u < m ? w[(u0 + u) * g + n] : 0.0f;
+      for (int64_t u = 0; u < kLanes; ++u) {
+        panel[n * kLanes + u] = u < m ? w[(u0 + u) * g + n] : 0.0f;
+      }
     }
   });
 }
@@ -278,7 +280,9 @@ void BackwardTile(const BackwardArgs& a, int64_t q, int64_t j, int64_t b0) {
     float* dc_b = a.dc + b * h + u0;
     float* dh_b = a.dh + b * h + u0;
     if (t >= a.lengths[b]) {  // Frozen: the carry's cotangent passes through, dz = 0.
-      for (int q2 = 0; q2 < kGates; ++q2) _mm512_mask_storeu_ps(dz + q2 * h, mask, _mm512_setzero_ps());
+      for (int gate = 0; gate < kGates; ++gate) {
+        _mm512_mask_storeu_ps(dz + gate * h, mask, _mm512_setzero_ps());
+      }
       _mm512_mask_storeu_ps(dh_b, mask, dh[r]);
       continue;
     }
@@ -289,9 +293,11 @@ void BackwardTile(const BackwardArgs& a, int64_t q, int64_t j, int64_t b0) {
     const __m512 th = _mm512_maskz_loadu_ps(mask, a.tanh_c + row * h + u0);
     const __m512 c_old = _mm512_maskz_loadu_ps(mask, a.c_in + row * h + u0);
     const __m512 d_h = _mm512_add_ps(dh[r], _mm512_maskz_loadu_ps(mask, a.dys + row * h + u0));
-    const __m512 d_c = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dc_b),
-                                     _mm512_mul_ps(_mm512_mul_ps(d_h, o), OneMinus(_mm512_mul_ps(th, th))));
-    _mm512_mask_storeu_ps(dz, mask, _mm512_mul_ps(_mm512_mul_ps(d_c, gg), _mm512_mul_ps(i, OneMinus(i))));
+    const __m512 d_c = _mm512_add_ps(
+        _mm512_maskz_loadu_ps(mask, dc_b),
+        _mm512_mul_ps(_mm512_mul_ps(d_h, o), OneMinus(_mm512_mul_ps(th, th))));
+    _mm512_mask_storeu_ps(dz, mask,
+                          _mm512_mul_ps(_mm512_mul_ps(d_c, gg), _mm512_mul_ps(i, OneMinus(i))));
     _mm512_mask_storeu_ps(dz + h, mask,
                           _mm512_mul_ps(_mm512_mul_ps(d_c, c_old), _mm512_mul_ps(f, OneMinus(f))));
     _mm512_mask_storeu_ps(dz + 2 * h, mask,
