@@ -656,7 +656,7 @@ def _native_lstm_applies(cell, kernel, carry, xp) -> bool:
   """Whether the time loop runs on the native LSTM kernels (`native.lstm`): an LSTMCell
   (or a subclass that keeps its step), float32 throughout, where `native.applies`."""
   cls = type(cell)
-  if not (cls.step is RecurrentCell.step and cls.step_forward is LSTMCell.step_forward
+  if not (_has_backward_rule(cell) and cls.step_forward is LSTMCell.step_forward
           and cls.step_backward is LSTMCell.step_backward):
     return False
   leaves = jax.tree.leaves(carry)

@@ -264,7 +264,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 def _channel_sums(u, v, shift, *, moments: bool):
   out = jax.ShapeDtypeStruct((2, u.shape[1]), jnp.float32)
-  return _ffi_call("cnnrnn_channel_sums", out, u, v, shift, moments=int(moments))
+  return _ffi_call("cnnrnn_channel_sums", out, u, v, shift, moments=moments)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -472,8 +472,8 @@ void ConvWeightGradFewChannels(ffi::ThreadPool& pool, const float* x, const floa
 
 // ---------------------------------------------------------------------------------------
 // Per-channel statistics for BatchNorm:
-//   moments = 0: out[0, c] = sum_r u[r, c],   out[1, c] = sum_r u[r, c] (v[r, c] - shift[c]);
-//   moments = 1: out[0, c] = mean_r u[r, c],  out[1, c] = mean_r u^2 - out[0, c]^2 (with v = u:
+//   moments false: out[0, c] = sum_r u[r, c],   out[1, c] = sum_r u[r, c] (v[r, c] - shift[c]);
+//   moments true:  out[0, c] = mean_r u[r, c],  out[1, c] = mean_r u^2 - out[0, c]^2 (with v = u:
 //                the mean and the biased variance; shift unused).
 // Moments are taken about the first row (the shifted-data algorithm), so a mean far from
 // zero does not cancel the variance away. Sums run in float over blocks of 32 rows, then in
@@ -536,14 +536,14 @@ void ChannelSums(ffi::ThreadPool& pool, const float* u, const float* v, const fl
 
 ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> v,
                            ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> out,
-                           int64_t moments) {
+                           bool moments) {
   const auto ud = u.dimensions(), vd = v.dimensions(), sd = shift.dimensions();
   const auto od = out->dimensions();
   if (ud.size() != 2 || vd.size() != 2 || sd.size() != 1 || od.size() != 2 || ud[0] != vd[0] ||
       ud[1] != vd[1] || sd[0] != ud[1] || od[0] != 2 || od[1] != ud[1] || ud[0] == 0) {
     return ffi::Error::InvalidArgument("cnnrnn_channel_sums: inconsistent shapes");
   }
-  ChannelSums(pool, u.typed_data(), v.typed_data(), shift.typed_data(), ud[0], ud[1], moments != 0,
+  ChannelSums(pool, u.typed_data(), v.typed_data(), shift.typed_data(), ud[0], ud[1], moments,
               out->typed_data());
   return ffi::Error::Success();
 }
@@ -616,4 +616,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnrnnChannelSums, ChannelSumsImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("moments"));
+                                  .Attr<bool>("moments"));

@@ -222,10 +222,6 @@ constexpr auto ForwardTiles(std::integer_sequence<int, R...>) {
 void LstmForward(ffi::ThreadPool& pool, const ForwardArgs& args) {
   const Dims& d = args.d;
   static constexpr auto tiles = ForwardTiles(std::make_integer_sequence<int, kFwdRows>());
-  const int64_t t0 = d.Time(0, args.reverse);
-  // The carry entering the first step.
-  std::memcpy(args.h_in + t0 * d.b * d.h, args.h_last, sizeof(float) * d.b * d.h);
-  std::memcpy(args.c_in + t0 * d.b * d.h, args.c_last, sizeof(float) * d.b * d.h);
   ParallelSteps(pool, NumWorkers(pool), d.t, d.blocks, [&](int64_t, int64_t s, int64_t j) {
     for (int64_t b0 = 0; b0 < d.b; b0 += kFwdRows) {
       tiles[std::min<int64_t>(kFwdRows, d.b - b0) - 1](args, s, j, b0);
@@ -354,9 +350,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp, ffi::Buff
   cnnrnn::AdviseHugePages(ys, h_in, c_in, acts, tanh_c);
   float* wp = Scratch(d.blocks * h * kGates * kLanes);
   PackForward(pool, d, w.typed_data(), wp);
-  // The initial carry goes through c_last/h_last, which LstmForward copies into c_in/h_in.
-  std::memcpy(c_last->typed_data(), c0.typed_data(), sizeof(float) * b * h);
-  std::memcpy(h_last->typed_data(), h0.typed_data(), sizeof(float) * b * h);
+  // The carry entering the first step.
+  const int64_t t0 = d.Time(0, reverse);
+  std::memcpy(c_in->typed_data() + t0 * b * h, c0.typed_data(), sizeof(float) * b * h);
+  std::memcpy(h_in->typed_data() + t0 * b * h, h0.typed_data(), sizeof(float) * b * h);
   LstmForward(pool, ForwardArgs{d, reverse, save_residuals, xp.typed_data(), bias.typed_data(), wp,
                                 lengths.typed_data(), ys->typed_data(), c_last->typed_data(),
                                 h_last->typed_data(), h_in->typed_data(), c_in->typed_data(),
