@@ -43,6 +43,9 @@ def main(argv):
   if config.get("xla_flags"):
     # Read by XLA when the backend starts, which is below: importing jax does not start it.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
+  if config.get("reuse_host_memory", True):
+    from cnnrnn.train import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.reuse_freed_memory()  # Before XLA's threads allocate (see its docstring).
   import jax  # pylint: disable=g-import-not-at-top
 
   multiprocess = _MULTIPROCESS.value

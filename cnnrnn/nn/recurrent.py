@@ -777,9 +777,9 @@ class RNN(nn.Module):
     if embedding is None:
       xp = self.cell.project_inputs(x, add_bias=False)
     elif embedding.shape[0] < t * b:  # Project the table, then gather.
-      xp = jnp.take(self.cell.project_inputs(embedding, add_bias=False), x, axis=0)
+      xp = native.take_rows(self.cell.project_inputs(embedding, add_bias=False), x)
     else:
-      xp = self.cell.project_inputs(jnp.take(embedding, x, axis=0), add_bias=False)
+      xp = self.cell.project_inputs(native.take_rows(embedding, x), add_bias=False)
     xp = xp.reshape(t, b, -1)  # [T, B, G*H]
     _, input_bias = self.cell.input_weights(num_features)
     kernel, bias = self.cell.recurrent_weights()

@@ -62,6 +62,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Extra XLA_FLAGS, applied by the command line before the backend starts (e.g. CPU
   # backend choices measured in experiments/benchmarks); ignored by train_and_evaluate.
   c.xla_flags = ""
+  # Keep freed host memory for reuse (cnnrnn.train.host_memory), applied by the command
+  # line before the backend starts; ignored by train_and_evaluate.
+  c.reuse_host_memory = True
   c.profile_steps = 0  # > 0: a profiler trace of that many steps into workdir/profile.
   c.progress_bar = True
   return c

@@ -18,6 +18,10 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+import harness  # noqa: E402
+
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -31,13 +35,11 @@ def parse_args():
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--xla_convs", action="store_true",
                  help="also time the step traced with XLA's convolutions and BatchNorm")
+  harness.add_malloc_flag(p)
   return p.parse_args()
 
 
 ARGS = parse_args()
-sys.path.insert(0, os.path.dirname(__file__))
-import harness  # noqa: E402
-
 harness.xla_flags_from_argv([f"--xla_flags={ARGS.xla_flags}"])
 
 import jax  # noqa: E402
@@ -45,7 +47,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from cnnrnn import models  # noqa: E402
 from cnnrnn.nn import native  # noqa: E402
 
@@ -138,6 +139,7 @@ def torch_step_fn(depth: int, batch: int):
 
 
 def main():
+  harness.apply_malloc(ARGS.malloc)  # Before JAX's backend starts.
   rng = np.random.RandomState(0)
   images = rng.randn(ARGS.batch, 32, 32, 3).astype(np.float32)
   labels = rng.randint(0, 10, ARGS.batch).astype(np.int32)

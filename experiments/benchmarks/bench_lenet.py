@@ -92,7 +92,9 @@ def main():
   p.add_argument("--flax_pool", action="store_true")
   p.add_argument("--xla_flags", default="")
   p.add_argument("--xla_convs", action="store_true", help="also time XLA's convolutions")
+  harness.add_malloc_flag(p)
   args = p.parse_args()
+  harness.apply_malloc(args.malloc)
   import torch  # pylint: disable=g-import-not-at-top
 
   competitors = {"pytorch eager": torch_competitor(args.batch),

@@ -13,6 +13,11 @@ cross-entropy). Competitors:
   flax-naive  flax.linen.RNN over flax.linen.LSTMCell / GRUCell (per-step input matmul).
   torch       torch.nn.Embedding + nn.LSTM / nn.GRU + nn.Linear, eager, torch.optim.SGD.
 
+Host memory: by default the process first calls cnnrnn.train.host_memory.reuse_freed_memory(),
+as `python -m cnnrnn.main` does (config.reuse_host_memory), so that each step's buffers do
+not arrive on fresh pages. It applies to the whole process, PyTorch included;
+`--malloc=default` keeps glibc's defaults.
+
 Interleaved A B C D A B C D (experiments/benchmarks/harness.py), medians; the tables give
 speed vs torch = torch median / competitor median (above 1: faster than PyTorch). Not a test.
 
@@ -163,7 +168,9 @@ def main():
   parser.add_argument("--configs", default=",".join(CONFIGS))
   parser.add_argument("--torch_threads", type=int, default=None)
   parser.add_argument("--xla_flags", default="", help="appended to $XLA_FLAGS")
+  harness.add_malloc_flag(parser)
   args = parser.parse_args()
+  harness.apply_malloc(args.malloc)
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"

@@ -5,6 +5,7 @@ the median ignores outliers. Each competitor is a zero-argument callable that ru
 full step and blocks until its result is ready.
 """
 
+import argparse
 from collections.abc import Callable
 import os
 import platform
@@ -18,6 +19,24 @@ def xla_flags_from_argv(argv: list[str]) -> None:
     if arg.startswith("--xla_flags="):
       extra = arg.split("=", 1)[1]
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+
+
+_malloc = "glibc defaults"
+
+
+def add_malloc_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                      help="reuse: keep freed host memory for reuse, as the trainer does "
+                           "(cnnrnn.train.host_memory; the whole process, PyTorch too); "
+                           "default: glibc's defaults")
+
+
+def apply_malloc(mode: str) -> None:
+  """Applies `--malloc`; call before JAX's backend starts (the first computation)."""
+  global _malloc
+  from cnnrnn.train import host_memory  # pylint: disable=g-import-not-at-top
+  if mode == "reuse" and host_memory.reuse_freed_memory():
+    _malloc = "freed memory reused"
 
 
 def interleave(competitors: dict[str, Callable[[], None]], *, rounds: int = 10, steps: int = 5,
@@ -45,7 +64,7 @@ def table(times: dict[str, list[float]], baseline: str, title: str) -> str:
   base = statistics.median(times[baseline])
   lines = [f"### {title}", "",
            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
-           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}", "",
+           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, malloc: {_malloc}", "",
            f"| competitor | median ms/step | min ms/step | speed vs {baseline} |",
            "|---|---:|---:|---:|"]
   for name, t in times.items():

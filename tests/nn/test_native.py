@@ -326,3 +326,45 @@ def test_other_cells_and_dtypes_keep_the_scan():
     rnn = cnn.RNN(cnn.LSTMCell(8))
     variables = rnn.init(jax.random.key(0), x)
     assert "cnnrnn_lstm_fwd" in jax.jit(rnn.apply).lower(variables, x).as_text()
+
+
+@pytest.mark.parametrize("vocab,features,ids", [
+    (50, 7, [[3, 5, 3, -1, 49], [0, -50, 7, 3, 2]]),  # repeats and negative ids
+    (40, 33, [[3, 40, -41, 5], [100, 0, 0, 0]]),      # out of range: NaN rows, no gradient
+    (3000, 4, [[2999, 1, 2999]]),                     # several ~1 MB chunks of the table
+])
+def test_take_rows_and_its_gradient_equal_jnp_take(vocab, features, ids):
+  table = jax.random.normal(jax.random.key(0), (vocab, features))
+  ids = jnp.array(ids)
+  r = jax.random.normal(jax.random.key(1), (*ids.shape, features))
+
+  def loss(table, take):
+    return jnp.sum(jnp.nan_to_num(take(table, ids), nan=0.0) * r)
+
+  with native.override(True):
+    text = jax.jit(jax.grad(loss), static_argnums=1).lower(table, native.take_rows).as_text()
+    assert "cnnrnn_rows_grad" in text
+    value = native.take_rows(table, ids)
+    grad = jax.jit(jax.grad(loss), static_argnums=1)(table, native.take_rows)
+  np.testing.assert_array_equal(value, jnp.take(table, ids, axis=0))
+  expected = jax.grad(loss)(table, lambda t, i: jnp.take(t, i, axis=0))
+  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+  assert float(jnp.abs(expected).sum()) > 0
+
+
+def test_rnn_reads_its_embedding_with_take_rows():
+  ids = jnp.array([[1, 4, 4, 0], [2, 3, 1, 1]])
+  module = cnn.RNN(cnn.GRUCell(6))
+  table = jax.random.normal(jax.random.key(0), (30, 5))  # V >= B*T: gather, then project
+  params = module.init(jax.random.key(1), ids, embedding=table)["params"]
+
+  def loss(table):
+    return jnp.sum(module.apply({"params": params}, ids, embedding=table) ** 2)
+
+  with native.override(True):
+    assert "cnnrnn_rows_grad" in jax.jit(jax.grad(loss)).lower(table).as_text()
+    grad = jax.grad(loss)(table)
+  with native.override(False):
+    assert "cnnrnn_rows_grad" not in jax.jit(jax.grad(loss)).lower(table).as_text()
+    expected = jax.grad(loss)(table)
+  assert _rel(grad, expected) < 1e-6

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _SOURCES = tuple(Path(__file__).with_name(name)
-                 for name in ("kernels.cc", "recurrent.cc", "common.h"))
+                 for name in ("kernels.cc", "recurrent.cc", "embedding.cc", "common.h"))
 # FFI target name -> handler symbol in the library.
 _TARGETS = {
     "cnnrnn_conv2d_fwd": "CnnrnnConv2dForward",
@@ -50,6 +50,7 @@ _TARGETS = {
     "cnnrnn_channel_sums": "CnnrnnChannelSums",
     "cnnrnn_lstm_fwd": "CnnrnnLstmForward",
     "cnnrnn_lstm_bwd": "CnnrnnLstmBackward",
+    "cnnrnn_rows_grad": "CnnrnnRowsGrad",
 }
 _LANES = 16  # float32 lanes of an AVX-512 vector; kernels take output channels padded to this.
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
@@ -372,3 +373,48 @@ def _lstm_bwd(reverse, residuals, cotangents):
 
 
 lstm.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
+  """`jnp.take(table, ids, axis=0)` (an embedding lookup) whose gradient is one native call.
+
+  XLA differentiates the lookup into a scatter-add onto a zero-filled [V, F] buffer and
+  schedules the fill at the start of the step, where it delays the forward pass
+  (embedding.cc). Where `applies(table)`, the gradient is instead the native
+  `cnnrnn_rows_grad`, which runs once the cotangent exists; elsewhere this is `jnp.take`.
+  The value, and the handling of negative and out-of-range ids, are `jnp.take`'s; the
+  gradient equals XLA's to float32 rounding (repeated ids are summed in order).
+
+  Args:
+    table: [V, F].
+    ids: integer ids of any shape.
+
+  Returns:
+    [*ids.shape, F].
+  """
+  if applies(table):
+    return _take_rows(table, ids)
+  return jnp.take(table, ids, axis=0)
+
+
+@jax.custom_vjp
+def _take_rows(table, ids):
+  return jnp.take(table, ids, axis=0)
+
+
+def _take_rows_fwd(table, ids):
+  # A [V, 0] array carries the table's row count to the backward pass without data.
+  return jnp.take(table, ids, axis=0), (ids, jnp.zeros((table.shape[0], 0), table.dtype))
+
+
+def _take_rows_bwd(residuals, dy):
+  ids, rows = residuals
+  v, f = rows.shape[0], dy.shape[-1]
+  flat = ids.reshape(-1).astype(jnp.int32)
+  flat = jnp.where(flat < 0, flat + v, flat)  # jnp.take's negative ids count from the end.
+  d_table = _ffi_call("cnnrnn_rows_grad", jax.ShapeDtypeStruct((v, f), jnp.float32),
+                      dy.reshape(-1, f), flat)
+  return d_table, None
+
+
+_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)

@@ -36,20 +36,32 @@ inline __mmask16 TailMask(int64_t channels) {
 // that fills large outputs would otherwise take a page fault every 4 KB (~1 us each). The
 // advice covers the whole 2 MB pages inside the span from the lowest to the highest buffer
 // (a call's outputs are usually slices of one XLA allocation, so the span also covers what
-// lies between them). It is advice: contents never change, only speed, and nothing at all
-// happens where transparent huge pages are off.
-template <typename... Buffers>
-void AdviseHugePages(Buffers&... buffers) {
+// lies between them), or inside each buffer alone where the span is mostly other memory.
+// It is advice: contents never change, only speed, and nothing at all happens where
+// transparent huge pages are off.
+inline void AdviseHugePagesIn(uintptr_t begin, uintptr_t end) {
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  uintptr_t begin = UINTPTR_MAX, end = 0;
-  for (const auto [data, bytes] : {std::pair<uintptr_t, size_t>{
-           reinterpret_cast<uintptr_t>(buffers->untyped_data()), buffers->size_bytes()}...}) {
-    begin = std::min(begin, data);
-    end = std::max(end, data + bytes);
-  }
   begin = (begin + kHuge - 1) & ~(kHuge - 1);
   end &= ~(kHuge - 1);
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+template <typename... Buffers>
+void AdviseHugePages(Buffers&... buffers) {
+  const std::pair<uintptr_t, size_t> spans[] = {
+      {reinterpret_cast<uintptr_t>(buffers->untyped_data()), buffers->size_bytes()}...};
+  uintptr_t begin = UINTPTR_MAX, end = 0;
+  size_t total = 0;
+  for (const auto& [data, bytes] : spans) {
+    begin = std::min(begin, data);
+    end = std::max(end, data + bytes);
+    total += bytes;
+  }
+  if (end - begin <= total + (uintptr_t{4} << 20)) {
+    AdviseHugePagesIn(begin, end);
+  } else {
+    for (const auto& [data, bytes] : spans) AdviseHugePagesIn(data, data + bytes);
+  }
 }
 
 // Calls fn(worker, step, i) for every step in [0, steps) and i in [0, n); every call of a

@@ -1,0 +1,53 @@
+"""reuse_freed_memory: XLA's per-call buffers stop arriving on fresh pages."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc")
+
+# Each call of a jitted function returns a new 96 MB array (above glibc's mmap threshold);
+# prints the minor page faults per call once the first calls have warmed up.
+_PROGRAM = """
+import json, resource, sys
+from cnnrnn.train import host_memory
+applied = host_memory.reuse_freed_memory() if sys.argv[1] == "reuse" else None
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: x + 1.0)
+x = jnp.zeros((24 << 20,), jnp.float32)
+for _ in range(10):  # Freed results return to the heap a few calls later.
+  f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  f(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+print(json.dumps({"applied": applied, "faults": faults}))
+"""
+
+
+def _faults_per_call(mode):
+  out = subprocess.run([sys.executable, "-c", _PROGRAM, mode], check=True, capture_output=True,
+                       text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def _huge_pages_always():
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+      return "[always]" in f.read()
+  except OSError:
+    return False
+
+
+def test_reused_memory_takes_no_page_faults_per_call():
+  pages = (96 << 20) // 4096
+  default = _faults_per_call("default")
+  if not _huge_pages_always():  # Else a fault maps 2 MB at once.
+    assert default["faults"] > 0.5 * pages  # glibc maps every result afresh
+  reused = _faults_per_call("reuse")
+  assert reused["applied"] is True
+  assert reused["faults"] < 0.02 * pages
