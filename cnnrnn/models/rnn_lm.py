@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnrnn.nn import native
 from cnnrnn.nn.recurrent import CELLS, StackedRNN
 
 Array = jax.Array
@@ -114,7 +115,8 @@ class RNNLM(nn.Module):
                      param_dtype=self.param_dtype, name="embed")
     stack = self._stack(name="rnn")
     if train and self.dropout > 0:
-      x = nn.Dropout(self.dropout, deterministic=False)(embed(tokens))  # [B, T, E]
+      x = native.take_rows(jnp.asarray(embed.embedding, self.dtype), tokens)  # embed(tokens)
+      x = nn.Dropout(self.dropout, deterministic=False)(x)  # [B, T, E]
       x, carry = stack(x, initial_carry=carry, train=train)  # [B, T, H]
     else:  # The first layer reads the table itself (cheaper for small vocabularies).
       x, carry = stack(tokens, initial_carry=carry, train=train,

@@ -368,3 +368,24 @@ def test_rnn_reads_its_embedding_with_take_rows():
     assert "cnnrnn_rows_grad" not in jax.jit(jax.grad(loss)).lower(table).as_text()
     expected = jax.grad(loss)(table)
   assert _rel(grad, expected) < 1e-6
+
+
+def test_rnn_lm_with_dropout_reads_its_embedding_with_take_rows():
+  model = models.create("rnn_lm", vocab_size=40, hidden_size=8, num_layers=1, cell="gru",
+                        dropout=0.5)
+  tokens = jnp.array([[1, 5, 5, 39], [0, 2, 7, 7]])
+  params = model.init(jax.random.key(0), tokens)["params"]
+
+  def loss(params):
+    logits, _ = model.apply({"params": params}, tokens, train=True,
+                            rngs={"dropout": jax.random.key(1)})
+    return jnp.mean(logits ** 2)
+
+  with native.override(True):
+    assert "cnnrnn_rows_grad" in jax.jit(jax.grad(loss)).lower(params).as_text()
+    value, grads = jax.value_and_grad(loss)(params)
+  with native.override(False):
+    value_xla, grads_xla = jax.value_and_grad(loss)(params)
+  assert _rel(value, value_xla) < 1e-6
+  for a, e in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_xla), strict=True):
+    assert _rel(a, e) < 1e-5

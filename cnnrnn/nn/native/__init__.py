@@ -1,5 +1,5 @@
 """Native CPU kernels called through the XLA FFI: convolutions and BatchNorm (`kernels.cc`),
-and the LSTM's time loops (`recurrent.cc`).
+the LSTM's time loops (`recurrent.cc`) and the embedding gradient (`embedding.cc`).
 
 XLA:CPU runs the small-channel convolutions of LeNet and the CIFAR ResNets at a fraction of
 the machine's speed, and lowers their weight gradients to layout transposes plus a
@@ -12,7 +12,10 @@ statistics and their gradients in one pass each (XLA:CPU materialises x**2 and r
 through reduce-window fusions, ~90 ms of a ResNet-20 step). `lstm` runs an LSTM's whole
 forward loop in one call and its whole backward loop in another, each step a register-tiled
 matmul with the gate arithmetic fused in, instead of a `lax.scan` of a small dot and
-several small fusions; `cnnrnn.nn.RNN` uses it for `LSTMCell` where it applies. Parameters
+several small fusions; `cnnrnn.nn.RNN` uses it for `LSTMCell` where it applies.
+`take_rows` is an embedding lookup whose table gradient is one call that runs once the
+cotangent exists (XLA zero-fills its scatter's buffer at the start of the step, in the
+way of the forward pass); `RNN(ids, embedding=table)` reads its table with it. Parameters
 and results are the same; sums are ordered differently (BatchNorm's in float32 blocks, then
 float64), so results equal XLA's to float32 rounding.
 
