@@ -43,8 +43,8 @@ def main(argv):
   if config.get("xla_flags"):
     # Read by XLA when the backend starts, which is below: importing jax does not start it.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
-  if config.get("reuse_host_memory", True):
-    from cnnrnn.train import host_memory  # pylint: disable=g-import-not-at-top
+  from cnnrnn.train import host_memory  # pylint: disable=g-import-not-at-top
+  if config.get("reuse_host_memory", True) and host_memory.cpu_backend_expected():
     host_memory.reuse_freed_memory()  # Before XLA's threads allocate (see its docstring).
   import jax  # pylint: disable=g-import-not-at-top
 

@@ -63,7 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
   # backend choices measured in experiments/benchmarks); ignored by train_and_evaluate.
   c.xla_flags = ""
   # Keep freed host memory for reuse (cnnrnn.train.host_memory), applied by the command
-  # line before the backend starts; ignored by train_and_evaluate.
+  # line before the backend starts when JAX will compute on the CPU; ignored by
+  # train_and_evaluate.
   c.reuse_host_memory = True
   c.profile_steps = 0  # > 0: a profiler trace of that many steps into workdir/profile.
   c.progress_bar = True

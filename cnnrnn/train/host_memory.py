@@ -10,12 +10,14 @@ the main heap (XLA allocates from its own threads, and a thread's secondary aren
 blocks of 64 MB or more whatever the settings) and keeps up to 2 GiB of freed memory at
 the top of the heap instead of returning it to the system: after the first step, the same
 pages serve every step. The cost is memory that stays with the process once freed, as
-with a caching allocator. The command line applies it unless `config.reuse_host_memory`
-is False.
+with a caching allocator. The command line applies it when JAX will compute on the CPU
+(`cpu_backend_expected()`), unless `config.reuse_host_memory` is False.
 """
 
 import ctypes
+import importlib.metadata
 import logging
+import os
 import platform
 
 log = logging.getLogger(__name__)
@@ -52,3 +54,19 @@ def reuse_freed_memory() -> bool:
                 "keep their malloc arenas and most of the effect is lost")
   settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _KEEP_BYTES))
   return all(libc.mallopt(ctypes.c_int(p), ctypes.c_int(v)) == 1 for p, v in settings)
+
+
+def cpu_backend_expected() -> bool:
+  """Whether JAX will compute on the CPU, judged before its backend starts.
+
+  True if $JAX_PLATFORMS names "cpu" first, or is unset and no GPU or TPU plugin of jaxlib
+  (jax-cuda*, jax-rocm*, libtpu) is installed.
+  """
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0].strip().lower() == "cpu"
+  for dist in importlib.metadata.distributions():
+    name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+    if name.startswith(("jax-cuda", "jax-rocm", "libtpu")):
+      return False
+  return True

@@ -51,3 +51,11 @@ def test_reused_memory_takes_no_page_faults_per_call():
   reused = _faults_per_call("reuse")
   assert reused["applied"] is True
   assert reused["faults"] < 0.02 * pages
+
+
+def test_cpu_backend_expected_follows_jax_platforms(monkeypatch):
+  from cnnrnn.train import host_memory  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+  assert not host_memory.cpu_backend_expected()
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert host_memory.cpu_backend_expected()
