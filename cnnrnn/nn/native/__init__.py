@@ -396,26 +396,25 @@ def take_rows(table: jax.Array, ids: jax.Array) -> jax.Array:
     [*ids.shape, F].
   """
   if applies(table):
-    return _take_rows(table, ids)
+    return _take_rows(table, ids, table.shape[0])
   return jnp.take(table, ids, axis=0)
 
 
-@jax.custom_vjp
-def _take_rows(table, ids):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _take_rows(table, ids, num_rows):
+  del num_rows  # Only the backward pass needs it.
   return jnp.take(table, ids, axis=0)
 
 
-def _take_rows_fwd(table, ids):
-  # A [V, 0] array carries the table's row count to the backward pass without data.
-  return jnp.take(table, ids, axis=0), (ids, jnp.zeros((table.shape[0], 0), table.dtype))
+def _take_rows_fwd(table, ids, num_rows):
+  return jnp.take(table, ids, axis=0), ids
 
 
-def _take_rows_bwd(residuals, dy):
-  ids, rows = residuals
-  v, f = rows.shape[0], dy.shape[-1]
+def _take_rows_bwd(num_rows, ids, dy):
+  f = dy.shape[-1]
   flat = ids.reshape(-1).astype(jnp.int32)
-  flat = jnp.where(flat < 0, flat + v, flat)  # jnp.take's negative ids count from the end.
-  d_table = _ffi_call("cnnrnn_rows_grad", jax.ShapeDtypeStruct((v, f), jnp.float32),
+  flat = jnp.where(flat < 0, flat + num_rows, flat)  # jnp.take's negative ids count from the end.
+  d_table = _ffi_call("cnnrnn_rows_grad", jax.ShapeDtypeStruct((num_rows, f), jnp.float32),
                       dy.reshape(-1, f), flat)
   return d_table, None
 
