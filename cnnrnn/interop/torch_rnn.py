@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnrnn.nn.recurrent import StackedRNN
+from cnnrnn.nn.rnn import StackedRNN
 
 Array = jax.Array
 
@@ -56,7 +56,11 @@ class TorchCompatibleRNN(nn.Module):
     """
     lstm = self.rnn.cell == "lstm"
     carry = None if initial_states is None else self._carry_from_states(initial_states, lstm)
-    outputs, carry = self.rnn(x, seq_lengths=seq_lengths, initial_carry=carry, train=train)
+    carry, outputs = self.rnn(x, train, seq_lengths=seq_lengths, initial_carry=carry,
+                              return_carry=True)
+    if seq_lengths is not None:  # Zero past each length, as pad_packed_sequence leaves it.
+      valid = jnp.arange(x.shape[1])[None, :] < seq_lengths[:, None]  # [B, T]
+      outputs = jnp.where(valid[:, :, None], outputs, jnp.zeros_like(outputs))
     cells = [c for layer in carry for c in (layer if self.rnn.bidirectional else (layer,))]
     if lstm:  # Our LSTM carry is (c, h); PyTorch returns (h_n, c_n).
       return outputs, (jnp.stack([h for _, h in cells]), jnp.stack([c for c, _ in cells]))
@@ -86,8 +90,8 @@ def _direction_paths(num_layers: int, bidirectional: bool):
   """(torch suffix, path of the cell in the params tree) for every layer and direction."""
   for k in range(num_layers):
     if bidirectional:
-      yield f"l{k}", (f"layer{k}", "forward", "cell")
-      yield f"l{k}_reverse", (f"layer{k}", "backward", "cell")
+      yield f"l{k}", (f"layer{k}", "forward_rnn", "cell")
+      yield f"l{k}_reverse", (f"layer{k}", "backward_rnn", "cell")
     else:
       yield f"l{k}", (f"layer{k}", "cell")
 

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnnrnn.nn.recurrent import CELLS, StackedRNN, make_cell
+from cnnrnn.nn.cells import CELLS, make_cell
+from cnnrnn.nn.rnn import StackedRNN
 
 Array = jax.Array
 
@@ -34,7 +35,7 @@ class RNNClassifier(nn.Module):
     vocab_size: if set, inputs are [B, T] token ids embedded into embedding_size.
     embedding_size: E (default: hidden_size).
     unroll: `lax.scan` unroll factor.
-    custom_vjp: the driver's fast backward pass (False: plain autodiff, same gradients).
+    fast_path: the cells' fast path in the driver (False: Flax's generic scan, same results).
     cell_kwargs: extra cell attributes (initializers, {"reset_after": False}, ...).
     dtype: compute dtype.
     param_dtype: parameter storage dtype.
@@ -50,13 +51,13 @@ class RNNClassifier(nn.Module):
   vocab_size: int | None = None
   embedding_size: int | None = None
   unroll: int = 1
-  custom_vjp: bool = True
+  fast_path: bool = True
   cell_kwargs: Mapping[str, Any] | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Array, *, train: bool = False,
+  def __call__(self, inputs: Array, train: bool = False, *,
                seq_lengths: Array | None = None) -> Array:
     """Runs the model.
 
@@ -66,8 +67,8 @@ class RNNClassifier(nn.Module):
       seq_lengths: optional [B] lengths; steps past them never affect the result.
 
     Returns:
-      [B, num_outputs], or [B, T, num_outputs] when many_to_many (zero-input rows
-      past each length are the head's bias: mask them in the loss).
+      [B, num_outputs], or [B, T, num_outputs] when many_to_many (rows past each
+      length are unspecified, as the driver's outputs there: mask them in the loss).
 
     Raises:
       ValueError: unknown cell or inputs of the wrong rank.
@@ -92,9 +93,9 @@ class RNNClassifier(nn.Module):
     rnn = StackedRNN(
         cell=self.cell, hidden_size=self.hidden_size, num_layers=self.num_layers,
         bidirectional=self.bidirectional, dropout=self.dropout, unroll=self.unroll,
-        custom_vjp=self.custom_vjp, cell_kwargs=self.cell_kwargs, name="rnn", **kw)
-    outputs, carry = rnn(x, seq_lengths=seq_lengths, train=train,
-                         embedding=embedding)  # [B, T, D*H]
+        fast_path=self.fast_path, return_carry=True, cell_kwargs=self.cell_kwargs, name="rnn",
+        **kw)
+    carry, outputs = rnn(x, train, seq_lengths=seq_lengths, embedding=embedding)  # [B, T, D*H]
     if self.many_to_many:
       features = outputs  # [B, T, D*H]
     else:

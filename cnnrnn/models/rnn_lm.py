@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnrnn.nn import native
-from cnnrnn.nn.recurrent import CELLS, StackedRNN
+from cnnrnn.nn.cells import CELLS
+from cnnrnn.nn.rnn import StackedRNN
 
 Array = jax.Array
 
@@ -23,9 +23,10 @@ Array = jax.Array
 class RNNLM(nn.Module):
   """Embedding -> stacked RNN -> dropout -> dense to the vocabulary.
 
-  Call interface (used by the trainer for truncated BPTT over contiguous streams):
+  A stateful model (`cnnrnn.models.stateful`): the trainer runs truncated BPTT over
+  contiguous streams with
 
-    logits, carry = model.apply(variables, tokens, train=..., carry=carry)
+    carry, logits = model.apply(variables, tokens, train, carry=carry)
 
   `carry` is `StackedRNN`'s carry: a tuple with one entry per layer, each h [B, H] (for
   LSTM the pair (c, h)); None means zeros, and `model.zero_carry(B)` builds the zeros
@@ -48,7 +49,7 @@ class RNNLM(nn.Module):
     init_scale: if set, every parameter is initialized U(-init_scale, init_scale)
       (Zaremba et al.); otherwise the cells' and Flax's default initializers.
     unroll: `lax.scan` unroll factor.
-    custom_vjp: the driver's fast backward pass (False: plain autodiff, same gradients).
+    fast_path: the cells' fast path in the driver (False: Flax's generic scan, same results).
     cell_kwargs: extra cell attributes (e.g. {"reset_after": False}).
     dtype: compute dtype.
     param_dtype: parameter storage dtype.
@@ -63,7 +64,7 @@ class RNNLM(nn.Module):
   tie_weights: bool = False
   init_scale: float | None = None
   unroll: int = 1
-  custom_vjp: bool = True
+  fast_path: bool = True
   cell_kwargs: Mapping[str, Any] | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -78,7 +79,7 @@ class RNNLM(nn.Module):
         cell_kwargs.setdefault("unit_forget_bias", False)
     return StackedRNN(cell=self.cell, hidden_size=self.hidden_size,
                       num_layers=self.num_layers, dropout=self.dropout, unroll=self.unroll,
-                      custom_vjp=self.custom_vjp, cell_kwargs=cell_kwargs, dtype=self.dtype,
+                      fast_path=self.fast_path, cell_kwargs=cell_kwargs, dtype=self.dtype,
                       param_dtype=self.param_dtype, **kwargs)
 
   @nn.nowrap
@@ -87,7 +88,7 @@ class RNNLM(nn.Module):
     return self._stack(parent=None).zero_carry(batch_size)
 
   @nn.compact
-  def __call__(self, tokens: Array, *, train: bool = False, carry=None):
+  def __call__(self, tokens: Array, train: bool = False, *, carry=None):
     """Runs the model.
 
     Args:
@@ -96,7 +97,7 @@ class RNNLM(nn.Module):
       carry: the previous batch's final carry, or None for zeros.
 
     Returns:
-      (logits [B, T, V], final carry).
+      (final carry, logits [B, T, V]).
 
     Raises:
       ValueError: unknown cell, tokens not [B, T], or tie_weights with E != H.
@@ -113,13 +114,12 @@ class RNNLM(nn.Module):
             else _symmetric_uniform(self.init_scale))
     embed = nn.Embed(self.vocab_size, emb_size, embedding_init=init, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="embed")
-    stack = self._stack(name="rnn")
+    stack = self._stack(name="rnn", return_carry=True)
     if train and self.dropout > 0:
-      x = native.take_rows(jnp.asarray(embed.embedding, self.dtype), tokens)  # embed(tokens)
-      x = nn.Dropout(self.dropout, deterministic=False)(x)  # [B, T, E]
-      x, carry = stack(x, initial_carry=carry, train=train)  # [B, T, H]
+      x = nn.Dropout(self.dropout, deterministic=False)(embed(tokens))  # [B, T, E]
+      carry, x = stack(x, train, initial_carry=carry)  # [B, T, H]
     else:  # The first layer reads the table itself (cheaper for small vocabularies).
-      x, carry = stack(tokens, initial_carry=carry, train=train,
+      carry, x = stack(tokens, train, initial_carry=carry,
                        embedding=jnp.asarray(embed.embedding, self.dtype))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     if self.tie_weights:
@@ -130,7 +130,7 @@ class RNNLM(nn.Module):
       kw = {} if self.init_scale is None else dict(kernel_init=init, bias_init=init)
       logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="head", **kw)(x)
-    return logits, carry  # [B, T, V]
+    return carry, logits  # logits: [B, T, V]
 
 
 def _symmetric_uniform(scale: float):
@@ -167,7 +167,7 @@ def sample(model: RNNLM, variables: Mapping, prompt: Array, key: Array, num_step
     raise ValueError(f"prompt must be [batch, length >= 1], got shape {prompt.shape}")
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}")
-  logits, carry = model.apply(variables, prompt, train=False)
+  carry, logits = model.apply(variables, prompt, train=False)
 
   def draw(logits, key):  # [B, V] -> [B]
     if temperature == 0:
@@ -177,7 +177,7 @@ def sample(model: RNNLM, variables: Mapping, prompt: Array, key: Array, num_step
   def body(state, key):
     carry, last_logits = state
     token = draw(last_logits, key)
-    logits, carry = model.apply(variables, token[:, None], train=False, carry=carry)
+    carry, logits = model.apply(variables, token[:, None], train=False, carry=carry)
     return (carry, logits[:, -1]), token
 
   _, tokens = lax.scan(body, (carry, logits[:, -1]), jax.random.split(key, num_steps))

@@ -6,5 +6,5 @@ from cnnrnn.nn.conv import (BN_EPSILON, BN_MOMENTUM, RESIDUAL_BLOCKS, BasicBlock
 from cnnrnn.nn.norm import BatchNorm
 from cnnrnn.nn.pooling import (AdaptiveAvgPool, AvgPool, MaxPool, adaptive_avg_pool, avg_pool,
                                max_pool)
-from cnnrnn.nn.recurrent import (CELLS, RNN, Bidirectional, GRUCell, LSTMCell, RecurrentCell,
-                                 SimpleRNNCell, StackedRNN, make_cell)
+from cnnrnn.nn.cells import CELLS, GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell, make_cell
+from cnnrnn.nn.rnn import RNN, Bidirectional, StackedRNN

@@ -3,8 +3,8 @@
 A task has `model_inputs(batch) -> (args, kwargs)` and
 `loss_and_metrics(outputs, batch) -> (loss, metric sums incl. "count")`; optionally
 `derived_metrics(means) -> more means` (e.g. perplexity from the mean loss) and
-`stateful = True` when the model carries a recurrent state across batches (language
-models: called with `carry=`, returning `(outputs, carry)`).
+`stateful = True` when batches are contiguous streams and the model carries a recurrent
+state across them (language models; the model then follows `cnnrnn.models.stateful`).
 """
 
 import dataclasses

@@ -1,8 +1,8 @@
 """Language modelling: next-token cross-entropy, perplexity and bits per token.
 
 The model is recurrent and stateful across batches (truncated BPTT over contiguous
-streams, `cnnrnn.data.text`): it is called as `model(inputs, train=..., carry=carry)` and
-returns `(logits, final_carry)`; the trainer keeps the carry in the train state, passes
+streams, `cnnrnn.data.text`): a `cnnrnn.models.stateful` model, called with `carry=` and
+returning `(final_carry, logits)`; the trainer keeps the carry in the train state, passes
 it to the next batch and zeroes the rows whose `reset` flag is set.
 """
 
@@ -36,7 +36,7 @@ class LanguageModel:
   target_key: str = "targets"
   average_over: str = "tokens"
 
-  # The model carries a recurrent state from batch to batch (see the module doc).
+  # Batches are contiguous streams and the model must be `cnnrnn.models.stateful`.
   stateful = True
 
   def __post_init__(self):

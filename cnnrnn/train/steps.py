@@ -3,8 +3,9 @@
   train_step(state, batch) -> (state, metrics)
   eval_step(state, batch, carry) -> (metrics, carry)
 
-`carry` is the recurrent state a stateful task's model passes from batch to batch
-(`state.carry` in training; threaded by the caller in evaluation); it is None otherwise.
+`carry` is the recurrent state a stateful model (`cnnrnn.models.stateful`) passes from
+batch to batch (`state.carry` in training; threaded by the caller in evaluation); it is
+None otherwise.
 """
 
 from collections.abc import Callable
@@ -14,22 +15,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnnrnn.models import stateful
 from cnnrnn.train.state import TrainState
-
-
-def reset_carry(carry, reset):
-  """Zeroes the carry rows whose `reset` [B] flag is set (the start of a pass)."""
-  if carry is None or reset is None:
-    return carry
-  return jax.tree.map(
-      lambda c: jnp.where(reset.reshape(-1, *([1] * (c.ndim - 1))), jnp.zeros_like(c), c), carry)
 
 
 def _apply(model: nn.Module, task, params, model_state, batch, carry, *, train: bool, rng=None):
   """Runs the model on a batch; returns (outputs, updated model_state, final carry)."""
   args, kwargs = task.model_inputs(batch)
   if carry is not None:
-    kwargs["carry"] = reset_carry(carry, batch.get("reset"))
+    kwargs["carry"] = stateful.reset(carry, batch.get("reset"))
   variables = {"params": params, **model_state}
   rngs = {"dropout": rng} if rng is not None else None
   if train and model_state:
@@ -38,7 +32,7 @@ def _apply(model: nn.Module, task, params, model_state, batch, carry, *, train: 
   else:
     outputs = model.apply(variables, *args, train=train, rngs=rngs, **kwargs)
   if carry is not None:
-    outputs, carry = outputs
+    carry, outputs = outputs
     carry = jax.lax.stop_gradient(carry)
   return outputs, model_state, carry
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from cnnrnn import data
 from cnnrnn import models
+from cnnrnn.models import stateful
 from cnnrnn import tasks
 from cnnrnn.train import optim
 from cnnrnn.train import sharding
@@ -124,10 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dataset.split(split)  # Unknown split names fail here, naming the known ones.
   pc, pi = jax.process_count(), jax.process_index()
   task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
-  stateful = getattr(tasks.task_class(config.task.name), "stateful", False)
+  carries_state = getattr(tasks.task_class(config.task.name), "stateful", False)
   streams = data.make_streams(
       config.dataset, dataset, batch_size=config.batch_size,
-      eval_batch_size=config.eval_batch_size, seed=config.seed, language_model=stateful,
+      eval_batch_size=config.eval_batch_size, seed=config.seed, language_model=carries_state,
       process_index=pi, process_count=pc)
   steps_per_epoch = streams.steps_per_epoch
   total_steps = int(config.get("num_train_steps") or config.num_epochs * steps_per_epoch)
@@ -146,9 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            kwargs.get("num_classes", streams.model_defaults.get("num_classes")))
   task = tasks.create(config.task.name, **task_kwargs)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  if stateful and not hasattr(model, "zero_carry"):
+  if carries_state and not stateful.is_stateful(model):
     raise ValueError(f"task.name={config.task.name!r} carries a recurrent state between batches, "
-                     f"but model {config.model.name!r} has no zero_carry(batch_size)")
+                     f"but model {config.model.name!r} is not stateful (cnnrnn.models.stateful)")
   train_ds, eval_batches = streams.train, streams.eval_batches
 
   # Shapes of one example, from the real pipeline, to initialise the model.
@@ -160,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, *init_args,
                            train=False, **init_kwargs)
     params = variables.pop("params")
-    carry = model.zero_carry(config.batch_size) if stateful else None
+    carry = model.zero_carry(config.batch_size) if carries_state else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
                       opt_state=tx.init(params), rng=state_rng, carry=carry)
 
@@ -168,9 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract = jax.eval_shape(init, rng)
   state_shardings = sharding.tree_shardings(mesh, abstract)
   batch_sharding = sharding.batch_sharding(mesh)
-  # The carry's rows are the batch's rows: split like the batch.
   state_shardings = state_shardings.replace(
-      carry=jax.tree.map(lambda _: batch_sharding, abstract.carry))
+      carry=stateful.shardings(abstract.carry, batch_sharding))
   state = jax.jit(init, out_shardings=state_shardings)(rng)
   if is_main:
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
@@ -185,9 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       donate_argnums=0,
   )
   eval_carry = carry_sharding = None
-  if stateful:
+  if carries_state:
     zero_carry = lambda: model.zero_carry(config.eval_batch_size)
-    carry_sharding = jax.tree.map(lambda _: batch_sharding, jax.eval_shape(zero_carry))
+    carry_sharding = stateful.shardings(jax.eval_shape(zero_carry), batch_sharding)
     eval_carry = jax.jit(zero_carry, out_shardings=carry_sharding)()
   eval_step = jax.jit(steps.make_eval_step(model, task),
                       in_shardings=(state_shardings, batch_sharding, carry_sharding),

@@ -1,5 +1,6 @@
-"""Cells against their equations, the scan driver against a Python loop, lengths, carries,
-and the custom VJP against plain autodiff."""
+"""Cells against their equations, the scan driver against a Python loop and against
+`flax.linen.RNN`, lengths, carries, and the fast path (its JVP rule) against Flax's generic
+scan differentiated by plain autodiff, in forward and reverse mode and to second order."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 
 from cnnrnn import nn as cnn
-from cnnrnn.nn import recurrent
 
 B, T, F, H = 3, 6, 4, 5
 
@@ -149,9 +149,9 @@ def test_padding_never_changes_valid_outputs(spec, reverse):
   garbage = x + 100 * (jnp.arange(T)[None, :, None] >= lengths[:, None, None])
   carry2, out2 = rnn.apply(variables, garbage, seq_lengths=lengths)
   _assert_tree_close(carry, carry2, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(out, out2, rtol=1e-6, atol=1e-6)
-  valid = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
-  assert np.all(np.asarray(out)[~valid] == 0)
+  valid = np.arange(T)[None, :] < np.asarray(lengths)[:, None]  # Padding stays at the end.
+  np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(out2)[valid], rtol=1e-6,
+                             atol=1e-6)
   for b, n in enumerate(np.asarray(lengths)):  # Each example alone, cut to its length.
     c_b, o_b = rnn.apply(variables, x[b:b + 1, :n])
     np.testing.assert_allclose(out[b:b + 1, :n], o_b, rtol=1e-5, atol=1e-6)
@@ -164,7 +164,8 @@ def test_reverse_with_lengths_is_within_length(spec):
   x = _inputs()
   lengths = np.array([T, 3, 1])
   variables = _init(rnn, x)
-  carry, out = rnn.apply(variables, x, seq_lengths=jnp.asarray(lengths), reverse=True)
+  carry, out = rnn.apply(variables, x, seq_lengths=jnp.asarray(lengths), reverse=True,
+                         keep_order=True)
   for b, n in enumerate(lengths):
     c_b, o_b = rnn.apply(variables, x[b:b + 1, :n][:, ::-1])  # Forward over the flipped prefix.
     np.testing.assert_allclose(out[b:b + 1, :n], o_b[:, ::-1], rtol=1e-5, atol=1e-6)
@@ -183,60 +184,57 @@ def test_truncated_bptt_halves_equal_one_run(spec):
   _assert_tree_close(carry, carry2, rtol=1e-6, atol=1e-6)
 
 
-class _ReplayedLSTMCell(cnn.LSTMCell):
-  """An LSTM that overrides `step`: the driver replays it instead of using its backward rule."""
-
-  @nn.nowrap
-  def step(self, rdot, carry, xp):
-    return super().step(rdot, carry, xp)
-
-
-def test_which_cells_use_a_backward_rule():
-  for spec in CELL_SPECS:
-    assert recurrent._has_backward_rule(_cell(spec)), spec
-  assert not recurrent._has_backward_rule(_ReplayedLSTMCell(H))
-
-
-@pytest.mark.parametrize("spec,reverse,lengths,unrolls", [
-    *[(spec, True, (T, 3, 1), (1,)) for spec in sorted(CELL_SPECS)],
-    *[(spec, False, (T, 2, 0), (1,)) for spec in ("simple", "lstm", "gru")],
-    ("lstm", False, None, (1, 2)), ("gru_cho", False, (T, 2, 0), (1, 2)),
-    ("replayed_lstm", True, (T, 3, 1), (1, 2)), ("replayed_lstm", False, None, (1,)),
+@pytest.mark.parametrize("spec,reverse,lengths,unroll,second_order", [
+    ("lstm", True, (T, 3, 1), 1, True), ("gru", True, (T, 2, 0), 1, True),
+    ("gru_cho_rbias", False, (T, 2, 0), 2, True), ("simple", False, None, 2, False),
+    ("lstm_rbias", False, (T, 3, 0), 1, False), ("lstm_nobias", True, None, 1, False),
+    ("simple_relu", True, (T, 3, 1), 1, False), ("gru_cho", True, (T, 3, 1), 1, False),
 ])
-def test_custom_vjp_gradient_equals_autodiff(spec, reverse, lengths, unrolls):
-  """Each cell's hand-written backward rule, and the replay of a cell without one."""
-  cell = _ReplayedLSTMCell(H) if spec == "replayed_lstm" else _cell(spec)
+def test_fast_path_derivatives_equal_autodiff(spec, reverse, lengths, unroll, second_order):
+  """The fast path's JVP rule against Flax's scan under plain autodiff: gradients (JAX's
+  transpose of the rule), forward-mode JVPs and Hessian-vector products."""
+  cell = _cell(spec)
   x = _inputs()
   variables = _init(cnn.RNN(cell), x)
   carry0 = jax.tree.map(lambda c: 0.5 * jnp.ones_like(c), cell.initialize_carry(None, (B, F)))
   seq_lengths = None if lengths is None else jnp.asarray(lengths)
   weights = jax.random.normal(jax.random.key(3), (B, T, H))
 
-  def loss(variables, x, carry0, custom_vjp, unroll):
-    rnn = cnn.RNN(cell, reverse=reverse, return_carry=True, custom_vjp=custom_vjp,
-                  unroll=unroll)
+  def loss(variables, x, carry0, fast_path):
+    rnn = cnn.RNN(cell, reverse=reverse, return_carry=True, fast_path=fast_path, unroll=unroll)
     carry, out = rnn.apply(variables, x, initial_carry=carry0, seq_lengths=seq_lengths)
-    return jnp.sum(weights * out) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(carry))
+    valid = (jnp.ones((B, T)) if lengths is None
+             else jnp.arange(T)[None, :] < seq_lengths[:, None])[:, :, None]
+    return (jnp.sum(weights * jnp.where(valid, out, 0.0) ** 2)
+            + sum(jnp.sum(c ** 3) for c in jax.tree.leaves(carry)))
 
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=(3, 4))
-  expected = grad(variables, x, carry0, False, 1)
-  for unroll in unrolls:
-    _assert_tree_close(grad(variables, x, carry0, True, unroll), expected, rtol=1e-5, atol=1e-6)
+  args = (variables, x, carry0)
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+  expected = grad(*args, False)
+  _assert_tree_close(grad(*args, True), expected, rtol=1e-4, atol=1e-5)
+  jvp = jax.jit(lambda fast, *t: jax.jvp(lambda *a: loss(*a, fast), args, t)[1],
+                static_argnums=0)
+  np.testing.assert_allclose(jvp(True, *expected), jvp(False, *expected), rtol=1e-4)
+  if not second_order:
+    return
+  hvp = jax.jit(lambda fast, v: jax.jvp(lambda p: jax.grad(loss)(p, x, carry0, fast),
+                                        (variables,), (v,))[1], static_argnums=0)
+  _assert_tree_close(hvp(True, expected[0]), hvp(False, expected[0]), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("spec", ["lstm", "gru"])
 @pytest.mark.parametrize("cell_dtype,carry_dtype", [(jnp.bfloat16, jnp.float32),
                                                     (jnp.float32, jnp.bfloat16)])
-def test_custom_vjp_with_mixed_dtypes(spec, cell_dtype, carry_dtype):
-  """Carry and cell dtypes differ: the backward rules get cotangents cast as autodiff casts."""
+def test_fast_path_with_mixed_dtypes(spec, cell_dtype, carry_dtype):
+  """Carry and cell dtypes differ: the JVP rule casts tangents as autodiff casts."""
   cell = cnn.make_cell(spec, H, dtype=cell_dtype)
   x = _inputs()
   variables = _init(cnn.RNN(cell), x)
   carry0 = jax.tree.map(lambda c: jnp.full(c.shape, 0.5, carry_dtype),
                         cell.initialize_carry(None, (B, F)))
 
-  def loss(variables, custom_vjp):
-    rnn = cnn.RNN(cell, return_carry=True, custom_vjp=custom_vjp)
+  def loss(variables, fast_path):
+    rnn = cnn.RNN(cell, return_carry=True, fast_path=fast_path)
     carry, out = rnn.apply(variables, x, initial_carry=carry0, seq_lengths=jnp.array([T, 2, 4]))
     assert all(c.dtype == carry_dtype for c in jax.tree.leaves(carry))
     return (jnp.sum(out.astype(jnp.float32))
@@ -256,7 +254,7 @@ def test_embedding_input_equals_embedded_inputs(vocab, layer):
   width = H
   if layer == "stacked":
     rnn, width = cnn.StackedRNN(cell="lstm", hidden_size=H, num_layers=2, bidirectional=True), 2 * H
-    run = lambda v, x, **kw: rnn.apply(v, x, seq_lengths=lengths, **kw)[::-1]  # (carry, out)
+    run = lambda v, x, **kw: rnn.apply(v, x, seq_lengths=lengths, return_carry=True, **kw)
   else:
     make = cnn.GRUCell if layer == "gru_reverse" else cnn.LSTMCell
     rnn = cnn.RNN(make(H), reverse=layer == "gru_reverse")
@@ -266,8 +264,11 @@ def test_embedding_input_equals_embedded_inputs(vocab, layer):
   variables = _init(rnn, table[ids])
   weights = jax.random.normal(jax.random.key(3), (B, T, width))
 
+  valid = (jnp.arange(T)[None, :] < lengths[:, None])[:, :, None]
+
   def loss(variables, table, use_table):
     carry, out = run(variables, ids, embedding=table) if use_table else run(variables, table[ids])
+    out = jnp.where(valid, out, 0.0)
     total = jnp.sum(weights * out) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(carry))
     return total, (out, carry)
 
@@ -314,10 +315,17 @@ def test_bidirectional_is_forward_and_reversed():
   assert out.shape == (B, T, 2 * H)
   rnn = cnn.RNN(cnn.LSTMCell(H), return_carry=True)
   p = variables["params"]
-  c_f2, o_f = rnn.apply({"params": p["forward"]}, x, seq_lengths=lengths)
-  c_b2, o_b = rnn.apply({"params": p["backward"]}, x, seq_lengths=lengths, reverse=True)
+  c_f2, o_f = rnn.apply({"params": p["forward_rnn"]}, x, seq_lengths=lengths)
+  c_b2, o_b = rnn.apply({"params": p["backward_rnn"]}, x, seq_lengths=lengths, reverse=True,
+                        keep_order=True)
   np.testing.assert_allclose(out, jnp.concatenate([o_f, o_b], -1), rtol=1e-6, atol=1e-6)
   _assert_tree_close((c_f, c_b), (c_f2, c_b2), rtol=1e-6, atol=1e-6)
+  # Flax's own Bidirectional drives cnnrnn's RNN the same way.
+  flax_bi = nn.Bidirectional(cnn.RNN(cnn.LSTMCell(H)), cnn.RNN(cnn.LSTMCell(H)),
+                             return_carry=True)
+  (fc_f, fc_b), f_out = flax_bi.apply(variables, x, seq_lengths=lengths)
+  np.testing.assert_allclose(f_out, out, rtol=1e-6, atol=1e-6)
+  _assert_tree_close((fc_f, fc_b), (c_f, c_b), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -328,19 +336,19 @@ def test_stacked_rnn_carry_and_dropout(bidirectional):
   variables = stack.init(jax.random.key(0), x)
   names = set(variables["params"])
   assert names == {"layer0", "layer1"}
-  out, carry = stack.apply(variables, x)
+  carry, out = stack.apply(variables, x, return_carry=True)
   d = 2 if bidirectional else 1
   assert out.shape == (B, T, d * H)
   assert jax.tree.map(jnp.shape, carry) == jax.tree.map(jnp.shape, stack.zero_carry(B))
-  out2, _ = stack.apply(variables, x, initial_carry=stack.zero_carry(B))
+  out2 = stack.apply(variables, x, initial_carry=stack.zero_carry(B))
   np.testing.assert_allclose(out, out2, rtol=1e-6)
-  train_out, _ = stack.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+  train_out = stack.apply(variables, x, True, rngs={"dropout": jax.random.key(1)})
   assert np.abs(train_out - out).max() > 1e-3
   # Dropout sits between layers only: a one-layer stack is unaffected by it.
   one = stack.clone(num_layers=1)
   v1 = one.init(jax.random.key(0), x)
-  np.testing.assert_allclose(one.apply(v1, x, train=True, rngs={"dropout": jax.random.key(1)})[0],
-                             one.apply(v1, x)[0], rtol=1e-6)
+  np.testing.assert_allclose(one.apply(v1, x, train=True, rngs={"dropout": jax.random.key(1)}),
+                             one.apply(v1, x), rtol=1e-6)
 
 
 def test_hidden_state_perturbation_is_zero_and_not_in_init():
@@ -364,3 +372,61 @@ def test_flax_cells_interchangeable_interface():
   # And flax's own driver can scan them.
   out = nn.RNN(cnn.GRUCell(H)).init_with_output(jax.random.key(0), x)[0]
   assert out.shape == (B, T, H)
+
+
+FLAX_CELLS = {
+    "LSTMCell": lambda: nn.LSTMCell(H), "OptimizedLSTMCell": lambda: nn.OptimizedLSTMCell(H),
+    "GRUCell": lambda: nn.GRUCell(H), "SimpleCell": lambda: nn.SimpleCell(H),
+    "MGUCell": lambda: nn.MGUCell(H),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAX_CELLS))
+@pytest.mark.parametrize("options", [
+    {}, {"reverse": True}, {"reverse": True, "keep_order": True}, {"time_major": True},
+    {"lengths": (T, 3, 1)}, {"lengths": (T, 3, 1), "reverse": True, "keep_order": True},
+])
+def test_flax_cells_match_flax_rnn(name, options):
+  """Flax's own cells in cnnrnn's RNN: every output and the final carry equal
+  `flax.linen.RNN`'s, with the same arguments; gradients too. (A length of 0 differs on
+  purpose: ours returns the initial carry, Flax's the carry of the last step.)"""
+  options = dict(options)
+  lengths = options.pop("lengths", None)
+  seq_lengths = None if lengths is None else jnp.asarray(lengths)
+  x = _inputs()
+  if options.get("time_major"):
+    x = jnp.swapaxes(x, 0, 1)
+  ours = cnn.RNN(FLAX_CELLS[name](), return_carry=True, **options)
+  theirs = nn.RNN(FLAX_CELLS[name](), return_carry=True, **options)
+  variables = theirs.init(jax.random.key(0), x, seq_lengths=seq_lengths)
+  assert jax.tree.structure(ours.init(jax.random.key(0), x, seq_lengths=seq_lengths)) == (
+      jax.tree.structure(variables))
+  _assert_tree_close(ours.apply(variables, x, seq_lengths=seq_lengths),
+                     theirs.apply(variables, x, seq_lengths=seq_lengths), rtol=1e-6, atol=1e-6)
+  loss = lambda m: lambda v: sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(
+      m.apply(v, x, seq_lengths=seq_lengths)))
+  _assert_tree_close(jax.grad(loss(ours))(variables), jax.grad(loss(theirs))(variables),
+                     rtol=1e-5, atol=1e-6)
+
+
+def test_length_zero_returns_the_initial_carry():
+  x = _inputs()
+  for fast_path in (True, False):
+    rnn = cnn.RNN(cnn.GRUCell(H), return_carry=True, fast_path=fast_path)
+    variables = _init(rnn, x)
+    carry0 = jnp.full((B, H), 0.25)
+    carry, _ = rnn.apply(variables, x, initial_carry=carry0, seq_lengths=jnp.array([T, 0, 2]))
+    np.testing.assert_array_equal(carry[1], carry0[1])
+    assert np.abs(np.asarray(carry[0] - carry0[0])).max() > 1e-3
+
+
+@pytest.mark.parametrize("spec", ["lstm", "gru", "gru_cho"])
+def test_cnnrnn_cells_match_flax_rnn_on_the_fast_path(spec):
+  """Our cells in Flax's driver and in ours (fast path) give the same function."""
+  x = _inputs()
+  lengths = jnp.array([T, 3, 1])
+  ours = cnn.RNN(_cell(spec), return_carry=True, reverse=True, keep_order=True)
+  variables = _init(ours, x)
+  theirs = nn.RNN(_cell(spec), return_carry=True, reverse=True, keep_order=True)
+  _assert_tree_close(ours.apply(variables, x, seq_lengths=lengths),
+                     theirs.apply(variables, x, seq_lengths=lengths), rtol=1e-5, atol=1e-6)
