@@ -3,11 +3,13 @@
 A step is forward + backward + SGD update, float32, no dropout, the same architecture on
 every side (embedding -> L recurrent layers -> dense to the vocabulary, softmax
 cross-entropy). Competitors:
-  ours        cnnrnn RNNLM: input projection hoisted out of the loop + the custom VJP
-              (recurrent-weight gradient as one matmul after the backward loop); jit, donate.
-              The LSTM's time loops run on the native kernels (cnnrnn.nn.native.lstm).
-  ours-xla    the same, traced with native.override(False): the loops are lax.scans.
-  ours-ad     the same driver differentiated by plain autodiff (custom_vjp=False).
+  ours        cnnrnn RNNLM on the driver's fast path: input projection hoisted out of the
+              loop, the loop's JVP rule (cnnrnn.nn.recurrence) transposed by JAX, so the
+              recurrent-weight gradient is one matmul after the backward loop; jit, donate.
+              This is also what a plain jax.jit(jax.grad(...)) of the model gets: nothing
+              to switch on.
+  ours-generic the same model with fast_path=False: Flax's generic scan over our cells,
+              plain autodiff.
   ours-gather cnnrnn's StackedRNN fed embedded inputs table[ids] (as torch's nn.LSTM is),
               without RNNLM's projection of the embedding table (see cnnrnn.nn.RNN).
   flax-naive  flax.linen.RNN over flax.linen.LSTMCell / GRUCell (per-step input matmul).
@@ -47,7 +49,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 from cnnrnn.models.rnn_lm import RNNLM  # noqa: E402
-from cnnrnn.nn import StackedRNN, native  # noqa: E402
+from cnnrnn.nn import StackedRNN  # noqa: E402
 
 CONFIGS = {
     # Zaremba et al. 2014 medium: 2x650, unroll 35, batch 20, 10k vocabulary.
@@ -81,8 +83,7 @@ class GatheredLM(NaiveLM):
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(self.vocab_size, self.hidden_size)(tokens)
-    x, _ = StackedRNN(cell=self.cell, hidden_size=self.hidden_size,
-                      num_layers=self.num_layers)(x)
+    x = StackedRNN(cell=self.cell, hidden_size=self.hidden_size, num_layers=self.num_layers)(x)
     return nn.Dense(self.vocab_size)(x)
 
 
@@ -91,7 +92,7 @@ def jax_step_fn(model, lr=0.1):
 
   def loss_fn(params, tokens, targets):
     out = model.apply({"params": params}, tokens)
-    logits = out[0] if isinstance(out, tuple) else out
+    logits = out[1] if isinstance(out, tuple) else out  # RNNLM returns (carry, logits).
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -124,14 +125,13 @@ def make_competitors(cfg, seed=0):
   tok_j, tgt_j = jnp.asarray(tokens), jnp.asarray(targets)
   competitors = {}
 
-  def jax_runner(model, use_native=None):
+  def jax_runner(model):
     params = model.init(jax.random.key(seed), tok_j)["params"]
     step = jax_step_fn(model)
     state = {"params": params}
 
     def run():
-      with native.override(use_native):  # Decides when the first call traces the step.
-        state["params"], loss = step(state["params"], tok_j, tgt_j)
+      state["params"], loss = step(state["params"], tok_j, tgt_j)
       jax.block_until_ready(loss)
 
     return run
@@ -139,9 +139,7 @@ def make_competitors(cfg, seed=0):
   lm = dict(vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], num_layers=cfg["layers"],
             cell=cfg["cell"])
   competitors["ours"] = jax_runner(RNNLM(**lm))
-  if cfg["cell"] == "lstm":
-    competitors["ours-xla"] = jax_runner(RNNLM(**lm), use_native=False)
-  competitors["ours-ad"] = jax_runner(RNNLM(**lm, custom_vjp=False))
+  competitors["ours-generic"] = jax_runner(RNNLM(**lm, fast_path=False))
   competitors["ours-gather"] = jax_runner(GatheredLM(**lm))
   competitors["flax-naive"] = jax_runner(NaiveLM(**lm))
 

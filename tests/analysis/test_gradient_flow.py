@@ -51,7 +51,7 @@ def test_stacked_bidirectional_model_reports_every_driver():
   x = jnp.ones((2, 6, 3))
   variables = model.init(jax.random.key(0), x)
   norms = analysis.hidden_state_gradient_norms(model, variables, x, jnp.sum)
-  assert set(norms) == {f"rnn/layer{i}/{d}" for i in (0, 1) for d in ("forward", "backward")}
+  assert set(norms) == {f"rnn/layer{i}/{d}" for i in (0, 1) for d in ("forward_rnn", "backward_rnn")}
   # Many-to-one from the backward direction: its gradient is largest at t=0.
-  back = norms["rnn/layer1/backward"]
+  back = norms["rnn/layer1/backward_rnn"]
   assert back[0] > back[-1]

@@ -102,7 +102,7 @@ def test_native_stack_to_torch():
   variables = stack.init(jax.random.key(0), jnp.asarray(x))
   module = rnn_to_torch(stack, variables)
   out_ref, _ = _torch_run(module, x, None)
-  out, _ = stack.apply(variables, jnp.asarray(x))
+  out = stack.apply(variables, jnp.asarray(x))
   np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=2e-6)
   with pytest.raises(ValueError, match="reset_after"):
     gru = cnn.StackedRNN(cell="gru", hidden_size=H, cell_kwargs={"reset_after": False})

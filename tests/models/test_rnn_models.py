@@ -23,16 +23,16 @@ def test_lm_shapes_and_carry(cell):
                         embedding_size=6, dropout=0.5)
   tokens = _tokens()
   variables = model.init(jax.random.key(0), tokens)
-  logits, carry = model.apply(variables, tokens)
+  carry, logits = model.apply(variables, tokens)
   assert logits.shape == (B, T, V)
   assert jax.tree.map(jnp.shape, carry) == jax.tree.map(jnp.shape, model.zero_carry(B))
   assert variables["params"]["head"]["kernel"].shape == (H, V)
   # Consecutive batches with the carry passed on equal one batch over both.
-  both, _ = model.apply(variables, jnp.concatenate([tokens, tokens], axis=1))
-  second, _ = model.apply(variables, tokens, carry=carry)
+  _, both = model.apply(variables, jnp.concatenate([tokens, tokens], axis=1))
+  _, second = model.apply(variables, tokens, carry=carry)
   np.testing.assert_allclose(second, both[:, T:], rtol=1e-5, atol=1e-6)
   # Dropout only with train=True.
-  train, _ = model.apply(variables, tokens, train=True, rngs={"dropout": jax.random.key(1)})
+  _, train = model.apply(variables, tokens, train=True, rngs={"dropout": jax.random.key(1)})
   assert np.abs(train - logits).max() > 1e-4
 
 
@@ -51,7 +51,7 @@ def test_lm_weight_tying_shares_the_embedding():
   tokens = jnp.minimum(tokens, V - 2)
   for m, tied in ((model, True), (untied, False)):
     params = m.init(jax.random.key(0), tokens)["params"]
-    grads = jax.grad(lambda p, m=m: m.apply({"params": p}, tokens)[0][..., unused].sum())(params)
+    grads = jax.grad(lambda p, m=m: m.apply({"params": p}, tokens)[1][..., unused].sum())(params)
     assert (float(jnp.abs(grads["embed"]["embedding"][unused]).max()) > 0) == tied
   with pytest.raises(ValueError, match="tie_weights"):
     RNNLM(vocab_size=V, hidden_size=H, embedding_size=H + 1, tie_weights=True).init(
@@ -77,7 +77,7 @@ def test_sampling_is_deterministic_for_a_key():
   assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < V))
   # Greedy sampling continues exactly like the model's argmax, step by step.
   greedy = sample(model, variables, prompt, jax.random.key(0), 3, temperature=0.0)
-  logits, _ = model.apply(variables, greedy[:, :-1])
+  _, logits = model.apply(variables, greedy[:, :-1])
   np.testing.assert_array_equal(greedy[:, 4:], jnp.argmax(logits[:, 3:], axis=-1))
 
 

@@ -48,13 +48,13 @@ def test_carry_continues_the_streams_and_resets():
   state = _lm_state(model, tx, 3)
   state, _ = step(state, _batch(tokens[:, :6], [True] * 3))
   state, _ = step(state, _batch(tokens[:, 5:], [False] * 3))
-  _, whole = model.apply({"params": state.params}, tokens[:, :10])
+  whole, _ = model.apply({"params": state.params}, tokens[:, :10])
   for got, want in zip(jax.tree.leaves(state.carry), jax.tree.leaves(whole)):
     np.testing.assert_allclose(got, want, atol=1e-6)
   # A reset row starts again from zeros; the other rows carry on.
   state2, _ = step(state, _batch(tokens[:, 5:], [True, False, False]))
-  _, fresh = model.apply({"params": state.params}, tokens[:1, 5:10])
-  _, cont = model.apply({"params": state.params}, tokens[1:, 5:10], carry=jax.tree.map(
+  fresh, _ = model.apply({"params": state.params}, tokens[:1, 5:10])
+  cont, _ = model.apply({"params": state.params}, tokens[1:, 5:10], carry=jax.tree.map(
       lambda c: c[1:], state.carry))
   for got, want0, want1 in zip(*map(jax.tree.leaves, (state2.carry, fresh, cont))):
     np.testing.assert_allclose(got[:1], want0, atol=1e-6)
@@ -69,7 +69,7 @@ def test_eval_step_threads_the_carry():
   eval_step = jax.jit(steps.make_eval_step(model, task))
   m1, carry = eval_step(state, _batch(tokens[:, :5], [True, True]), model.zero_carry(2))
   m2, carry = eval_step(state, _batch(tokens[:, 4:], [False, False]), carry)
-  logits, _ = model.apply({"params": state.params}, tokens[:, :8])
+  _, logits = model.apply({"params": state.params}, tokens[:, :8])
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
   np.testing.assert_allclose(m1["loss"] + m2["loss"], nll.sum(), rtol=1e-5)
   assert m1["count"] + m2["count"] == 16
