@@ -170,7 +170,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   """`lax.conv_general_dilated`, through `conv_p` where the native kernels compute it.
 
   That is: float32 2-D convolutions with NHWC inputs and HWIO kernels (Flax's layouts),
-  unit dilations, one feature group and symmetric padding below the kernel size. Anything
+  unit dilations, one feature group and symmetric padding below the kernel size, on
+  operands without explicit sharding in their types. Anything
   else is passed to `lax.conv_general_dilated` unchanged. The decision reads only shapes,
   dtypes and arguments; whether the kernel or XLA's convolution runs is decided when the
   program is lowered (`primitives.kernel_may_run`). This is the `conv_general_dilated` hook
@@ -186,6 +187,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
       and feature_group_count == 1 and batch_group_count == 1
       and preferred_element_type in (None, jnp.float32)
       and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+      and not primitives.explicitly_sharded(lhs, rhs)
       and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC):
     pad = _symmetric_padding(lhs, rhs, window_strides, padding)
   if pad is None:

@@ -46,6 +46,15 @@ def kernel_may_run(ctx: mlir.LoweringRuleContext) -> bool:
   return native.available()[0]
 
 
+def explicitly_sharded(*arrays: jax.Array) -> bool:
+  """Whether any array's type carries a sharding (a mesh with `AxisType.Explicit` axes).
+
+  The primitives' reference functions would need an `out_sharding` for their contractions
+  there; such operands keep XLA's operations.
+  """
+  return any(any(s is not None for s in jax.typeof(a).sharding.spec) for a in arrays)
+
+
 def define(name: str, reference: Callable, kernel: Callable | None,
            multiple_results: bool = False) -> core.Primitive:
   """A primitive that means `reference(*args, **params)` and may run `kernel` on the CPU.
@@ -71,6 +80,9 @@ def define(name: str, reference: Callable, kernel: Callable | None,
   prim.def_impl(lambda *args, **params: jitted(**params)(*args))
 
   def abstract_eval(*avals, **params):
+    # Unsharded avals: the seams call these primitives only on operands whose types carry
+    # no explicit sharding (`explicitly_sharded`).
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
     out = jax.eval_shape(functools.partial(reference, **params), *avals)
     to_aval = lambda s: jax.core.ShapedArray(s.shape, s.dtype)
     return [to_aval(s) for s in out] if multiple_results else to_aval(out)

@@ -20,6 +20,7 @@ from cnnrnn import nn as cnn
 from cnnrnn.accel import batch_norm
 from cnnrnn.accel import conv
 from cnnrnn.accel import native
+from cnnrnn.accel import primitives
 
 MODES = ("auto", "xla", "cpu_native")
 _active = jax.make_user_context("xla")  # The resolved mode of what is being traced.
@@ -93,6 +94,7 @@ def _intercept(next_fun, args, kwargs, context):
   if method == "batch_normalize" and isinstance(module, cnn.BatchNorm):
     x, scale, bias = jax.tree.leaves((args, kwargs))
     if ((module.axis_name is None or module.is_initializing())
-        and all(a.dtype == jnp.float32 for a in (x, scale, bias))):
+        and all(a.dtype == jnp.float32 for a in (x, scale, bias))
+        and not primitives.explicitly_sharded(x, scale, bias)):
       return batch_norm.batch_norm_train(x, scale, bias, module.epsilon)
   return next_fun(*args, **kwargs)
