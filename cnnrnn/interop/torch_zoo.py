@@ -238,14 +238,16 @@ def names() -> list[str]:
   return sorted(_FAMILIES)
 
 
-def _prepare(name: str, model_kwargs: dict) -> tuple[Mapping[str, Any], list[Entry], dict[str, np.ndarray]]:
-  """Abstract variables of the model, its entries and extra torch keys."""
+def _prepare(name: str, model_kwargs: dict, abstract: Mapping[str, Any] | None = None
+             ) -> tuple[Mapping[str, Any], list[Entry], dict[str, np.ndarray]]:
+  """Abstract variables of the model (unless given), its entries and extra torch keys."""
   if name not in _FAMILIES:
     raise ValueError(f"no torch conversion for model {name!r}; convertible: {', '.join(names())}")
   family = _FAMILIES[name]
   model = models.create(name, **model_kwargs)
-  x = jnp.zeros((1, family.trace_size, family.trace_size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  if abstract is None:
+    x = jnp.zeros((1, family.trace_size, family.trace_size, 3), jnp.float32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   if family.entries is not None:
     entries, extras = family.entries(model, abstract)
   else:
@@ -323,7 +325,8 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
     variables: {"params": ..., "batch_stats": ...} of the model (other collections ignored).
     tensors: return torch tensors (imports torch) instead of numpy arrays.
     num_batches_tracked: value written to every BatchNorm's `num_batches_tracked`.
-    **model_kwargs: the model's keyword arguments (e.g. num_classes=10).
+    **model_kwargs: the model's keyword arguments that change its structure (e.g.
+      widths); shapes are taken from `variables`, so num_classes need not be passed.
 
   Returns:
     torch key -> C-contiguous numpy array (or torch tensor), in the variables' dtype;
@@ -331,9 +334,11 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
     `tensors=True`.
 
   Raises:
-    ValueError: unknown name, or variables whose paths or shapes do not fit the model.
+    ValueError: unknown name, or variables whose module paths do not fit the model.
   """
-  abstract, entries, extras = _prepare(name, model_kwargs)
+  # The variables' module paths must be the model's; their shapes are the variables' own
+  # (num_classes, for instance, need not be passed again).
+  abstract, _, _ = _prepare(name, model_kwargs)
   for collection in ("params", "batch_stats"):
     want = traverse_util.flatten_dict(dict(abstract.get(collection, {})))
     have = traverse_util.flatten_dict(dict(variables.get(collection, {})))
@@ -342,10 +347,10 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
     if missing or unexpected:
       raise ValueError(f"{collection} do not fit {name!r}: missing [{_listing(missing)}]; "
                        f"unexpected [{_listing(unexpected)}]")
-    for p, leaf in want.items():
-      if tuple(np.shape(have[p])) != tuple(leaf.shape):
-        raise ValueError(f"{collection}/{'/'.join(p)}: shape {tuple(np.shape(have[p]))} does not "
-                         f"fit {name!r}, which expects {tuple(leaf.shape)}; model kwargs: {model_kwargs}")
+  shapes = {c: jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)),
+                            dict(variables[c]))
+            for c in ("params", "batch_stats") if c in variables}
+  _, entries, extras = _prepare(name, model_kwargs, shapes)
   out = {}
   for e in entries:
     out[e.torch_key] = np.array(e.to_torch(np.asarray(_leaf(variables, e))), order="C")  # writable copy

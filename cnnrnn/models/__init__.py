@@ -38,7 +38,7 @@ def names() -> list[str]:
 def get_constructor(name: str) -> Callable[..., nn.Module]:
   """The constructor registered under `name`; raises ValueError listing known names."""
   if name not in _REGISTRY:
-    raise ValueError(f"Unknown model name {name!r} (model.name); known models: {', '.join(names())}")
+    raise ValueError(f"Unknown model name {name!r}; known models: {', '.join(names())}")
   return _REGISTRY[name]
 
 

@@ -39,7 +39,7 @@ class AlexNet(nn.Module):
       (256, 3, 1, 1, False), (256, 3, 1, 1, True))
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool = False):
     """Args: x: [B, H, W, 3] images. Returns: [B, num_classes] logits."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pools = 0

@@ -35,7 +35,7 @@ class ConvStack(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, train: bool = False):
     """Args: x: [B, H, W, C] images. Returns: [B, num_classes] logits."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     k = self.kernel_size

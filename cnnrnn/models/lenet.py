@@ -15,7 +15,10 @@ _POOLS: dict[str, Callable] = {"max": cnn.max_pool, "avg": cnn.avg_pool}
 class LeNet5(nn.Module):
   """conv 6@5x5 -> pool 2 -> conv 16@5x5 -> pool 2 -> dense 120 -> 84 -> num_classes.
 
-  On 32x32x1 inputs with 10 classes this has 61,706 parameters. The paper's C5 layer is a
+  Inputs must be 32x32, the paper's layout (MNIST's 28x28 digits padded by 2 pixels on each
+  side: `dataset.pad_to = 32`); other sizes raise a ValueError rather than build a network of
+  a different size (28x28 would give a 4x4 map and a dense layer of 256 inputs). On 32x32x1
+  inputs with 10 classes this has 61,706 parameters. The paper's C5 layer is a
   5x5 convolution over a 5x5 map, i.e. exactly the dense 400 -> 120 layer used here.
   The paper uses scaled tanh and trainable subsampling; `activation="tanh", pooling="avg"`
   is the closest parameter-free form, the defaults (ReLU, max) train faster.
@@ -35,9 +38,13 @@ class LeNet5(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, train: bool = False):
     """Args: x: [B, 32, 32, C] images. Returns: [B, num_classes] logits."""
     del train  # No dropout or batch norm in LeNet-5.
+    if x.shape[-3:-1] != (32, 32):
+      raise ValueError(f"lenet5 takes 32x32 images, got {x.shape[-3]}x{x.shape[-2]} (input "
+                       f"shape {tuple(x.shape)}); pad them to 32x32 (e.g. dataset.pad_to=32 "
+                       "for MNIST's 28x28)")
     if self.activation not in _ACTIVATIONS:
       raise ValueError(f"model.activation={self.activation!r}; allowed: {sorted(_ACTIVATIONS)}")
     if self.pooling not in _POOLS:

@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnrnn import nn as cnn
-from cnnrnn.nn import conv as cnn_conv
 
 IMAGENET_STAGES: dict[int, tuple[str, tuple[int, ...]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -62,7 +61,7 @@ class ResNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool = False):
     """Args: x: [B, H, W, C] images. Returns: [B, num_classes] logits."""
     if self.block not in cnn.RESIDUAL_BLOCKS:
       raise ValueError(f"model.block={self.block!r}; allowed: {sorted(cnn.RESIDUAL_BLOCKS)}")
@@ -77,7 +76,6 @@ class ResNet(nn.Module):
       x = cnn.MaxPool((3, 3), (2, 2), ((1, 1), (1, 1)), name="stem_pool")(x)  # (B, H/4, W/4, 64)
     else:
       x = nn.relu(cnn.ConvBN(self.stem_width, 3, 1, name="stem", **kw)(x, train=train))
-    x = cnn_conv.materialize(x, self.variables["params"]["stem"]["conv"]["kernel"])
     block_cls = cnn.RESIDUAL_BLOCKS[self.block]
     for s, (n, width) in enumerate(zip(self.stage_sizes, self.widths), start=1):
       for b in range(n):

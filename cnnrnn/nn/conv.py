@@ -13,11 +13,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
-import jax
-from jax import lax
 import jax.numpy as jnp
 
-from cnnrnn.nn import native
 from cnnrnn.nn.norm import BatchNorm
 
 # He et al. 2015 ("Delving deep into rectifiers") normal init, fan-out mode, as torchvision's ResNet/VGG.
@@ -27,53 +24,9 @@ BN_MOMENTUM = 0.9  # Flax convention: running = momentum * running + (1 - moment
 BN_EPSILON = 1e-5
 
 
-@jax.custom_vjp
-def _through_conditional(x, token):
-  t = token.reshape(-1)[0]
-  # Two branches XLA does not merge (x * 1.0 == x exactly, NaN included) around an opaque
-  # boundary: consumers read the stored x instead of fusing its producers.
-  return lax.cond(t == t, lambda v: v, lambda v: v * 1.0, x)
-
-
-_through_conditional.defvjp(lambda x, token: (_through_conditional(x, token), None),
-                            lambda _, g: (g, None))
-
-
-def materialize(x: jax.Array, token: jax.Array) -> jax.Array:
-  """Returns x, computed once and kept in memory when running on the CPU backend.
-
-  XLA:CPU fuses cheap elementwise chains (BatchNorm, ReLU, residual additions) into every
-  consumer, including the layout transposes that feed weight-gradient convolutions, and
-  recomputes them there: in a CIFAR ResNet-20 step those transposes re-evaluated up to
-  four blocks of BatchNorm each and took ~230 ms of ~620 (experiments/benchmarks). Passing
-  activations through a conditional stops that fusion; the step got ~20% faster, with
-  results equal up to float32 rounding (a sum may be fused, so ordered, differently).
-  Elsewhere x is returned as is (GPU/TPU fusion has no such cost and the copy would not
-  pay).
-
-  Args:
-    x: any array.
-    token: a small runtime array (not a compile-time constant, which XLA would fold) that
-      is replicated across devices, e.g. a kernel. The conditional's predicate reads it;
-      unlike a value read from a batch-sharded x, that needs no cross-device communication.
-
-  Returns:
-    x (the gradient passes through unchanged).
-  """
-  if jax.default_backend() != "cpu":
-    return x
-  return _through_conditional(x, lax.stop_gradient(token))
-
-
-class Conv(nn.Conv):
-  """`flax.linen.Conv` whose float32 convolutions run on native kernels on the CPU.
-
-  Same parameters and results (to float32 rounding) as `flax.linen.Conv`; see
-  `cnnrnn.nn.native` for when the native kernels apply. Every convolution of the model zoo
-  is this one.
-  """
-
-  conv_general_dilated: Callable[..., jax.Array] | None = native.conv_general_dilated
+Conv = nn.Conv
+"""`flax.linen.Conv` itself: every convolution of the model zoo is Flax's (same parameters,
+`kernel` [KH, KW, C, O] and `bias` [O])."""
 
 
 def torch_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -105,7 +58,7 @@ class ConvBN(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool = False):
     """Args: x: [B, H, W, C]. Returns: [B, H / strides, W / strides, features] (floored)."""
     k, s = self.kernel_size, self.strides
     x = Conv(self.features, (k, k), strides=(s, s), padding=torch_padding(k), use_bias=False,
@@ -175,10 +128,6 @@ class _ResidualBlock(nn.Module):
                    name=f"bn{index}", **kw)
     return lambda x, train: bn(conv(x), use_running_average=not train)
 
-  def _kept(self, x):
-    """`materialize(x)` keyed by this block's first kernel."""
-    return materialize(x, self.variables["params"]["conv1"]["kernel"])
-
 
 class BasicBlock(_ResidualBlock):
   """ResNet basic block: 3x3 conv (stride) -> BN -> ReLU -> 3x3 conv -> BN, + shortcut, ReLU.
@@ -198,11 +147,11 @@ class BasicBlock(_ResidualBlock):
   expansion: ClassVar[int] = 1
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool = False):
     """Args: x: [B, H, W, C]. Returns: [B, H / strides, W / strides, features]."""
-    y = self._kept(nn.relu(self._conv_bn(self.features, 3, self.strides, 1, False)(x, train)))
+    y = nn.relu(self._conv_bn(self.features, 3, self.strides, 1, False)(x, train))
     y = self._conv_bn(self.features, 3, 1, 2, True)(y, train)
-    return self._kept(nn.relu(y + self._shortcut(x, train=train)))
+    return nn.relu(y + self._shortcut(x, train=train))
 
 
 class BottleneckBlock(_ResidualBlock):
@@ -221,12 +170,12 @@ class BottleneckBlock(_ResidualBlock):
   expansion: ClassVar[int] = 4
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool = False):
     """Args: x: [B, H, W, C]. Returns: [B, H / strides, W / strides, 4 * features]."""
-    y = self._kept(nn.relu(self._conv_bn(self.features, 1, 1, 1, False)(x, train)))
-    y = self._kept(nn.relu(self._conv_bn(self.features, 3, self.strides, 2, False)(y, train)))
+    y = nn.relu(self._conv_bn(self.features, 1, 1, 1, False)(x, train))
+    y = nn.relu(self._conv_bn(self.features, 3, self.strides, 2, False)(y, train))
     y = self._conv_bn(self.features * self.expansion, 1, 1, 3, True)(y, train)
-    return self._kept(nn.relu(y + self._shortcut(x, train=train)))
+    return nn.relu(y + self._shortcut(x, train=train))
 
 
 RESIDUAL_BLOCKS: dict[str, type[_ResidualBlock]] = {"basic": BasicBlock, "bottleneck": BottleneckBlock}

@@ -1,4 +1,4 @@
-"""BatchNorm with the variables and results of `flax.linen.BatchNorm`, and native CPU statistics."""
+"""BatchNorm with the variables and results of `flax.linen.BatchNorm`."""
 
 from typing import Any
 
@@ -8,19 +8,16 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from cnnrnn.nn import native
-
 
 class BatchNorm(nn.Module):
   """BatchNorm over every axis but the last (Ioffe & Szegedy 2015).
 
   A drop-in for `flax.linen.BatchNorm` with `axis=-1`: the same variables (`params/scale`,
   `params/bias`, `batch_stats/mean`, `batch_stats/var`), the same attributes for those it
-  has, and the same results to float32 rounding: the running statistics take the biased
-  batch variance, `mean(x**2) - mean(x)**2`, and are not updated during `init`. In training
-  mode on the CPU backend (single device, float32) the batch statistics and their gradients
-  come from `cnnrnn.nn.native.batch_norm_train` (one pass each, accumulated in float64);
-  elsewhere from jax.numpy.
+  has, and the same results: the running statistics take the biased batch variance,
+  `mean(x**2) - mean(x)**2`, and are not updated during `init`. Training-mode
+  normalisation is its own method, `batch_normalize`, so that it can be replaced from
+  outside the model with `flax.linen.intercept_methods` (`cnnrnn.accel` does).
 
   Attributes:
     use_running_average: normalise with the stored statistics (evaluation) instead of the
@@ -58,26 +55,38 @@ class BatchNorm(nn.Module):
     bias = (self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias
             else jnp.zeros((c,), self.param_dtype))
     dtype = self.dtype or jnp.result_type(x, scale, bias)
-    axis_name = None if self.is_initializing() else self.axis_name
-
     if use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-      y = None
-    elif axis_name is None and native.applies(x, scale, bias):
-      y, mean, var = native.batch_norm_train(x, scale, bias, self.epsilon)
+      y = _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
     else:
-      xf = x.astype(jnp.float32)
-      axes = tuple(range(x.ndim - 1))
-      mean, mean2 = xf.mean(axes), lax.square(xf).mean(axes)
-      if axis_name is not None:
-        mean, mean2 = lax.pmean((mean, mean2), axis_name)
-      var = jnp.maximum(0.0, mean2 - lax.square(mean))
-      y = None
-    if not use_running_average and not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    if y is None:
-      shape = (1,) * (x.ndim - 1) + (c,)
-      y = ((x - mean.reshape(shape)) * (lax.rsqrt(var + self.epsilon) * scale).reshape(shape)
-           + bias.reshape(shape))
+      y, mean, var = self.batch_normalize(x, scale, bias)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return jnp.asarray(y, dtype)
+
+  def batch_normalize(self, x: jax.Array, scale: jax.Array,
+                      bias: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Normalises x with its own statistics (training mode).
+
+    Args:
+      x: [..., C].
+      scale, bias: [C].
+
+    Returns:
+      (y, mean, var): y like x, and the batch mean and biased variance [C] (averaged over
+      `axis_name` when it is set, except during `init`).
+    """
+    xf = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean, mean2 = xf.mean(axes), lax.square(xf).mean(axes)
+    axis_name = None if self.is_initializing() else self.axis_name
+    if axis_name is not None:
+      mean, mean2 = lax.pmean((mean, mean2), axis_name)
+    var = jnp.maximum(0.0, mean2 - lax.square(mean))
+    return _normalize(x, mean, var, scale, bias, self.epsilon), mean, var
+
+
+def _normalize(x, mean, var, scale, bias, epsilon):
+  shape = (1,) * (x.ndim - 1) + (x.shape[-1],)
+  return ((x - mean.reshape(shape)) * (lax.rsqrt(var + epsilon) * scale).reshape(shape)
+          + bias.reshape(shape))

@@ -66,6 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
   # line before the backend starts when JAX will compute on the CPU; ignored by
   # train_and_evaluate.
   c.reuse_host_memory = True
+  # Hardware-specific kernels for the train and eval steps (cnnrnn.accel): "auto" (the
+  # native CPU kernels on one CPU device where they build, else XLA's), "xla" or "cpu_native".
+  c.accel = "auto"
   c.profile_steps = 0  # > 0: a profiler trace of that many steps into workdir/profile.
   c.progress_bar = True
   return c

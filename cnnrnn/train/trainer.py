@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cnnrnn import accel
 from cnnrnn import data
 from cnnrnn import models
 from cnnrnn.models import stateful
@@ -52,7 +53,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   Raises:
     ValueError: naming the bad field and the allowed values.
   """
-  models.get_constructor(config.model.name)
+  try:
+    models.get_constructor(config.model.name)
+  except ValueError as e:
+    raise ValueError(f"model.name={config.model.name!r}: {e}") from None
+  accel.validate(config.accel)
   if config.task.name not in tasks.names():
     raise ValueError(f"task.name={config.task.name!r}; known tasks: {', '.join(tasks.names())}")
   optim.validate(config.optimizer)
@@ -178,8 +183,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  config.model.name, f"{num_params:,}", total_steps, steps_per_epoch, dict(mesh.shape))
 
   metrics_sharding = sharding.replicated(mesh)
+  accel_mode = accel.resolve(config.accel)  # Once, for both steps.
+  logging.info("accel=%r: %s", config.accel, accel_mode)
   train_step = jax.jit(
-      steps.make_train_step(model, task, tx, config.get("grad_accum_steps", 1)),
+      accel.accelerate(steps.make_train_step(model, task, tx, config.get("grad_accum_steps", 1)),
+                       accel_mode),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, metrics_sharding),
       donate_argnums=0,
@@ -189,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     zero_carry = lambda: model.zero_carry(config.eval_batch_size)
     carry_sharding = stateful.shardings(jax.eval_shape(zero_carry), batch_sharding)
     eval_carry = jax.jit(zero_carry, out_shardings=carry_sharding)()
-  eval_step = jax.jit(steps.make_eval_step(model, task),
+  eval_step = jax.jit(accel.accelerate(steps.make_eval_step(model, task), accel_mode),
                       in_shardings=(state_shardings, batch_sharding, carry_sharding),
                       out_shardings=(metrics_sharding, carry_sharding))
 

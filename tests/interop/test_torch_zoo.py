@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
+from cnnrnn import accel
 from cnnrnn import models
 from cnnrnn.interop import torch_zoo
-from cnnrnn.nn import native
 
 torch = pytest.importorskip("torch")
 tv_models = pytest.importorskip("torchvision.models")
@@ -36,18 +36,16 @@ def _random_torchvision(name, num_classes=1000):
     ("resnet18", 64, 1000),
     ("resnet50", 64, 1000),
 ])
-@pytest.mark.parametrize("use_native", [False, True], ids=["xla", "native"])
-def test_logits_match_torchvision(name, size, num_classes, use_native):
-  if use_native and not native.available()[0]:
-    pytest.skip(f"native kernels unavailable: {native.available()[1]}")
+@pytest.mark.parametrize("mode", ["xla", "cpu_native"])
+def test_logits_match_torchvision(name, size, num_classes, mode):
   tmodel = _random_torchvision(name, num_classes)
   x = np.random.RandomState(1).randn(2, 3, size, size).astype(np.float32)
   with torch.no_grad():
     want = tmodel(torch.from_numpy(x)).numpy()
   variables = torch_zoo.from_torch(name, tmodel.state_dict(), num_classes=num_classes)
   model = models.create(name, num_classes=num_classes)
-  with native.override(use_native):  # This process has 8 devices: native only when asked.
-    got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x.transpose(0, 2, 3, 1))
+  apply = accel.accelerate(lambda v, x: model.apply(v, x, train=False), mode)
+  got = jax.jit(apply)(variables, x.transpose(0, 2, 3, 1))
   assert np.abs(np.asarray(got) - want).max() <= 1e-5 * np.abs(want).max()
 
 
@@ -96,6 +94,16 @@ def test_cifar_resnet_uses_torchvision_style_names():
   assert {"conv1.weight", "bn1.running_var", "layer3.2.bn2.num_batches_tracked",
           "fc.weight"} <= set(keys)
   assert keys["layer2.0.conv1.weight"].shape == (32, 16, 3, 3)
+
+
+def test_to_torch_takes_the_shapes_from_the_variables():
+  # A 37-class ResNet converts without num_classes=37 passed again.
+  tmodel = _random_torchvision("resnet18", 37)
+  variables = torch_zoo.from_torch("resnet18", tmodel.state_dict(), num_classes=37)
+  back = torch_zoo.to_torch("resnet18", variables)
+  assert back["fc.weight"].shape == (37, 512) and back["fc.bias"].shape == (37,)
+  for key, value in tmodel.state_dict().items():
+    np.testing.assert_array_equal(back[key], value.numpy())
 
 
 def test_wrong_shape_names_the_key():

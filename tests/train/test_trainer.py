@@ -33,7 +33,8 @@ def _quick(data_dir, **overrides):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("model.name", "lenet7", r"Unknown model name 'lenet7' \(model.name\); known models: .*lenet5"),
+    ("model.name", "lenet7", r"model.name='lenet7': Unknown model name 'lenet7'; known models: .*lenet5"),
+    ("accel", "gpu", r"accel='gpu'; allowed: auto, xla, cpu_native"),
     ("optimizer.name", "adagrad", r"optimizer.name='adagrad'; allowed: sgd, momentum, nesterov, adam, adamw"),
     ("optimizer.learning_rate", -1e-3, r"optimizer.learning_rate=-0.001; allowed: a number >= 0"),
     ("batch_size", 60, r"batch_size=60 does not divide over the 8 devices"),

@@ -10,7 +10,7 @@
 //   cnnrnn_conv2d_dw:    dw[r, s, c, o] = sum_{b, i, j} x[b, t i + r - p, t j + s - p, c] dy[b, i, j, o]
 //
 // (zero outside the image). For stride 1 the input gradient is the forward kernel applied to
-// dy with the kernel flipped and transposed (see cnnrnn/nn/native/__init__.py). `w` comes
+// dy with the kernel flipped and transposed (see cnnrnn/accel/conv.py). `w` comes
 // with its output channels zero-padded to a multiple of 16; outputs are written unpadded,
 // with masked stores. Layers with at most 8 output channels (stride 1) put 16 output pixels
 // in each vector instead. Work is split over images on XLA's intra-op thread pool; each image

@@ -1,0 +1,100 @@
+"""Switching acceleration on and off: `mode`, `accelerate`, `resolve`.
+
+The substitution goes through Flax's own mechanism, `flax.linen.intercept_methods`: while a
+mode other than "xla" is active, an interceptor gives every `flax.linen.Conv` that has no
+convolution of its own (`conv_general_dilated` and `conv_general_dilated_cls` unset) the
+accelerated `conv_general_dilated` hook, and computes `cnnrnn.nn.BatchNorm.batch_normalize`
+(training-mode normalisation) with `batch_norm_train`. The active mode is a
+`jax.make_user_context`, part of `jax.jit`'s cache key.
+"""
+
+from collections.abc import Callable, Iterator
+import contextlib
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnrnn import nn as cnn
+from cnnrnn.accel import batch_norm
+from cnnrnn.accel import conv
+from cnnrnn.accel import native
+from cnnrnn.accel import primitives
+
+MODES = ("auto", "xla", "cpu_native")
+_active = jax.make_user_context("xla")  # The resolved mode of what is being traced.
+
+
+def validate(name: str, field: str = "accel") -> None:
+  """Raises ValueError naming `field` unless `name` is one of `MODES`."""
+  if name not in MODES:
+    raise ValueError(f"{field}={name!r}; allowed: {', '.join(MODES)}")
+
+
+def resolve(name: str) -> str:
+  """The mode `name` stands for here: "xla" or "cpu_native" ("auto" decided now).
+
+  "auto" is "cpu_native" when JAX's default backend is the CPU with one device and the
+  native kernels are available (building them if needed), else "xla".
+  """
+  validate(name)
+  if name != "auto":
+    return name
+  if jax.default_backend() == "cpu" and jax.device_count() == 1 and native.available()[0]:
+    return "cpu_native"
+  return "xla"
+
+
+def current_mode() -> str:
+  """The resolved mode of functions traced now ("xla" outside any `mode`)."""
+  return _active.value
+
+
+@contextlib.contextmanager
+def mode(name: str) -> Iterator[str]:
+  """Within the block, functions traced use the implementations of mode `name`.
+
+  Args:
+    name: one of `MODES`; "auto" is resolved on entry (`resolve`).
+
+  Yields:
+    The resolved mode. An inner `mode("xla")` switches an outer one off.
+  """
+  resolved = resolve(name)
+  with _active(resolved), nn.intercept_methods(_intercept):
+    yield resolved
+
+
+def accelerate(fn: Callable, mode: str = "auto") -> Callable:
+  """`fn`, traced with the implementations of `mode` whenever it is called or traced.
+
+  `jax.jit(accelerate(loss))` bakes the choice into what it traces; unrelated functions
+  are unaffected. "auto" is resolved once, here.
+  """
+  resolved = resolve(mode)
+
+  @functools.wraps(fn)
+  def accelerated(*args, **kwargs):
+    with _active(resolved), nn.intercept_methods(_intercept):
+      return fn(*args, **kwargs)
+
+  return accelerated
+
+
+def _intercept(next_fun, args, kwargs, context):
+  if _active.value != "cpu_native":
+    return next_fun(*args, **kwargs)
+  module, method = context.module, context.method_name
+  if (method == "__call__" and isinstance(module, nn.Conv) and module.conv_general_dilated is None
+      and module.conv_general_dilated_cls is None):
+    # The same module on the same variables, with the accelerated convolution hook.
+    fast = module.clone(parent=module.scope, conv_general_dilated=conv.conv_general_dilated)
+    return fast(*args, **kwargs)
+  if method == "batch_normalize" and isinstance(module, cnn.BatchNorm):
+    x, scale, bias = jax.tree.leaves((args, kwargs))
+    if ((module.axis_name is None or module.is_initializing())
+        and all(a.dtype == jnp.float32 for a in (x, scale, bias))
+        and not primitives.explicitly_sharded(x, scale, bias)):
+      return batch_norm.batch_norm_train(x, scale, bias, module.epsilon)
+  return next_fun(*args, **kwargs)
