@@ -84,12 +84,20 @@ def _rowwise_dot_batch(args, dims):
 batching.primitive_batchers[rowwise_dot_p] = _rowwise_dot_batch
 
 
+def _explicitly_sharded(*arrays: Array) -> bool:
+  """Whether an array's type carries a sharding (a mesh with `AxisType.Explicit` axes)."""
+  return any(any(s is not None for s in jax.typeof(a).sharding.spec) for a in arrays)
+
+
 def rowwise_dot(a: Array, w: Array) -> Array:
   """`a @ w` for a [..., K] and w [K, N], whose gradient w.r.t. w is `a^T ct` with `a`
   first (see `_rowwise_dot_transpose_w`). A primitive with the dot's own jvp, transpose
-  and batching rules, lowered to a plain `dot_general`."""
+  and batching rules, lowered to a plain `dot_general`; under explicit sharding (whose
+  types the primitive does not propagate) the plain dot itself."""
   if a.ndim < 2 or w.ndim != 2 or a.shape[-1] != w.shape[0]:
     raise ValueError(f"rowwise_dot takes [..., K] and [K, N], got {a.shape} and {w.shape}")
+  if _explicitly_sharded(a, w):
+    return _rowwise_dot_impl(a, w)
   return rowwise_dot_p.bind(a, w)
 
 
