@@ -81,11 +81,20 @@ class Family:
       architecture accepts).
     entries: optional replacement for layout + standard rules: (model, abstract variables) ->
       (entries, extra torch keys with their export values).
+    kwargs_from_state_dict: optional: torch state dict -> the model keyword arguments its
+      shapes fix (default: `num_classes` from the head).
+    kwargs_from_variables: optional: variables -> the model keyword arguments their shapes
+      fix (default: `num_classes` from the head).
+    from_state_dict: optional: (state dict, model kwargs) -> the state dict adapted to those
+      kwargs (e.g. ViT position embeddings resampled to the model's resolution).
   """
 
   layout: Callable[[nn.Module, list[Path]], Layout] | None
   trace_size: int
   entries: Callable[[nn.Module, Mapping[str, Any]], tuple[list[Entry], dict[str, np.ndarray]]] | None = None
+  kwargs_from_state_dict: Callable[[Mapping[str, Any]], dict] | None = None
+  kwargs_from_variables: Callable[[Mapping[str, Any]], dict] | None = None
+  from_state_dict: Callable[[Mapping[str, Any], dict], Mapping[str, Any]] | None = None
 
 
 def _identity(a: np.ndarray) -> np.ndarray:
@@ -253,6 +262,35 @@ def _prepare(name: str, model_kwargs: dict) -> tuple[Mapping[str, Any], list[Ent
   return abstract, entries, extras
 
 
+def kwargs_from_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict:
+  """The model keyword arguments a torch state dict's shapes fix (e.g. {"num_classes": 10}).
+
+  Raises:
+    ValueError: unknown name, or the state dict lacks the keys that tell.
+  """
+  if name not in _FAMILIES:
+    raise ValueError(f"no torch conversion for model {name!r}; convertible: {', '.join(names())}")
+  family = _FAMILIES[name]
+  if family.kwargs_from_state_dict is not None:
+    return family.kwargs_from_state_dict(state_dict)
+  _, entries, _ = _prepare(name, {})
+  head = [e.torch_key for e in entries if e.path == ("head", "kernel")]
+  if not head or head[0] not in state_dict:
+    raise ValueError(f"state dict does not fit {name!r}: no head weight {head[0] if head else ''!r}")
+  return {"num_classes": int(state_dict[head[0]].shape[0])}
+
+
+def kwargs_from_variables(name: str, variables: Mapping[str, Any]) -> dict:
+  """The model keyword arguments the variables' shapes fix (e.g. {"num_classes": 10})."""
+  if name not in _FAMILIES:
+    raise ValueError(f"no torch conversion for model {name!r}; convertible: {', '.join(names())}")
+  family = _FAMILIES[name]
+  if family.kwargs_from_variables is not None:
+    return family.kwargs_from_variables(variables)
+  head = variables.get("params", {}).get("head", {})
+  return {"num_classes": int(np.shape(head["kernel"])[-1])} if "kernel" in head else {}
+
+
 def _to_numpy(value) -> np.ndarray:
   """numpy view of a torch tensor (bfloat16 widened to float32), numpy or jax array."""
   if hasattr(value, "detach"):  # a torch tensor; torch itself is not imported here
@@ -295,6 +333,8 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_kwargs) -> dict
       does not fit the model (named, with both shapes).
   """
   abstract, entries, extras = _prepare(name, model_kwargs)
+  if _FAMILIES[name].from_state_dict is not None:
+    state_dict = _FAMILIES[name].from_state_dict(state_dict, model_kwargs)
   expected = {e.torch_key for e in entries}
   missing = [e.torch_key for e in entries if e.torch_key not in state_dict]
   unexpected = [k for k in state_dict if k not in expected and k not in extras]
@@ -323,7 +363,9 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
     variables: {"params": ..., "batch_stats": ...} of the model (other collections ignored).
     tensors: return torch tensors (imports torch) instead of numpy arrays.
     num_batches_tracked: value written to every BatchNorm's `num_batches_tracked`.
-    **model_kwargs: the model's keyword arguments (e.g. num_classes=10).
+    **model_kwargs: the model's keyword arguments (e.g. num_classes=10); by default those the
+      variables' shapes fix (`kwargs_from_variables`: the number of classes, for ViT also
+      the resolution, width, depth and pooling).
 
   Returns:
     torch key -> C-contiguous numpy array (or torch tensor), in the variables' dtype;
@@ -333,6 +375,8 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
   Raises:
     ValueError: unknown name, or variables whose paths or shapes do not fit the model.
   """
+  if not model_kwargs and name in _FAMILIES:
+    model_kwargs = kwargs_from_variables(name, variables)
   abstract, entries, extras = _prepare(name, model_kwargs)
   for collection in ("params", "batch_stats"):
     want = traverse_util.flatten_dict(dict(abstract.get(collection, {})))

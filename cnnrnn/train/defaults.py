@@ -6,6 +6,8 @@ reproduce; `--config.FIELD=VALUE` overrides any field from the command line.
 
 import ml_collections
 
+from cnnrnn import transfer
+
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -47,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.schedule = "constant"
   c.optimizer.warmup_steps = 0
   c.optimizer.clip_norm = 0.0
+
+  # Start from pretrained weights, freeze / unfreeze (cnnrnn.transfer; source "" = scratch).
+  c.transfer = transfer.default_config()
 
   c.log_every_steps = 100
   c.eval_every_steps = 0  # 0: only the final test evaluation.
