@@ -456,9 +456,9 @@ def adapt(source: Mapping[str, Any], target: Mapping[str, Any], head: str = "hea
 
 def resample_rules() -> dict[str, Callable]:
   """Leaf name -> resampling function, for the families that have resolution-dependent leaves."""
-  from cnnrnn.models import vit  # pylint: disable=g-import-not-at-top
+  from cnnrnn.models.vit import resample_pos_embed_to_shape  # pylint: disable=g-import-not-at-top
 
-  return {"pos_embed": vit.resample_pos_embed_to_shape}
+  return {"pos_embed": resample_pos_embed_to_shape}
 
 
 @dataclasses.dataclass

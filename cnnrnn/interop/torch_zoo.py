@@ -1,4 +1,4 @@
-"""Weight conversion between the CNN zoo and torchvision state dicts, in both directions.
+"""Weight conversion between the zoo and torchvision / timm (ViT) state dicts, both ways.
 
     variables = from_torch("resnet50", torchvision_model.state_dict())
     logits = cnnrnn.models.create("resnet50").apply(variables, images_nhwc, train=False)
@@ -33,6 +33,7 @@ import numpy as np
 from flax import traverse_util
 
 from cnnrnn import models
+from cnnrnn.interop import torch_vit
 
 Path = tuple[str, ...]
 
@@ -78,23 +79,23 @@ class Family:
     layout: (model, Flax module paths that hold variables) -> Layout; the standard leaf rules
       apply to every module.
     trace_size: square input size used to trace the model's variable shapes (any size the
-      architecture accepts).
+      architecture accepts), or a function of the model giving it.
     entries: optional replacement for layout + standard rules: (model, abstract variables) ->
       (entries, extra torch keys with their export values).
     kwargs_from_state_dict: optional: torch state dict -> the model keyword arguments its
       shapes fix (default: `num_classes` from the head).
     kwargs_from_variables: optional: variables -> the model keyword arguments their shapes
       fix (default: `num_classes` from the head).
-    from_state_dict: optional: (state dict, model kwargs) -> the state dict adapted to those
-      kwargs (e.g. ViT position embeddings resampled to the model's resolution).
+    from_state_dict: optional: (state dict, model) -> the state dict adapted to that model
+      (e.g. ViT position embeddings resampled to the model's resolution).
   """
 
   layout: Callable[[nn.Module, list[Path]], Layout] | None
-  trace_size: int
+  trace_size: int | Callable[[nn.Module], int]
   entries: Callable[[nn.Module, Mapping[str, Any]], tuple[list[Entry], dict[str, np.ndarray]]] | None = None
   kwargs_from_state_dict: Callable[[Mapping[str, Any]], dict] | None = None
   kwargs_from_variables: Callable[[Mapping[str, Any]], dict] | None = None
-  from_state_dict: Callable[[Mapping[str, Any], dict], Mapping[str, Any]] | None = None
+  from_state_dict: Callable[[Mapping[str, Any], nn.Module], Mapping[str, Any]] | None = None
 
 
 def _identity(a: np.ndarray) -> np.ndarray:
@@ -233,12 +234,17 @@ def _resnet_layout(model, paths: list[Path]) -> Layout:
 _ALEXNET = Family(_alexnet_layout, trace_size=64)
 _VGG = Family(_vgg_layout, trace_size=32)
 _RESNET = Family(_resnet_layout, trace_size=32)
+_VIT = Family(None, trace_size=lambda model: model.image_size, entries=torch_vit.entries,
+              kwargs_from_state_dict=torch_vit.kwargs_from_state_dict,
+              kwargs_from_variables=torch_vit.kwargs_from_variables,
+              from_state_dict=torch_vit.from_state_dict)
 
 _FAMILIES: dict[str, Family] = {
     "alexnet": _ALEXNET,
     **{f"vgg{d}{bn}": _VGG for d in (11, 13, 16, 19) for bn in ("", "_bn")},
     **{f"resnet{d}": _RESNET for d in (18, 34, 50, 101, 152)},
     **{f"cifar_resnet{d}": _RESNET for d in (20, 32, 44, 56, 110)},
+    **{name: _VIT for name in ("vit", *models.VIT_VARIANTS)},
 }
 
 
@@ -253,7 +259,8 @@ def _prepare(name: str, model_kwargs: dict) -> tuple[Mapping[str, Any], list[Ent
     raise ValueError(f"no torch conversion for model {name!r}; convertible: {', '.join(names())}")
   family = _FAMILIES[name]
   model = models.create(name, **model_kwargs)
-  x = jnp.zeros((1, family.trace_size, family.trace_size, 3), jnp.float32)
+  size = family.trace_size if isinstance(family.trace_size, int) else family.trace_size(model)
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   if family.entries is not None:
     entries, extras = family.entries(model, abstract)
@@ -334,7 +341,7 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_kwargs) -> dict
   """
   abstract, entries, extras = _prepare(name, model_kwargs)
   if _FAMILIES[name].from_state_dict is not None:
-    state_dict = _FAMILIES[name].from_state_dict(state_dict, model_kwargs)
+    state_dict = _FAMILIES[name].from_state_dict(state_dict, models.create(name, **model_kwargs))
   expected = {e.torch_key for e in entries}
   missing = [e.torch_key for e in entries if e.torch_key not in state_dict]
   unexpected = [k for k in state_dict if k not in expected and k not in extras]
