@@ -239,3 +239,27 @@ def test_published_weights_offline_name_the_file(monkeypatch):
                                     r": cannot download .*resnet18-f37072fd.pth.* Offline, put "
                                     r"that file into .*checkpoints/"):
     transfer.load_source("torchvision:ResNet18_Weights.IMAGENET1K_V1", "resnet18", {})
+
+
+def test_a_timm_vit_file_loads_at_another_resolution_with_a_new_head(tmp_path):
+  timm = pytest.importorskip("timm")
+  from timm.layers import resample_abs_pos_embed  # pylint: disable=g-import-not-at-top
+
+  # A 2-block timm ViT-Ti/16 for 224x224 and 1000 classes -> 32x32 images and 10 classes.
+  tmodel = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)
+  state_dict = tmodel.state_dict()
+  path = tmp_path / "vit.safetensors"
+  torch_zoo.save_state_dict(path, state_dict)
+  kwargs = dict(depth=2, image_size=32, num_classes=10)
+  source = transfer.load_source(str(path), "vit_ti16", kwargs)
+  model = models.create("vit_ti16", **kwargs)
+  fresh = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  variables = transfer.adapt(source, fresh, resample=transfer.resample_rules())
+  params = variables["params"]
+  want_pos = resample_abs_pos_embed(state_dict["pos_embed"], (2, 2), num_prefix_tokens=1).numpy()
+  np.testing.assert_allclose(params["pos_embed"], want_pos, atol=2e-6)
+  np.testing.assert_array_equal(params["block1"]["mlp"]["fc2"]["bias"],
+                                state_dict["blocks.1.mlp.fc2.bias"].numpy())
+  assert params["head"]["kernel"].shape == (192, 10)
+  np.testing.assert_array_equal(params["head"]["kernel"], fresh["params"]["head"]["kernel"])
+  assert model.apply(variables, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
