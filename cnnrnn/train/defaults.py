@@ -34,6 +34,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.crop_fraction = 0.875
   c.dataset.cache = "auto"  # Read splits under 1 GiB into memory once (True/False to force).
   c.dataset.read_threads = 2
+  # Class subsets (cnnrnn.data.subsets): keep these labels, relabelled 0..k-1 (() = all), and
+  # this many training examples of each (0 = all), chosen with subset_seed.
+  c.dataset.classes = ()
+  c.dataset.examples_per_class = 0
+  c.dataset.subset_seed = 0
 
   c.batch_size = 128  # Global, over all devices and processes.
   c.eval_batch_size = 512
