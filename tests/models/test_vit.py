@@ -84,3 +84,25 @@ def test_another_resolution_resamples_on_the_fly_or_once():
   assert once["params"]["pos_embed"].shape == (1, 37, 24)
   bigger = models.create("vit", **(SMALL | {"image_size": 24}))
   np.testing.assert_allclose(bigger.apply(once, x), on_the_fly, rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_reach_every_parameter_under_jit_remat_and_vmap():
+  model = models.create("vit", **SMALL, dropout_rate=0.1)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  variables = model.init(jax.random.key(0), x)
+  # The zero-initialised head would stop every other gradient at the first step.
+  variables["params"]["head"]["kernel"] = jax.random.normal(jax.random.key(3), (24, 5))
+
+  @jax.jit
+  def loss(params, x):
+    apply = jax.checkpoint(lambda p, x: model.apply({"params": p}, x, train=True,
+                                                    rngs={"dropout": jax.random.key(4)}))
+    return (apply(params, x) ** 2).mean()
+
+  grads = jax.grad(loss)(variables["params"], x)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.isfinite(g).all() and np.abs(g).max() > 0, jax.tree_util.keystr(path)
+  per_example = jax.vmap(lambda im: model.apply(variables, im[None]))(x)
+  np.testing.assert_allclose(per_example[:, 0], model.apply(variables, x), rtol=1e-5, atol=1e-6)
+  bf16 = models.create("vit", **SMALL, dtype=jnp.bfloat16).apply(variables, x)
+  assert bf16.dtype == jnp.bfloat16
