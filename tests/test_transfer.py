@@ -73,6 +73,11 @@ def test_stages_follow_the_model():
       "stem", "stage1_block0", "stage2_block0", "stage3_block0", "head"]
   with pytest.raises(ValueError, match=r"transfer.head='classifier' is not a top-level .*stem"):
     transfer.stages(params, order, "classifier")
+  vit = models.create("vit", patch_size=4, image_size=8, hidden_dim=6, depth=2, num_heads=2,
+                      mlp_dim=8)
+  params, order = _params_and_order(vit, jnp.zeros((1, 8, 8, 3)))
+  assert transfer.stages(params, order) == [["cls_token", "pos_embed", "patch_embed"], ["block0"],
+                                            ["block1"], ["norm"], ["head"]]
 
 
 def test_linear_probe_leaves_the_backbone_and_its_statistics_bitwise_unchanged():

@@ -283,7 +283,8 @@ def kwargs_from_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict:
   _, entries, _ = _prepare(name, {})
   head = [e.torch_key for e in entries if e.path == ("head", "kernel")]
   if not head or head[0] not in state_dict:
-    raise ValueError(f"state dict does not fit {name!r}: no head weight {head[0] if head else ''!r}")
+    raise ValueError(f"state dict does not fit {name!r}: it has no head weight "
+                     f"{head[0] if head else ''!r}")
   return {"num_classes": int(state_dict[head[0]].shape[0])}
 
 
