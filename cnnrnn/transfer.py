@@ -32,9 +32,12 @@ How freezing works:
   the head) and puts `jax.lax.stop_gradient` on every backbone parameter, so reverse mode
   computes no backbone gradient at all, only the head's (the test checks the jaxpr).
 - Progressive unfreezing keeps one jitted step for the whole run: every stage has its
-  optimizer state from the start and a frozen stage's gradient is zeroed (before momentum
-  or Adam's moments see it) until its step; its BatchNorm layers run in training mode
-  throughout (as fast.ai's `freeze` with `train_bn`).
+  optimizer state from the start, and until its step a stage's gradient (weight decay
+  included) is zeroed before momentum or Adam's moments see it and its update is zeroed
+  after; the learning-rate schedule stays global. (Adam's step count runs on meanwhile, so
+  its bias correction is spent when the stage unfreezes: its first updates are smaller.)
+  Gradients of frozen stages are still computed. Their BatchNorm layers run in training
+  mode throughout (as fast.ai's `freeze` with `train_bn`).
 - Learning-rate multipliers scale each group's update after the optimizer, which equals
   scaling its learning rate for SGD, momentum, Adam and AdamW alike; gradient clipping stays
   global (over all groups).
@@ -177,7 +180,8 @@ def group_labels(params: Mapping[str, Any], order: list[str], cfg) -> tuple[dict
     elif cfg.strategy == "discriminative":
       group, scale = f"stage_{depth}", float(cfg.stage_lr_decay) ** depth
     else:  # progressive: one group per stage, each with its own unfreezing step
-      group, scale = f"stage_{depth}", 1.0
+      never = depth > len(tuple(cfg.unfreeze_steps))
+      group, scale = ("frozen", 0.0) if never else (f"stage_{depth}", 1.0)
     if scale == 0.0:
       group = "frozen"
     scales[group] = scale
@@ -195,7 +199,7 @@ def unfreeze_step(group: str, cfg) -> int:
 
 
 def _zero_before(step: int) -> optax.GradientTransformation:
-  """Zeroes the gradients until `step` (counted in updates), then passes them through."""
+  """Zeroes what passes through (gradients or updates) until `step`, counted in updates."""
 
   def init(params):
     del params
@@ -229,15 +233,26 @@ def make_optimizer(optimizer_cfg, cfg, params, order: list[str], total_steps: in
       optimizer_cfg.to_dict() if hasattr(optimizer_cfg, "to_dict") else dict(optimizer_cfg))
   inner_cfg.clip_norm = 0.0  # Clipping is global, outside the groups.
   labels, scales = group_labels(params, order, cfg)
+  # A frozen-then-unfrozen group must not move before its step, weight decay included: with
+  # coupled decay (all but adamw) the decay term is added before the gradient gate, so the
+  # momentum stays zero too; adamw's decoupled decay is stopped by the gate on the updates.
+  decay = float(optimizer_cfg.get("weight_decay") or 0.0)
+  coupled_decay = decay if optimizer_cfg.name != "adamw" else 0.0
+  gated_cfg = ml_collections.ConfigDict(inner_cfg.to_dict())
+  if coupled_decay:
+    gated_cfg.weight_decay = 0.0
   transforms = {}
   for group, scale in scales.items():
     if group == "frozen":
       transforms[group] = optax.set_to_zero()
       continue
-    inner, schedule = optim.make_optimizer(inner_cfg, total_steps)
+    start = unfreeze_step(group, cfg) if cfg.strategy == "progressive" else 0
+    inner, _ = optim.make_optimizer(gated_cfg if start else inner_cfg, total_steps)
     parts = [inner] if scale == 1.0 else [inner, optax.scale(scale)]
-    if cfg.strategy == "progressive" and unfreeze_step(group, cfg) > 0:
-      parts.insert(0, _zero_before(unfreeze_step(group, cfg)))
+    if start:
+      parts = [_zero_before(start), *parts, _zero_before(start)]
+      if coupled_decay:
+        parts.insert(0, optax.add_decayed_weights(coupled_decay))
     transforms[group] = optax.chain(*parts)
   tx = optax.multi_transform(transforms, labels)
   clip = optimizer_cfg.get("clip_norm", 0.0)

@@ -27,14 +27,15 @@ def _cfg(**fields):
   return override(cfg, **fields)
 
 
-def _optimizer_cfg(name="momentum"):
+def _optimizer_cfg(name="momentum", weight_decay=0.0):
   cfg = train.default_config().optimizer
   cfg.name = name
   cfg.learning_rate = 0.1
+  cfg.weight_decay = weight_decay
   return cfg
 
 
-def _setup(cfg, num_steps=4, optimizer="momentum", **model_kwargs):
+def _setup(cfg, num_steps=4, optimizer="momentum", weight_decay=0.0, **model_kwargs):
   """Runs `num_steps` training steps of the conv_stack under `cfg`; returns the states."""
   model = models.create("conv_stack", **(MODEL | model_kwargs))
   rng = np.random.RandomState(0)
@@ -43,7 +44,8 @@ def _setup(cfg, num_steps=4, optimizer="momentum", **model_kwargs):
   variables = model.init(jax.random.key(0), batch["image"][:1], train=False)
   params = variables.pop("params")
   order = transfer.call_order(model, batch["image"][:1], train=False)
-  tx, _ = transfer.make_optimizer(_optimizer_cfg(optimizer), cfg, params, order, 100)
+  tx, _ = transfer.make_optimizer(_optimizer_cfg(optimizer, weight_decay), cfg, params, order,
+                                  100)
   wrapped = transfer.wrap_model(model, cfg)
   task = tasks.create("classification", num_classes=5)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
@@ -134,14 +136,20 @@ def test_discriminative_rates_decay_per_stage_from_the_head():
   assert scales == {"stage_0": 1.0, "stage_1": 0.5, "stage_2": 0.25, "stage_3": 0.125}
 
 
-def test_progressive_unfreezing_follows_the_schedule():
-  history, _, _ = _setup(_cfg(strategy="progressive", unfreeze_steps=(1, 3)), num_steps=5)
+@pytest.mark.parametrize("optimizer", ["momentum", "adamw"])
+def test_progressive_unfreezing_follows_the_schedule(optimizer):
+  # Weight decay too must not move a stage before its step.
+  history, _, _ = _setup(_cfg(strategy="progressive", unfreeze_steps=(1, 3)), num_steps=5,
+                         optimizer=optimizer, weight_decay=0.1)
   moved = lambda name: [not np.array_equal(_flat(a.params)[name], _flat(b.params)[name])
                         for a, b in zip(history, history[1:])]
   assert moved("head/kernel") == [True] * 5
   assert moved("fc0/kernel") == [False, True, True, True, True]  # unfrozen at step 1
   assert moved("conv1/kernel") == [False, False, False, True, True]  # unfrozen at step 3
   assert moved("conv0/kernel") == [False] * 5  # no step given for it: frozen throughout
+  # ... and, as for a linear probe, without optimizer state.
+  conv0 = [x for x in jax.tree.leaves(history[-1].opt_state) if np.shape(x) == (3, 3, 3, 4)]
+  assert not conv0
 
 
 def test_bad_transfer_fields():
