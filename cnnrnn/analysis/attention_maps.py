@@ -5,6 +5,11 @@
     plot_attention_rollout(images[0], rollout[0], "rollout.png")
     plot_attention_heads(images[0], attention[-1, 0], "last_layer_heads.png")
 
+From a trained ViT's workdir (its newest checkpoint, a few images of a split):
+
+    python -m cnnrnn.analysis.attention_maps --workdir=DIR [--out=DIR/attention] \
+        [--num_images=4] [--split=test]
+
 Attention rollout (Abnar & Zuidema 2020, "Quantifying attention flow in transformers"):
 each layer's attention, averaged over heads, is mixed with the identity for the residual
 connection, A' = (A + I) / 2 (rows still sum to one), and the layers are multiplied from
@@ -13,10 +18,13 @@ input token. The map shown for a class-token model is the class token's row over
 patches; without a class token (GAP pooling), the mean of the patches' rows.
 """
 
+import inspect
+import json
 import math
 import os
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from cnnrnn.analysis import plots
@@ -149,3 +157,78 @@ def plot_attention_rollout(image, rollout, path: str | os.PathLike, num_prefix_t
   fig.savefig(os.fspath(path), dpi=100)
   plt.close(fig)
   return os.fspath(path)
+
+
+def plot_workdir_attention(workdir: str, out_dir: str | None = None, num_images: int = 4,
+                           split: str = "test", data_dir: str | None = None) -> list[str]:
+  """Attention PNGs of a trained ViT for the first `num_images` images of `split`.
+
+  Reads the workdir's config.json and newest checkpoint, preprocesses the images as the
+  evaluation does, and writes, per image, the last layer's heads and the rollout.
+
+  Args:
+    workdir: a cnnrnn workdir of a ViT run.
+    out_dir: where the PNGs go (default: WORKDIR/attention).
+    num_images: how many images.
+    split: the dataset split they come from.
+    data_dir: the TFDS data_dir (default: the config's).
+
+  Returns:
+    The paths written.
+
+  Raises:
+    ValueError: the workdir's model does not return attention weights (not a ViT).
+  """
+  # Imported here: the plotting functions above need none of the training stack.
+  from cnnrnn import data  # pylint: disable=g-import-not-at-top
+  from cnnrnn import models  # pylint: disable=g-import-not-at-top
+  from cnnrnn import transfer  # pylint: disable=g-import-not-at-top
+  from cnnrnn.data import pipeline  # pylint: disable=g-import-not-at-top
+  from cnnrnn.train.trainer import model_kwargs  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  variables = transfer.load_workdir(workdir)
+  kwargs = model_kwargs(config.model)
+  kwargs.setdefault("num_classes", int(np.shape(variables["params"]["head"]["kernel"])[-1]))
+  model = models.create(config.model.name, **kwargs)
+  if "return_attention" not in inspect.signature(type(model).__call__).parameters:
+    raise ValueError(f"model {config.model.name!r} does not return attention weights (a ViT does)")
+  ds_cfg = config.dataset
+  dataset = data.load(ds_cfg.name, data_dir or ds_cfg.get("data_dir"), ds_cfg.get("manual_dir"),
+                      options=ds_cfg.to_dict())
+  batch = next(iter(pipeline.eval_batches(
+      dataset.open_split(split, False), global_batch_size=num_images,
+      preprocess=data.preprocessor(ds_cfg, dataset, train=False))))
+  images = batch["image"][:num_images]
+  _, attention = model.apply(variables, images, train=False, return_attention=True)
+  rollout = attention_rollout(attention)
+  prefix = 1 if "cls_token" in variables["params"] else 0
+  out_dir = out_dir or os.path.join(workdir, "attention")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for i, image in enumerate(images):
+    label = f"{split} image {i}, label {int(batch['label'][i])}"
+    paths.append(plot_attention_heads(image, attention[-1, i],
+                                      os.path.join(out_dir, f"{split}{i}_heads.png"), prefix,
+                                      f"{label}: last layer, per head"))
+    paths.append(plot_attention_rollout(image, rollout[i],
+                                        os.path.join(out_dir, f"{split}{i}_rollout.png"), prefix,
+                                        f"{label}: rollout"))
+  return paths
+
+
+def main(argv):
+  del argv
+  for path in plot_workdir_attention(_WORKDIR.value, _OUT.value, _NUM_IMAGES.value, _SPLIT.value):
+    print(path)
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A cnnrnn workdir of a ViT.", required=True)
+  _OUT = flags.DEFINE_string("out", None, "Folder for the PNGs (default: WORKDIR/attention).")
+  _NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "How many images.")
+  _SPLIT = flags.DEFINE_string("split", "test", "Dataset split of the images.")
+  app.run(main)

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from cnnrnn import models
+from cnnrnn import train
 from cnnrnn.analysis import attention_maps
+from configs import quickstart
 
 pytest.importorskip("matplotlib")
 
@@ -46,3 +48,16 @@ def test_pngs_of_a_vit(tmp_path):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(ValueError, match=r"17 patch tokens do not make a 4x4 grid"):
     attention_maps.token_map(rollout[0], (4, 4), num_prefix_tokens=0)
+
+
+def test_pngs_from_a_workdir(data_dir, tmp_path):
+  c = quickstart.get_config()
+  c.model = train.default_config().model
+  c.model.name = "vit"
+  c.model.update(dict(patch_size=2, image_size=8, hidden_dim=12, depth=1, num_heads=2, mlp_dim=16))
+  c.mesh, c.dataset.data_dir, c.progress_bar = (("data", 1),), data_dir, False
+  c.num_train_steps, c.checkpoint.async_save = 2, False
+  train.train_and_evaluate(c, str(tmp_path))
+  paths = attention_maps.plot_workdir_attention(str(tmp_path), num_images=2)
+  assert sorted(p.rsplit("/", 1)[1] for p in paths) == [
+      "test0_heads.png", "test0_rollout.png", "test1_heads.png", "test1_rollout.png"]
