@@ -190,12 +190,10 @@ def group_labels(params: Mapping[str, Any], order: list[str], cfg) -> tuple[dict
 
 
 def unfreeze_step(group: str, cfg) -> int:
-  """"progressive": the first step whose update moves `group` (stage_k: k stages below the head)."""
+  """"progressive": the first step whose update moves `group` ("stage_k", k stages below
+  the head; stages below the last unfreezing step are in the group "frozen")."""
   depth = int(group.split("_")[1])
-  steps = tuple(int(s) for s in cfg.unfreeze_steps)
-  if depth == 0:
-    return 0
-  return steps[depth - 1] if depth <= len(steps) else np.iinfo(np.int32).max
+  return int(tuple(cfg.unfreeze_steps)[depth - 1]) if depth else 0
 
 
 def _zero_before(step: int) -> optax.GradientTransformation:
