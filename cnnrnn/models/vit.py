@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnnrnn import nn as cnn
 from cnnrnn.nn.transformer import TransformerEncoderBlock
 
 # Width letter -> (hidden_dim, depth, mlp_dim, num_heads), as big_vision's `decode_variant`.
@@ -152,7 +153,7 @@ class ViT(nn.Module):
     dtype: compute dtype.
     param_dtype: parameter dtype.
 
-  Submodules / params: `patch_embed` (Conv), `cls_token` [1, 1, D] (token pooling),
+  Submodules / params: `patch_embed` (`cnnrnn.nn.Conv`), `cls_token` [1, 1, D] (token pooling),
   `pos_embed` [1, P + N, D], `block{i}` (`cnnrnn.nn.TransformerEncoderBlock`), `norm`
   (LayerNorm), `head` (Dense, zero-initialised as in big_vision, so fine-tuning starts
   from uniform predictions).
@@ -193,8 +194,8 @@ class ViT(nn.Module):
       raise ValueError(f"ViT with patch_size={p} needs image sides that are multiples of {p}; "
                        f"got images {h}x{w}, model.image_size={self.image_size}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed",
-                **kw)(images)  # [B, h, w, D]
+    x = cnn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed",
+                 **kw)(images)  # [B, h, w, D]
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d)  # [B, N, D], patches row-major as timm's flatten(2)
     prefix = 0
