@@ -11,8 +11,10 @@ The trainer uses this module when `config.transfer.source` is set (fields in
                           the torch hub cache; offline, the error names the file to put where).
     transfer.source_model the cnnrnn registry name whose torch layout the state dict has
                           (default: model.name; e.g. "vit_b16" for a timm ViT-B/16).
-    transfer.head         the top-level module that is the head (default "head"); it is
-                          re-initialised when its shapes differ from the source's.
+    transfer.head         the top-level module that is the head (default "head"), fresh
+                          (as the model initialises it) unless `keep_head`.
+    transfer.keep_head    keep the source's head when its shapes fit (the same classes,
+                          e.g. fine-tuning at a higher resolution); default False.
     transfer.strategy     "full" | "linear_probe" | "discriminative" | "progressive".
     transfer.backbone_lr_scale  "full": the backbone's learning rate is this times the head's.
     transfer.stage_lr_decay     "discriminative": the stage k places below the head learns at
@@ -78,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.source = ""
   c.source_model = ""
   c.head = "head"
+  c.keep_head = False
   c.strategy = "full"
   c.backbone_lr_scale = 1.0
   c.stage_lr_decay = 1.0 / 2.6
@@ -417,10 +420,10 @@ def load_source(source: str, source_model: str, model_kwargs: Mapping[str, Any])
 
 
 def adapt(source: Mapping[str, Any], target: Mapping[str, Any], head: str = "head",
-          resample: Mapping[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]] | None = None
-          ) -> dict[str, Any]:
-  """The source's variables in the target's shapes: the head kept from `target` when its
-  shapes differ (a fresh head), and leaves named in `resample` resized.
+          resample: Mapping[str, Callable[[np.ndarray, tuple[int, ...]], np.ndarray]] | None = None,
+          keep_head: bool = False) -> dict[str, Any]:
+  """The source's variables in the target's shapes: the head from `target` (a fresh head),
+  and leaves named in `resample` resized.
 
   Args:
     source: pretrained variables {collection: tree}.
@@ -428,6 +431,8 @@ def adapt(source: Mapping[str, Any], target: Mapping[str, Any], head: str = "hea
     head: the head's top-level name.
     resample: leaf name (e.g. "pos_embed") -> fn(array, new shape) for leaves whose shape
       may change with the input resolution.
+    keep_head: keep the source's head when its shapes fit (the same classes, e.g. fine-tuning
+      at a higher resolution); by default the head is always fresh.
 
   Returns:
     Variables with the target's tree and shapes.
@@ -449,7 +454,7 @@ def adapt(source: Mapping[str, Any], target: Mapping[str, Any], head: str = "hea
       raise ValueError(f"pretrained {collection} do not fit the model (another architecture?): "
                        f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected "
                        f"{extra[:8]}{' ...' if len(extra) > 8 else ''}")
-    head_fits = all(p in have and np.shape(have[p]) == np.shape(v)
+    head_fits = keep_head and all(p in have and np.shape(have[p]) == np.shape(v)
                     for p, v in want.items() if p[0] == head)
     flat = {}
     for path, init in want.items():
@@ -497,7 +502,8 @@ class Plan:
     """`state` (freshly initialised) with the pretrained weights and a fresh optimizer state."""
     target = jax.device_get({"params": state.params, **state.model_state})
     source = load_source(self.cfg.source, self.source_model, self.model_kwargs)
-    variables = adapt(source, target, self.cfg.head, resample_rules())
+    variables = adapt(source, target, self.cfg.head, resample_rules(),
+                      keep_head=self.cfg.get("keep_head", False))
     params = variables.pop("params")
     params = jax.device_put(params, state_shardings.params)
     model_state = jax.device_put(variables, state_shardings.model_state)

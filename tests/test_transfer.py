@@ -183,7 +183,7 @@ def test_a_cnnrnn_workdir_starts_a_linear_probe(data_dir, tmp_path):
   target = tmp_path / "probe"
   train.train_and_evaluate(
       _quick(data_dir, **{"transfer.source": str(source), "transfer.strategy": "linear_probe",
-                          "optimizer.name": "sgd"}), str(target))
+                          "transfer.keep_head": True, "optimizer.name": "sgd"}), str(target))
   tuned = transfer.load_workdir(str(target))
   for collection in ("params", "batch_stats"):
     a, b = _flat(pretrained[collection]), _flat(tuned[collection])
@@ -197,15 +197,24 @@ def test_a_cnnrnn_workdir_starts_a_linear_probe(data_dir, tmp_path):
 def test_a_workdir_loads_into_a_model_with_a_new_head(data_dir, tmp_path):
   train.train_and_evaluate(_quick(data_dir), str(tmp_path))
   source = transfer.load_workdir(str(tmp_path))
-  model = models.create("conv_stack", features=(8, 16), dense=(16,), batch_norm=True,
-                        num_classes=3)
-  fresh = model.init(jax.random.key(3), jnp.zeros((1, 8, 8, 1)), train=False)
-  variables = transfer.adapt(source, jax.device_get(fresh))
-  got, src, new = _flat(variables["params"]), _flat(source["params"]), _flat(fresh["params"])
-  assert got["head/kernel"].shape == (16, 3)
-  np.testing.assert_array_equal(got["head/kernel"], new["head/kernel"])
-  np.testing.assert_array_equal(got["conv1/kernel"], src["conv1/kernel"])
-  model.apply(variables, jnp.zeros((2, 8, 8, 1)), train=False)
+  src = _flat(source["params"])
+
+  def load(num_classes, keep_head):
+    model = models.create("conv_stack", features=(8, 16), dense=(16,), batch_norm=True,
+                          num_classes=num_classes)
+    fresh = jax.device_get(model.init(jax.random.key(3), jnp.zeros((1, 8, 8, 1)), train=False))
+    variables = transfer.adapt(source, fresh, keep_head=keep_head)
+    assert model.apply(variables, jnp.zeros((2, 8, 8, 1)), train=False).shape == (2, num_classes)
+    got = _flat(variables["params"])
+    np.testing.assert_array_equal(got["conv1/kernel"], src["conv1/kernel"])
+    return got["head/kernel"], _flat(fresh["params"])["head/kernel"]
+
+  for num_classes, keep_head in [(3, True), (3, False), (10, False)]:  # a fresh head
+    head, fresh_head = load(num_classes, keep_head)
+    assert head.shape == (16, num_classes)
+    np.testing.assert_array_equal(head, fresh_head)
+  head, _ = load(10, True)  # the same 10 classes: the trained head, when asked for
+  np.testing.assert_array_equal(head, src["head/kernel"])
 
 
 def test_bad_sources_fail_clearly(tmp_path):
