@@ -285,3 +285,18 @@ def test_a_timm_vit_file_loads_at_another_resolution_with_a_new_head(tmp_path):
   assert params["head"]["kernel"].shape == (192, 10)
   np.testing.assert_array_equal(params["head"]["kernel"], fresh["params"]["head"]["kernel"])
   assert model.apply(variables, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("transfer.strategy", "probe", r"transfer.strategy='probe'; allowed: full, linear_probe"),
+    ("transfer.stage_lr_decay", 2.0, r"transfer.stage_lr_decay=2.0; allowed: in \[0, 1\]"),
+])
+def test_bad_transfer_config_fails_before_compiling(data_dir, tmp_path, monkeypatch, field, value,
+                                                    match):
+  def no_compile(*args, **kwargs):
+    raise AssertionError("jax.jit was called before the config error was reported")
+
+  monkeypatch.setattr(jax, "jit", no_compile)
+  c = _quick(data_dir, **{"transfer.source": str(tmp_path), field: value})
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
