@@ -514,7 +514,12 @@ class Plan:
 def plan(config, model_kwargs: Mapping[str, Any]) -> Plan | None:
   """The transfer plan of an experiment config, or None without `transfer.source`."""
   cfg = config.get("transfer")
-  if cfg is None or not cfg.get("source"):
+  if cfg is None:
+    return None
+  if not cfg.get("source"):
+    if cfg.get("strategy", "full") != "full" or cfg.get("keep_head"):
+      raise ValueError(f"transfer.strategy={cfg.get('strategy')!r} needs transfer.source (a "
+                       "workdir, a state dict file or timm:/torchvision:NAME); it is empty")
     return None
   validate(cfg)
   return Plan(cfg, cfg.get("source_model") or config.model.name, dict(model_kwargs))

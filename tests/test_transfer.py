@@ -290,6 +290,7 @@ def test_a_timm_vit_file_loads_at_another_resolution_with_a_new_head(tmp_path):
 @pytest.mark.parametrize("field,value,match", [
     ("transfer.strategy", "probe", r"transfer.strategy='probe'; allowed: full, linear_probe"),
     ("transfer.stage_lr_decay", 2.0, r"transfer.stage_lr_decay=2.0; allowed: in \[0, 1\]"),
+    ("transfer.source", "", r"transfer.strategy='linear_probe' needs transfer.source"),
 ])
 def test_bad_transfer_config_fails_before_compiling(data_dir, tmp_path, monkeypatch, field, value,
                                                     match):
@@ -297,6 +298,7 @@ def test_bad_transfer_config_fails_before_compiling(data_dir, tmp_path, monkeypa
     raise AssertionError("jax.jit was called before the config error was reported")
 
   monkeypatch.setattr(jax, "jit", no_compile)
-  c = _quick(data_dir, **{"transfer.source": str(tmp_path), field: value})
+  c = _quick(data_dir, **{"transfer.source": str(tmp_path), "transfer.strategy": "linear_probe",
+                          field: value})
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(c, str(tmp_path / "run"))
