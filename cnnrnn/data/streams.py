@@ -13,6 +13,7 @@ import dataclasses
 import grain
 
 from cnnrnn.data import pipeline
+from cnnrnn.data import subsets
 from cnnrnn.data import text
 from cnnrnn.data.image import ImagePreprocess
 from cnnrnn.data.sources import Dataset
@@ -96,12 +97,18 @@ def make_streams(dataset_config, dataset: Dataset, *, batch_size: int, eval_batc
     return Streams(text.training_stream(batches), lm_eval, len(batches),
                    {"vocab_size": len(corpus.vocab)}, corpus.vocab)
 
-  train_source = dataset.open_split(train_split, cache)
+  classes = tuple(dataset_config.get("classes") or ())
+  if not classes and dataset_config.get("examples_per_class") and dataset.num_classes:
+    classes = tuple(range(dataset.num_classes))  # N per class of every class
+  subset = lambda source, n=0: source if not classes else subsets.class_subset(
+      source, classes, n, dataset_config.get("subset_seed", 0))
+  train_source = subset(dataset.open_split(train_split, cache),
+                        dataset_config.get("examples_per_class", 0))
   sources = {}
 
   def eval_batches(split):
     if split not in sources:
-      sources[split] = dataset.open_split(split, cache)
+      sources[split] = subset(dataset.open_split(split, cache))
     return pipeline.eval_batches(sources[split], global_batch_size=eval_batch_size,
                                  preprocess=preprocessor(dataset_config, dataset, train=False),
                                  **shard)
@@ -110,5 +117,6 @@ def make_streams(dataset_config, dataset: Dataset, *, batch_size: int, eval_batc
       train_source, global_batch_size=batch_size, seed=seed,
       preprocess=preprocessor(dataset_config, dataset, train=True),
       read_threads=dataset_config.get("read_threads", 2), **shard)
-  defaults = {"num_classes": dataset.num_classes} if dataset.num_classes else {}
+  num_classes = len(classes) if classes else dataset.num_classes
+  defaults = {"num_classes": num_classes} if num_classes else {}
   return Streams(train, eval_batches, len(train_source) // batch_size, defaults)

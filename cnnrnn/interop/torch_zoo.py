@@ -1,4 +1,4 @@
-"""Weight conversion between the CNN zoo and torchvision state dicts, in both directions.
+"""Weight conversion between the zoo and torchvision / timm (ViT) state dicts, both ways.
 
     variables = from_torch("resnet50", torchvision_model.state_dict())
     logits = cnnrnn.models.create("resnet50").apply(variables, images_nhwc, train=False)
@@ -33,6 +33,7 @@ import numpy as np
 from flax import traverse_util
 
 from cnnrnn import models
+from cnnrnn.interop import torch_vit
 
 Path = tuple[str, ...]
 
@@ -78,14 +79,23 @@ class Family:
     layout: (model, Flax module paths that hold variables) -> Layout; the standard leaf rules
       apply to every module.
     trace_size: square input size used to trace the model's variable shapes (any size the
-      architecture accepts).
+      architecture accepts), or a function of the model giving it.
     entries: optional replacement for layout + standard rules: (model, abstract variables) ->
       (entries, extra torch keys with their export values).
+    kwargs_from_state_dict: optional: torch state dict -> the model keyword arguments its
+      shapes fix (default: `num_classes` from the head).
+    kwargs_from_variables: optional: variables -> the model keyword arguments their shapes
+      fix (default: `num_classes` from the head).
+    from_state_dict: optional: (state dict, model) -> the state dict adapted to that model
+      (e.g. ViT position embeddings resampled to the model's resolution).
   """
 
   layout: Callable[[nn.Module, list[Path]], Layout] | None
-  trace_size: int
+  trace_size: int | Callable[[nn.Module], int]
   entries: Callable[[nn.Module, Mapping[str, Any]], tuple[list[Entry], dict[str, np.ndarray]]] | None = None
+  kwargs_from_state_dict: Callable[[Mapping[str, Any]], dict] | None = None
+  kwargs_from_variables: Callable[[Mapping[str, Any]], dict] | None = None
+  from_state_dict: Callable[[Mapping[str, Any], nn.Module], Mapping[str, Any]] | None = None
 
 
 def _identity(a: np.ndarray) -> np.ndarray:
@@ -224,12 +234,17 @@ def _resnet_layout(model, paths: list[Path]) -> Layout:
 _ALEXNET = Family(_alexnet_layout, trace_size=64)
 _VGG = Family(_vgg_layout, trace_size=32)
 _RESNET = Family(_resnet_layout, trace_size=32)
+_VIT = Family(None, trace_size=lambda model: model.image_size, entries=torch_vit.entries,
+              kwargs_from_state_dict=torch_vit.kwargs_from_state_dict,
+              kwargs_from_variables=torch_vit.kwargs_from_variables,
+              from_state_dict=torch_vit.from_state_dict)
 
 _FAMILIES: dict[str, Family] = {
     "alexnet": _ALEXNET,
     **{f"vgg{d}{bn}": _VGG for d in (11, 13, 16, 19) for bn in ("", "_bn")},
     **{f"resnet{d}": _RESNET for d in (18, 34, 50, 101, 152)},
     **{f"cifar_resnet{d}": _RESNET for d in (20, 32, 44, 56, 110)},
+    **{name: _VIT for name in ("vit", *models.VIT_VARIANTS)},
 }
 
 
@@ -246,13 +261,44 @@ def _prepare(name: str, model_kwargs: dict, abstract: Mapping[str, Any] | None =
   family = _FAMILIES[name]
   model = models.create(name, **model_kwargs)
   if abstract is None:
-    x = jnp.zeros((1, family.trace_size, family.trace_size, 3), jnp.float32)
+    size = family.trace_size if isinstance(family.trace_size, int) else family.trace_size(model)
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   if family.entries is not None:
     entries, extras = family.entries(model, abstract)
   else:
     entries, extras = standard_entries(family.layout(model, _module_paths(abstract)), abstract)
   return abstract, entries, extras
+
+
+def kwargs_from_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict:
+  """The model keyword arguments a torch state dict's shapes fix (e.g. {"num_classes": 10}).
+
+  Raises:
+    ValueError: unknown name, or the state dict lacks the keys that tell.
+  """
+  if name not in _FAMILIES:
+    raise ValueError(f"no torch conversion for model {name!r}; convertible: {', '.join(names())}")
+  family = _FAMILIES[name]
+  if family.kwargs_from_state_dict is not None:
+    return family.kwargs_from_state_dict(state_dict)
+  _, entries, _ = _prepare(name, {})
+  head = [e.torch_key for e in entries if e.path == ("head", "kernel")]
+  if not head or head[0] not in state_dict:
+    raise ValueError(f"state dict does not fit {name!r}: it has no head weight "
+                     f"{head[0] if head else ''!r}")
+  return {"num_classes": int(state_dict[head[0]].shape[0])}
+
+
+def kwargs_from_variables(name: str, variables: Mapping[str, Any]) -> dict:
+  """The model keyword arguments the variables' shapes fix (e.g. {"num_classes": 10})."""
+  if name not in _FAMILIES:
+    raise ValueError(f"no torch conversion for model {name!r}; convertible: {', '.join(names())}")
+  family = _FAMILIES[name]
+  if family.kwargs_from_variables is not None:
+    return family.kwargs_from_variables(variables)
+  head = variables.get("params", {}).get("head", {})
+  return {"num_classes": int(np.shape(head["kernel"])[-1])} if "kernel" in head else {}
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -297,6 +343,8 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_kwargs) -> dict
       does not fit the model (named, with both shapes).
   """
   abstract, entries, extras = _prepare(name, model_kwargs)
+  if _FAMILIES[name].from_state_dict is not None:
+    state_dict = _FAMILIES[name].from_state_dict(state_dict, models.create(name, **model_kwargs))
   expected = {e.torch_key for e in entries}
   missing = [e.torch_key for e in entries if e.torch_key not in state_dict]
   unexpected = [k for k in state_dict if k not in expected and k not in extras]
@@ -325,8 +373,9 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
     variables: {"params": ..., "batch_stats": ...} of the model (other collections ignored).
     tensors: return torch tensors (imports torch) instead of numpy arrays.
     num_batches_tracked: value written to every BatchNorm's `num_batches_tracked`.
-    **model_kwargs: the model's keyword arguments that change its structure (e.g.
-      widths); shapes are taken from `variables`, so num_classes need not be passed.
+    **model_kwargs: the model's keyword arguments (e.g. num_classes=10); by default those the
+      variables' shapes fix (`kwargs_from_variables`: the number of classes, for ViT also
+      the resolution, width, depth and pooling).
 
   Returns:
     torch key -> C-contiguous numpy array (or torch tensor), in the variables' dtype;
@@ -336,9 +385,9 @@ def to_torch(name: str, variables: Mapping[str, Any], *, tensors: bool = False,
   Raises:
     ValueError: unknown name, or variables whose module paths do not fit the model.
   """
-  # The variables' module paths must be the model's; their shapes are the variables' own
-  # (num_classes, for instance, need not be passed again).
-  abstract, _, _ = _prepare(name, model_kwargs)
+  if not model_kwargs and name in _FAMILIES:
+    model_kwargs = kwargs_from_variables(name, variables)
+  abstract, entries, extras = _prepare(name, model_kwargs)
   for collection in ("params", "batch_stats"):
     want = traverse_util.flatten_dict(dict(abstract.get(collection, {})))
     have = traverse_util.flatten_dict(dict(variables.get(collection, {})))

@@ -16,6 +16,7 @@ from cnnrnn.models.rnn_lm import RNNLM
 from cnnrnn.models.alexnet import AlexNet
 from cnnrnn.models.resnet import CIFAR_DEPTHS, IMAGENET_STAGES, ResNet, cifar_resnet, resnet
 from cnnrnn.models.vgg import VGG, VGG_STAGES, vgg
+from cnnrnn.models.vit import REGISTRY_VARIANTS as VIT_VARIANTS, ViT, vit_variant
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
@@ -27,6 +28,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"vgg{d}_bn": vgg(d, batch_norm=True) for d in VGG_STAGES},
     **{f"resnet{d}": resnet(d) for d in IMAGENET_STAGES},
     **{f"cifar_resnet{d}": cifar_resnet(d) for d in CIFAR_DEPTHS},
+    "vit": ViT,  # any patch size / width / depth, e.g. patch 4 on 32x32 images
+    **{name: vit_variant(variant) for name, variant in VIT_VARIANTS.items()},
 }
 
 

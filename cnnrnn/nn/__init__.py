@@ -8,3 +8,8 @@ from cnnrnn.nn.pooling import (AdaptiveAvgPool, AvgPool, MaxPool, adaptive_avg_p
                                max_pool)
 from cnnrnn.nn.cells import CELLS, GRUCell, LSTMCell, RecurrentCell, SimpleRNNCell, make_cell
 from cnnrnn.nn.rnn import RNN, Bidirectional, StackedRNN
+from cnnrnn.nn.attention import (AdditiveAttention, LuongAttention, MultiHeadAttention,
+                                 make_attention_mask, make_causal_mask, masked_softmax)
+from cnnrnn.nn.transformer import (Mlp, PositionalEncoding, TransformerDecoder,
+                                   TransformerDecoderBlock, TransformerEncoder,
+                                   TransformerEncoderBlock, sinusoidal_positions)

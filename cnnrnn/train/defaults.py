@@ -6,6 +6,8 @@ reproduce; `--config.FIELD=VALUE` overrides any field from the command line.
 
 import ml_collections
 
+from cnnrnn import transfer
+
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -32,6 +34,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.crop_fraction = 0.875
   c.dataset.cache = "auto"  # Read splits under 1 GiB into memory once (True/False to force).
   c.dataset.read_threads = 2
+  # Class subsets (cnnrnn.data.subsets): keep these labels, relabelled 0..k-1 (() = all), and
+  # this many training examples of each (0 = all), chosen with subset_seed.
+  c.dataset.classes = ()
+  c.dataset.examples_per_class = 0
+  c.dataset.subset_seed = 0
 
   c.batch_size = 128  # Global, over all devices and processes.
   c.eval_batch_size = 512
@@ -47,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.schedule = "constant"
   c.optimizer.warmup_steps = 0
   c.optimizer.clip_norm = 0.0
+
+  # Start from pretrained weights, freeze / unfreeze (cnnrnn.transfer; source "" = scratch).
+  c.transfer = transfer.default_config()
 
   c.log_every_steps = 100
   c.eval_every_steps = 0  # 0: only the final test evaluation.

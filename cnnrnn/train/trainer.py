@@ -23,6 +23,7 @@ from cnnrnn import data
 from cnnrnn import models
 from cnnrnn.models import stateful
 from cnnrnn import tasks
+from cnnrnn import transfer
 from cnnrnn.train import optim
 from cnnrnn.train import sharding
 from cnnrnn.train import steps
@@ -147,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if field in accepted:
       kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
   model = models.create(config.model.name, **kwargs)
+  transfer_plan = transfer.plan(config, kwargs)  # None unless config.transfer.source is set
   if "num_classes" in tasks.fields(config.task.name):
     task_kwargs.setdefault("num_classes",
                            kwargs.get("num_classes", streams.model_defaults.get("num_classes")))
@@ -160,6 +162,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Shapes of one example, from the real pipeline, to initialise the model.
   example = next(iter(eval_batches(eval_split)))
   init_args, init_kwargs = task.model_inputs({k: v[:1] for k, v in example.items()})
+  if transfer_plan is not None:
+    model = transfer_plan.wrap_model(model)
+    tx, schedule = transfer_plan.make_optimizer(config.optimizer, model, init_args, init_kwargs,
+                                                total_steps)
 
   def init(rng):
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
@@ -219,6 +225,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_iter.set_state(data_state)
     if is_main:
       logging.info("Resumed from %s at step %d", workdir, start)
+  elif transfer_plan is not None:
+    state = transfer_plan.initial_state(state, tx, state_shardings)
   start = start or 0
 
   writer = MetricWriter(workdir, enabled=is_main)
