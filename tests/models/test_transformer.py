@@ -63,10 +63,11 @@ def test_cached_decoding_equals_the_full_forward_pass(kwargs):
   model = models.create("transformer", **TINY, **kwargs)
   src, tgt = _batch()
   tgt = tgt % kwargs.get("tgt_vocab_size", V)
-  variables = model.init(jax.random.key(0), src, tgt)
-  full = model.apply(variables, src, tgt)
-  encoded = model.apply(variables, src, method="encode")
-  _, cache = model.apply(variables, encoded, tgt.shape[1], method="init_cache", mutable=["cache"])
+  variables = jax.jit(model.init)(jax.random.key(0), src, tgt)
+  full = jax.jit(model.apply)(variables, src, tgt)
+  encoded = jax.jit(functools.partial(model.apply, method="encode"))(variables, src)
+  _, cache = jax.jit(lambda v, e: model.apply(v, e, tgt.shape[1], method="init_cache",
+                                              mutable=["cache"]))(variables, encoded)
 
   @jax.jit
   def step(cache, tokens):
@@ -81,35 +82,37 @@ def test_cached_decoding_equals_the_full_forward_pass(kwargs):
 def test_source_padding_is_masked():
   model = models.create("transformer", **TINY)
   src, tgt = _batch()
-  variables = model.init(jax.random.key(0), src, tgt)
-  out = model.apply(variables, src, tgt)
+  variables = jax.jit(model.init)(jax.random.key(0), src, tgt)
+  apply = jax.jit(model.apply)
+  out = apply(variables, src, tgt)
   lengths = (src != 0).sum(1)
   garbage = jnp.where(src == 0, 9, src)  # padded slots filled with a real token id
-  np.testing.assert_allclose(model.apply(variables, garbage, tgt, src_lengths=lengths), out,
+  np.testing.assert_allclose(apply(variables, garbage, tgt, src_lengths=lengths), out,
                              rtol=1e-5, atol=1e-6)
-  assert not np.allclose(model.apply(variables, garbage, tgt), out)
+  assert not np.allclose(apply(variables, garbage, tgt), out)
 
 
 def test_dropout_only_in_training():
   model = models.create("transformer", **TINY, dropout_rate=0.3, attention_dropout_rate=0.1)
   src, tgt = _batch()
-  variables = model.init(jax.random.key(0), src, tgt)
-  a = model.apply(variables, src, tgt, train=True, rngs={"dropout": jax.random.key(1)})
-  b = model.apply(variables, src, tgt, train=True, rngs={"dropout": jax.random.key(2)})
-  assert not np.allclose(a, b)
-  np.testing.assert_array_equal(model.apply(variables, src, tgt), model.apply(variables, src, tgt))
+  variables = jax.jit(model.init)(jax.random.key(0), src, tgt)
+  train = jax.jit(lambda key: model.apply(variables, src, tgt, train=True,
+                                          rngs={"dropout": key}))
+  assert not np.allclose(train(jax.random.key(1)), train(jax.random.key(2)))
+  evaluate = jax.jit(lambda: model.apply(variables, src, tgt))
+  np.testing.assert_array_equal(evaluate(), evaluate())
 
 
 def test_generate_greedy_follows_the_full_model_and_beam_runs_jitted():
   model = models.create("transformer", **TINY)
   src, _ = _batch()
-  variables = model.init(jax.random.key(3), src, src[:, :3])
+  variables = jax.jit(model.init)(jax.random.key(3), src, src[:, :3])
   max_len = 8
   tokens, scores = jax.jit(functools.partial(decode.generate, model, max_len=max_len))(
       variables, src)
   # Re-scoring the greedy output with teacher forcing: each token is the argmax.
   tgt_in = jnp.concatenate([jnp.full((src.shape[0], 1), BOS_ID), tokens[:, :-1]], 1)
-  log_probs = jax.nn.log_softmax(model.apply(variables, src, tgt_in))
+  log_probs = jax.nn.log_softmax(jax.jit(model.apply)(variables, src, tgt_in))
   alive = jnp.cumsum(tokens == EOS_ID, 1) - (tokens == EOS_ID) == 0  # up to and with EOS
   np.testing.assert_array_equal(jnp.where(alive, jnp.argmax(log_probs, -1), 0), tokens)
   picked = jnp.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
