@@ -195,7 +195,7 @@ def _num_layers(state_dict, prefix) -> int:
 
 
 def transformer_from_torch(state_dict: Mapping[str, Any], num_heads: int, *,
-                           fused_qkv: bool = False) -> dict:
+                           fused_qkv: bool = False, model=None) -> dict:
   """Params of the `transformer` model from a `torch.nn.Transformer`-based state dict.
 
   Keys: `torch.nn.Transformer`'s own (`encoder.layers.{i}.*`, `encoder.norm.*`,
@@ -208,8 +208,19 @@ def transformer_from_torch(state_dict: Mapping[str, Any], num_heads: int, *,
   `norm_first`, `activation`, `layer_norm_epsilon` and positions, and
   `scale_embeddings`/`tie_output`/`share_embeddings` matching the torch model's forward.
 
+  Args:
+    state_dict: the torch names above -> arrays.
+    num_heads: attention heads.
+    fused_qkv: produce fused `qkv` self-attention projections.
+    model: if given, the `Transformer` the params are for: every parameter's shape is
+      checked against it.
+
   Returns:
     The "params" dict (numpy arrays).
+
+  Raises:
+    ValueError: a key this conversion does not use, a missing key, or (with `model`) a
+      parameter tree or shape that does not fit the model, each named.
   """
   sd = state_dict
   params: dict[str, Any] = {}
@@ -229,7 +240,29 @@ def transformer_from_torch(state_dict: Mapping[str, Any], num_heads: int, *,
     params["head"] = _linear(sd, "head.")
   if "head_bias" in sd:
     params["head_bias"] = _get(sd, "head_bias")
+  unused = sorted(set(sd) - set(transformer_to_torch(params)))
+  if unused:
+    raise ValueError(f"state dict entries with no counterpart in the transformer model: {unused}")
+  if model is not None:
+    _check_shapes(params, model)
   return params
+
+
+def _check_shapes(params, model) -> None:
+  """Raises ValueError naming every parameter whose presence or shape differs from `model`'s."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  tokens = jnp.zeros((1, 2), jnp.int32)
+  want = traverse_util.flatten_dict(jax.eval_shape(
+      model.init, jax.random.key(0), tokens, tokens)["params"], sep="/")
+  got = traverse_util.flatten_dict(params, sep="/")
+  problems = [f"{k}: missing" for k in sorted(set(want) - set(got))]
+  problems += [f"{k}: not in the model" for k in sorted(set(got) - set(want))]
+  problems += [f"{k}: shape {got[k].shape}, model expects {want[k].shape}"
+               for k in sorted(set(got) & set(want)) if tuple(got[k].shape) != want[k].shape]
+  if problems:
+    raise ValueError("converted weights do not fit the model: " + "; ".join(problems))
 
 
 def transformer_to_torch(params: Mapping[str, Any]) -> dict[str, np.ndarray]:

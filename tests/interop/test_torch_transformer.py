@@ -59,7 +59,7 @@ def test_transformer_matches_torch(norm_first, shared, learned):
                         mlp_dim=F, dropout_rate=0.0, norm_first=norm_first, final_norm=True,
                         share_embeddings=shared, tie_output=shared,
                         positions="learned" if learned else "sinusoidal", max_len=MAX_LEN)
-  params = transformer_from_torch(ref.state_dict(), H)
+  params = transformer_from_torch(ref.state_dict(), H, model=model)
   rng = np.random.default_rng(0)
   src = rng.integers(4, V, (3, 7))
   src[1, 4:], src[2, 2:] = 0, 0
@@ -75,3 +75,17 @@ def test_transformer_matches_torch(norm_first, shared, learned):
   assert back.keys() == ref.state_dict().keys()
   for name, value in ref.state_dict().items():
     np.testing.assert_array_equal(back[name], value.numpy(), err_msg=name)
+
+
+def test_conversion_errors_name_the_bad_entries():
+  ref = TorchTranslator(False, False, False)
+  sd = dict(ref.state_dict())
+  model = models.create("transformer", vocab_size=V, num_layers=L, d_model=D, num_heads=H,
+                        mlp_dim=F, final_norm=True, max_len=MAX_LEN)
+  with pytest.raises(ValueError, match="no counterpart.*extra.weight"):
+    transformer_from_torch({**sd, "extra.weight": sd["head.weight"]}, H)
+  with pytest.raises(ValueError, match="encoder/norm/scale: missing"):
+    transformer_from_torch({k: v for k, v in sd.items() if not k.startswith("encoder.norm")}, H,
+                           model=model)
+  with pytest.raises(ValueError, match=r"head/kernel: shape \(8, 13\), model expects \(8, 5\)"):
+    transformer_from_torch(sd, H, model=model.clone(tgt_vocab_size=5))
