@@ -90,6 +90,16 @@ def test_source_padding_is_masked():
   np.testing.assert_allclose(apply(variables, garbage, tgt, src_lengths=lengths), out,
                              rtol=1e-5, atol=1e-6)
   assert not np.allclose(apply(variables, garbage, tgt), out)
+  # Cross-attention maps (for heat maps): padded source positions get no weight.
+  logits, weights = jax.jit(lambda v: model.apply(
+      v, model.apply(v, src, method="encode"), tgt, return_weights=True, method="decode"))(
+          variables)
+  np.testing.assert_allclose(logits, out, rtol=1e-5, atol=1e-6)
+  assert len(weights) == TINY["num_layers"]
+  cross = np.asarray(weights[-1]["cross"])  # [B, H, T, S]
+  assert cross.shape == (3, 2, tgt.shape[1], src.shape[1])
+  np.testing.assert_allclose(cross.sum(-1), 1.0, rtol=1e-5)
+  assert not np.any(cross[np.broadcast_to(np.asarray(src == 0)[:, None, None, :], cross.shape)])
 
 
 def test_dropout_only_in_training():

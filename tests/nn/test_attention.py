@@ -262,3 +262,14 @@ def test_bfloat16_compute_keeps_float32_params():
   ref = cnn.MultiHeadAttention(H).apply(variables, x, mask=mask)
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(out.astype(np.float32), ref, atol=5e-2)
+
+
+def test_flax_multi_head_attention_checkpoints_load_unchanged():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  q, kv = _x(B, TQ, D), _x(B, TK, D)
+  mask = _padding_mask(q_len=(5, 5))
+  flax_mha = nn.MultiHeadDotProductAttention(H, qkv_features=6, out_features=5)
+  variables = flax_mha.init(jax.random.key(9), q, kv, mask=mask)
+  ours = cnn.MultiHeadAttention(H, qkv_features=6, out_features=5)
+  np.testing.assert_allclose(ours.apply(variables, q, kv, mask),
+                             flax_mha.apply(variables, q, kv, mask=mask), rtol=1e-5, atol=1e-6)
