@@ -17,11 +17,13 @@ A Flax model decodes with `generate` when it has three methods, each called thro
 
   encode(inputs, **encode_kwargs) -> encoded
       `encoded` is a pytree whose array leaves have leading dimension B (e.g. the memory
-      [B, S, D] and its mask [B, S]). It is tiled and reordered with the beams.
+      [B, S, D] and its mask [B, S]). For beam search it is tiled K times (rows b*K..b*K+K-1
+      belong to sentence b) and then constant: it is the same for every beam of a sentence.
   init_cache(encoded, max_len) -> None
       creates the "cache" collection (called with `mutable=["cache"]`): everything the
       decoder carries from step to step (key/value buffers, an RNN's carry), leaves with
-      leading dimension B or scalars.
+      leading dimension B or scalars. This is the search state: tiled and reordered with
+      the beams.
   decode_step(encoded, tokens [N]) -> logits [N, V]
       the next-token logits given the previous tokens (BOS first), reading and updating the
       "cache" collection (called with `mutable=["cache"]`).
@@ -261,17 +263,20 @@ def generate(model, variables, inputs, *, max_len: int, beam_size: int = 1, alph
   variables = {name: v for name, v in variables.items() if name != "cache"}
   encoded = model.apply(variables, inputs, method="encode", **encode_kwargs)
   _, cache = model.apply(variables, encoded, max_len, method="init_cache", mutable=["cache"])
-
-  def step_fn(state, tokens):
-    encoded, cache = state
-    logits, cache = model.apply({**variables, **cache}, encoded, tokens, method="decode_step",
-                                mutable=["cache"])
-    return jax.nn.log_softmax(logits.astype(jnp.float32)), (encoded, cache)
-
   batch = jax.tree.leaves(encoded)[0].shape[0]
   bos = jnp.full((batch,), bos_id, jnp.int32)
+  # Every beam of a sentence shares its encoding: it is tiled once and stays out of the
+  # search state, so it is not reordered at each step.
+  if beam_size > 1:
+    encoded = _tile_beams(encoded, beam_size)
+
+  def step_fn(cache, tokens):
+    logits, cache = model.apply({**variables, **cache}, encoded, tokens, method="decode_step",
+                                mutable=["cache"])
+    return jax.nn.log_softmax(logits.astype(jnp.float32)), cache
+
   if beam_size == 1:
-    return greedy_search(step_fn, (encoded, cache), bos, max_len, eos_id, pad_id=pad_id)
-  tokens, scores = beam_search(step_fn, (encoded, cache), bos, max_len, eos_id, beam_size, alpha,
+    return greedy_search(step_fn, cache, bos, max_len, eos_id, pad_id=pad_id)
+  tokens, scores = beam_search(step_fn, cache, bos, max_len, eos_id, beam_size, alpha,
                                pad_id=pad_id)
   return tokens[:, 0], scores[:, 0]
