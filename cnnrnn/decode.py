@@ -143,14 +143,20 @@ def _gather(x: Array, index: Array) -> Array:
   return jnp.take_along_axis(x, index, axis=1)
 
 
-def _gather_beams(tree, index: Array, batch: int, beam_size: int):
-  """Reorders flat [B * K, ...] leaves by beam index [B, K] (scalars unchanged)."""
-  def gather(x):
-    if jnp.ndim(x) == 0:
+def _gather_beams(tree, index: Array, batch: int, beam_size: int, previous):
+  """Reorders flat [B * K, ...] leaves by beam index [B, K].
+
+  Scalars are left as they are, and so is every leaf the step function returned unchanged
+  (the same traced value as in `previous`, the state it was given): such a leaf still holds
+  the K identical copies it was tiled into, so reordering it would only copy memory (e.g.
+  a cross-attention's cached projection of the source).
+  """
+  def gather(x, before):
+    if jnp.ndim(x) == 0 or x is before:
       return x
     y = _gather(x.reshape((batch, beam_size) + x.shape[1:]), index)
     return y.reshape((batch * beam_size,) + x.shape[1:])
-  return jax.tree.map(gather, tree)
+  return jax.tree.map(gather, tree, previous)
 
 
 class _BeamState(NamedTuple):
@@ -206,7 +212,7 @@ def beam_search(step_fn: StepFn, init_state, bos, max_len: int, eos_id: int = EO
     live_logp, live_index = lax.top_k(jnp.where(is_eos, neg_inf, top_logp), k)  # [B, K]
     live_seqs = _gather(top_seqs, live_index)
     last = _gather(top_token, live_index)
-    state = _gather_beams(state, _gather(top_beam, live_index), batch, k)
+    state = _gather_beams(state, _gather(top_beam, live_index), batch, k, s.state)
 
     # Only an EOS among the K best continuations finishes (classic beam search, fairseq).
     finishes = is_eos & (jnp.arange(2 * k) < k)[None, :]
