@@ -8,7 +8,8 @@ nothing can change the result. They work on a step function
 where `state` is any pytree whose array leaves have leading dimension N (B for greedy,
 B * K for beam search, which tiles the state K times and reorders it as beams are
 selected). Scalar (0-d) leaves, such as a cache's write position shared by all rows, are
-passed through untouched.
+passed through untouched, and so are leaves the step function returns unchanged (they still
+hold identical copies for all beams of a sentence).
 
 ## The decoder protocol
 
@@ -45,11 +46,12 @@ log-probability), so that K can stay alive however many end: the K best of them 
 end with EOS are the next live beams, and those of the K best that end with EOS join the
 finished ones, which are ranked by the penalised score. Counting an EOS only among the K
 best is the classic algorithm and fairseq's; flax's WMT `decode.py` also finishes the EOS
-continuations ranked K+1..2K. The loop stops when, for every batch item, the worst of K finished
-scores beats the best live beam's log-probability divided by the penalty at `max_len` (an
-upper bound on anything it can still reach, because alpha >= 0), or at `max_len`. An item
-with no finished hypothesis by then returns its live beams (scored with the `max_len`
-penalty); an item with fewer than K finished ones has `-inf` scores in the empty slots.
+continuations ranked K+1..2K. The loop stops when, for every batch item, the worst of K
+finished scores beats the best live beam's log-probability divided by the penalty at
+`max_len` (an upper bound on anything it can still reach, because alpha >= 0), or at
+`max_len`. An item with no finished hypothesis by then returns its live beams (scored with
+the `max_len` penalty); an item with fewer than K finished ones has `-inf` scores in the
+empty slots (whose tokens mean nothing).
 
 So beam_size=1 with alpha=0 is exactly greedy search.
 """
