@@ -54,6 +54,11 @@ the `max_len` penalty); an item with fewer than K finished ones has `-inf` score
 empty slots (whose tokens mean nothing).
 
 So beam_size=1 with alpha=0 is exactly greedy search.
+
+Sharding: with a batch-sharded input, greedy search runs without gathering rows (only the
+"all done" flag is reduced across devices). Beam search does too except for its top-k:
+XLA's CPU TopK does not partition along the batch, so each step all-gathers the [B, K * V]
+candidate scores (a copy between devices of one host; single-device runs are unaffected).
 """
 
 from collections.abc import Callable
