@@ -144,3 +144,27 @@ def test_block_composes_with_jax_transformations():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   exported = jax.export.export(jax.jit(f))(jax.ShapeDtypeStruct(x.shape, x.dtype))
   np.testing.assert_allclose(exported.call(x), f(x), rtol=1e-6, atol=1e-6)
+
+
+def test_pre_ln_fused_block_matches_timm_vit_block():
+  """ViT's block: pre-LN, fused qkv, exact GELU, eps 1e-6; timm's qkv rows are [q | k | v]."""
+  vit = pytest.importorskip("timm.models.vision_transformer")
+  torch.manual_seed(2)
+  ref = vit.Block(D, H, mlp_ratio=F / D, qkv_bias=True).eval()
+  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+  dh = D // H
+  ln = lambda p: {"scale": sd[p + ".weight"], "bias": sd[p + ".bias"]}  # noqa: E731
+  dense = lambda p: {"kernel": sd[p + ".weight"].T, "bias": sd[p + ".bias"]}  # noqa: E731
+  params = {"norm1": ln("norm1"), "norm2": ln("norm2"),
+            "attn": {"qkv": {"kernel": sd["attn.qkv.weight"].reshape(3, H, dh, D).transpose(
+                                 3, 0, 1, 2),
+                             "bias": sd["attn.qkv.bias"].reshape(3, H, dh)},
+                     "out": {"kernel": sd["attn.proj.weight"].T.reshape(H, dh, D),
+                             "bias": sd["attn.proj.bias"]}},
+            "mlp": {"fc1": dense("mlp.fc1"), "fc2": dense("mlp.fc2")}}
+  block = cnn.TransformerEncoderBlock(H, F, norm_first=True, activation="gelu",
+                                      layer_norm_epsilon=1e-6, fused_qkv=True)
+  x = _x(B, S, D)
+  with torch.no_grad():
+    want = ref(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(block.apply({"params": params}, x), want, rtol=1e-5, atol=2e-6)
