@@ -56,7 +56,7 @@ MODEL_CASES = {
                    image_size=28 if name == "vit_h14" else 32),
               _IMAGE(28 if name == "vit_h14" else 32))
        for name in ("vit_ti16", "vit_s16", "vit_b16", "vit_b32", "vit_l16", "vit_h14")},
-    "transformer": (dict(variant="tiny", src_vocab_size=13, num_layers=1, d_model=8,
+    "transformer": (dict(variant="tiny", vocab_size=13, num_layers=1, d_model=8,
                          num_heads=2, mlp_dim=16, dropout_rate=0.0), _TRANSLATION(13, 5, 4)),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=6, cell="gru", bidirectional=True),
                        _SEQ(5, 4)),
