@@ -72,7 +72,14 @@ def accelerate(fn: Callable, mode: str = "auto") -> Callable:
   """`fn`, traced with the implementations of `mode` whenever it is called or traced.
 
   `jax.jit(accelerate(loss))` bakes the choice into what it traces; unrelated functions
-  are unaffected. "auto" is resolved once, here.
+  are unaffected.
+
+  Args:
+    fn: any function (a loss, a train step, `model.apply`, ...).
+    mode: one of `MODES`; "auto" is resolved once, here (`resolve`).
+
+  Returns:
+    A function with `fn`'s signature and results (to float32 rounding).
   """
   resolved = resolve(mode)
 
