@@ -211,6 +211,11 @@ def _rnn_inputs(b):
   return jax.random.normal(jax.random.key(2), (b, T, F))
 
 
+def _query_keys(b):
+  """(queries [B, 2, F], keys [B, T, F])."""
+  return (jax.random.normal(jax.random.key(3), (b, 2, F)), _rnn_inputs(b))
+
+
 def _image(b, c=4, hw=6):
   return jax.random.normal(jax.random.key(2), (b, hw, hw, c))
 
@@ -233,6 +238,19 @@ LAYER_CASES = {
     "MaxPool": (lambda: cnn.MaxPool((2, 2)), _image),
     "AvgPool": (lambda: cnn.AvgPool((3, 3), (2, 2), "SAME"), _image),
     "AdaptiveAvgPool": (lambda: cnn.AdaptiveAvgPool(4), _image),
+    "MultiHeadAttention": (lambda: cnn.MultiHeadAttention(num_heads=2, qkv_features=4),
+                           _rnn_inputs),
+    "MultiHeadAttention(fused)": (lambda: cnn.MultiHeadAttention(num_heads=1, fused_qkv=True),
+                                  _rnn_inputs),
+    "AdditiveAttention": (lambda: cnn.AdditiveAttention(features=4), _query_keys),
+    "LuongAttention(general)": (lambda: cnn.LuongAttention(score="general"), _query_keys),
+    "LuongAttention(concat)": (lambda: cnn.LuongAttention(score="concat", features=4),
+                               _query_keys),
+    "Mlp": (lambda: cnn.Mlp(hidden_dim=6, activation="gelu"), _rnn_inputs),
+    "TransformerEncoderBlock": (lambda: cnn.TransformerEncoderBlock(num_heads=1, mlp_dim=6),
+                                _rnn_inputs),
+    "TransformerDecoderBlock": (lambda: cnn.TransformerDecoderBlock(num_heads=1, mlp_dim=6),
+                                _query_keys),
 }
 
 
@@ -244,7 +262,8 @@ def _layer_call(layer, variables, x):
   elif isinstance(layer, cnn.StackedRNN):
     out = layer.apply(variables, x, True, rngs={"dropout": jax.random.key(0)})
   else:
-    out = layer.apply(variables, x, mutable=mutable) if mutable else layer.apply(variables, x)
+    x = _as_tuple(x)
+    out = layer.apply(variables, *x, mutable=mutable) if mutable else layer.apply(variables, *x)
   return out[0] if mutable else out
 
 
@@ -254,7 +273,7 @@ def test_layer(name, mode):
   make, inputs = LAYER_CASES[name]
   layer = make()
   x = inputs(B)
-  variables = layer.init(jax.random.key(0), x)
+  variables = layer.init(jax.random.key(0), *_as_tuple(x))
   if "params" not in variables:  # Parameter-free layers: differentiate w.r.t. the input.
     f = lambda v, x: _scalar(_layer_call(layer, {}, v["params"]["x"]))
     check_transformations(f, {"params": {"x": x}}, x, inputs(3), mode=mode)

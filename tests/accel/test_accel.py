@@ -102,15 +102,6 @@ def test_forward_mode_hessians_and_vmap_with_acceleration_on(name):
     _close(on[key], off[key], 1e-3 if key == "hvp" else 1e-4)
 
 
-@pytest.mark.parametrize("name", SMALL)
-def test_export_falls_back_to_xla_operations(name):
-  params, x, apply, _ = _setup(name)
-  exported = jax.export.export(_on(apply))(params, x)
-  assert "@cnnrnn_" not in exported.mlir_module()
-  restored = jax.export.deserialize(exported.serialize())
-  _close(restored.call(params, x), jax.jit(apply)(params, x), 1e-5)
-
-
 class _RematBlocks(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -131,20 +122,6 @@ def test_remat_of_a_residual_block():
   grad = jax.grad(loss)
   assert "remat" in str(jax.make_jaxpr(accel.accelerate(grad, "cpu_native"))(variables["params"]))
   _close(_on(grad)(variables["params"]), jax.jit(grad)(variables["params"]))
-
-
-def test_a_batch_sharded_step_keeps_the_batch_sharded():
-  # 8 devices: the partitioner splits XLA's operations; the primitives lower to them (a
-  # custom call would be replicated), so nothing gathers the activations.
-  params, x, apply, _ = _setup("cifar_resnet8", batch=8, seed=1)
-  loss = lambda p, x: jnp.sum(jnp.sin(apply(p, x)))
-  mesh = sharding.make_mesh((("data", -1),))
-  assert mesh.size == 8
-  xs = jax.device_put(x, sharding.batch_sharding(mesh))
-  grad = _on(jax.value_and_grad(loss))
-  text = grad.lower(params, xs).compile().as_text()
-  assert "all-gather" not in text and "cnnrnn_" not in text
-  _close(grad(params, xs), jax.jit(jax.value_and_grad(loss))(params, x))
 
 
 @pytest.mark.skipif(not native.available()[0], reason="native kernels unavailable")
