@@ -318,5 +318,6 @@ class Checkpointer:
 
 
 def _first_line(e: Exception) -> str:
-  text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+  """The gist of a (tensorstore) error: its first line, without the spec dump."""
+  text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  return f"{type(e).__name__}: {text}"[:300]
