@@ -173,9 +173,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"optimizer.{k}" for k in OPTIMIZER_OPTIONS}
   for field, value in fields.items():
     block = field.split(".", 1)[0]
-    if block in ("model", "task") and field not in (f"{block}.name",):
+    if block in ("model", "task") and field not in RANGES:
       continue  # Checked against the model's / task's own fields below.
-    if field not in known:
+    if field not in known and field not in RANGES:
       raise _unknown(field, known)
     options = {f"dataset.{k}": t for k, t in DATASET_OPTIONS.items()} | {
         f"optimizer.{k}": t for k, t in OPTIMIZER_OPTIONS.items()}
