@@ -17,7 +17,7 @@ import pytest
 from cnnrnn.train import preemption
 from tests.helpers import REPO, cli, restore_state
 
-STEPS = 300
+STEPS = 100
 FLAGS = [f"--config.num_train_steps={STEPS}", "--config.log_every_steps=5",
          "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=0",
          "--config.checkpoint.every_secs=0", "--config.model.dropout=0.1"]
@@ -50,7 +50,7 @@ def _finish(procs) -> list[tuple[int, str]]:
 
 
 def _signal_at_random_step(procs, workdir, target):
-  step = random.randint(10, 150)
+  step = random.randint(10, 60)
   deadline = time.time() + 300
   while _latest_logged_step(workdir) < step:
     assert all(p.poll() is None for p in procs), "the run ended before it could be signalled"
