@@ -12,6 +12,7 @@ import difflib
 import errno
 import importlib.util
 import os
+import re
 import sys
 
 from absl import app
@@ -94,6 +95,10 @@ def main(argv):
     # Configuration and data errors carry their own explanation; a traceback adds noise.
     if _TRACEBACK.value:
       raise
+    if _DISK_FULL.search(str(e)):  # Tensorstore's own wording, deep in Orbax's threads.
+      sys.exit(f"error: the disk is full: a checkpoint could not be written in "
+               f"{os.path.join(_WORKDIR.value, 'checkpoints')}; the ones before it are intact. "
+               f"Free some space and run the same command again.")
     sys.exit(f"error: {e}\n(--traceback shows where it was raised)")
   except Exception as e:  # pylint: disable=broad-except
     cause = _os_error(e)
@@ -113,12 +118,20 @@ def _os_error(e: BaseException) -> OSError | None:
   return None
 
 
+_DISK_FULL = re.compile(r"No space left on device|os_error_code='28'|Disk quota exceeded")
+
+
 def _describe_os_error(e: OSError) -> str:
+  """E.g. "the disk is full: ... (/path)"."""
   what = {errno.ENOSPC: "the disk is full", errno.EROFS: "the filesystem is read-only",
           errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
           errno.ENOTDIR: "a path component is a file, not a directory"}.get(e.errno)
-  where = f" writing {e.filename}" if e.filename else ""
-  return f"{what or e.strerror or e}{where} ({type(e).__name__} errno {e.errno})"
+  detail = e.strerror or str(e)
+  if what and detail == os.strerror(e.errno or 0):
+    detail = what
+  elif what and not detail.startswith(what):
+    detail = f"{what}: {detail}"
+  return f"{detail} ({e.filename})" if e.filename else detail
 
 
 def _config_file_error(argv: list[str], e: Exception) -> str:

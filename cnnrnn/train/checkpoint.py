@@ -13,6 +13,7 @@ that the state is finite, and sets a checkpoint that fails any check aside into
 `directory`/set_aside (never deleting it) and falls back to the previous one.
 """
 
+import errno
 import math
 import os
 import shutil
@@ -165,10 +166,25 @@ class Checkpointer:
     return self._latest.latest_step()
 
   def save(self, step: int, state, data_state: dict) -> None:
-    """Saves `step` (a no-op if it exists); FloatingPointError if the state is not finite."""
+    """Saves `step` (a no-op if it exists).
+
+    Raises:
+      FloatingPointError: the state is not finite.
+      OSError: ENOSPC when the disk has less room than the checkpoint needs, before
+        anything is written (a save that fills the disk midway fails in Orbax's threads
+        with hundreds of lines of logs).
+    """
     if step in self._latest.all_steps():
       return  # E.g. a preemption at the step that was just saved.
+    self._check_room(step, state)
     self._latest.save(step, args=self._args(step, state, data_state))
+
+  def _check_room(self, step: int, state) -> None:
+    need = sum(x.nbytes for x in jax.tree.leaves(state)) * 1.1 + 2**20  # + metadata.
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise OSError(errno.ENOSPC, f"the disk is full: checkpoint step {step} needs about "
+                    f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free", self.directory)
 
   def save_best(self, step: int, state, data_state: dict, metrics: dict) -> None:
     """Offers an evaluated state to the best-checkpoint slot (no-op without keep_best, and
