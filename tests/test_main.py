@@ -1,0 +1,34 @@
+"""The command line answers bad input with one line (no traceback) and exit code 1."""
+
+import subprocess
+
+import pytest
+
+from tests.helpers import cli
+
+
+@pytest.mark.parametrize("config,flags,message", [
+    ("configs/nope.py", [], "error: --config=configs/nope.py: no such config file"),
+    ("configs/quickstart.py", ["--config.unknown_field=3"],
+     "error: --config.unknown_field: configs/quickstart.py has no field 'unknown_field'"),
+    ("configs/quickstart.py", ["--config.optimizer.learing_rate=0.1"],
+     "did you mean --config.optimizer.learning_rate"),
+    ("configs/quickstart.py", ["--config.dataset.name=mnistt"], "did you mean 'mnist'?"),
+    ("configs/quickstart.py", ["--config.checkpoint.max_to_keep=0"],
+     "error: checkpoint.max_to_keep=0; allowed: a finite number in [1, inf)"),
+])
+def test_one_line_errors(tmp_path, data_dir, config, flags, message):
+  cmd, kw = cli(config, tmp_path / "run", data_dir, 1, *flags)
+  result = subprocess.run(cmd, **kw, timeout=300)
+  err = result.stderr.decode()
+  assert result.returncode == 1, err[-2000:]
+  assert message in err and "Traceback" not in err, err[-2000:]
+  assert len([l for l in err.splitlines() if not l.startswith(("I", "W"))]) <= 3, err
+
+
+def test_workdir_that_is_a_file(tmp_path, data_dir):
+  (tmp_path / "file").write_text("")
+  cmd, kw = cli("configs/quickstart.py", tmp_path / "file", data_dir, 1)
+  result = subprocess.run(cmd, **kw, timeout=300)
+  assert result.returncode == 1
+  assert f"error: --workdir={tmp_path / 'file'} is a file, not a directory" in result.stderr.decode()
