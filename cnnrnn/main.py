@@ -174,7 +174,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run():
-  app.run(main, flags_parser=_parse_flags)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # Ctrl-C before training started (during it, a checkpoint is saved).
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ that the state is finite, and sets a checkpoint that fails any check aside into
 `directory`/set_aside (never deleting it) and falls back to the previous one.
 """
 
+import contextlib
 import errno
+import gc
 import math
 import os
 import shutil
+import sys
 import time
 
 from absl import logging
@@ -195,8 +198,12 @@ class Checkpointer:
     if not math.isfinite(value):
       logging.warning("Not keeping step %d as the best: %s=%s", step, self.best_metric, value)
       return
-    self._best.save(step, args=self._args(step, state, data_state),
-                    metrics={self.best_metric: value})
+    try:
+      args = self._args(step, state, data_state)
+    except FloatingPointError:
+      logging.warning("Not keeping step %d as the best: its state is not finite", step)
+      return
+    self._best.save(step, args=args, metrics={self.best_metric: value})
 
   def restore_latest(self, abstract_state, *, start_over: bool = False):
     """Restores the newest checkpoint that passes every check, setting bad ones aside.
@@ -219,12 +226,14 @@ class Checkpointer:
     """
     set_aside = []
     for step in sorted(self._latest.all_steps(), reverse=True):
-      try:
-        state, data_state = self.restore(step, abstract_state)
-      except CorruptCheckpoint as e:
-        set_aside.append(self._set_aside(step, e))
-        continue
-      return step, state, data_state
+      with _quiet_abandoned_reads():
+        try:
+          state, data_state = self.restore(step, abstract_state)
+        except CorruptCheckpoint as e:
+          problem = str(e)
+        else:
+          return step, state, data_state
+      set_aside.append(self._set_aside(step, problem))
     if set_aside and not start_over:
       raise NoUsableCheckpoint(
           f"No usable checkpoint in {self.directory}: every one failed its checks and was "
@@ -232,7 +241,7 @@ class Checkpointer:
           f"over: pass --start_over to do that, or use a new --workdir.")
     return None
 
-  def _set_aside(self, step: int, problem: Exception) -> str:
+  def _set_aside(self, step: int, problem: str) -> str:
     """Moves step `step` into set_aside/ (process 0; the others wait) and warns once."""
     target = os.path.join(self.directory, SET_ASIDE_DIR, f"{step}")
     if os.path.exists(target):
@@ -331,6 +340,23 @@ class Checkpointer:
     self._latest.close()
     if self._best is not None:
       self._best.close()
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Drops the "Exception ignored in: <coroutine ...>" reports of a failed restore.
+
+  When one array of a checkpoint fails to read, Orbax abandons the reads of the others;
+  each reports its own exception with the full tensorstore spec (~60 lines apiece) when
+  it is garbage-collected. The failure itself is reported once, by `restore_latest`.
+  """
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = hook
 
 
 def _first_line(e: Exception) -> str:

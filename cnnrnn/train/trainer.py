@@ -28,8 +28,8 @@ from cnnrnn.train import run_identity
 from cnnrnn.train import sharding
 from cnnrnn.train import steps
 from cnnrnn.train.checkpoint import Checkpointer, SaveTimer
-from cnnrnn.train.workdir_lock import WorkdirLock
 from cnnrnn.train.state import TrainState
+from cnnrnn.train.workdir_lock import WorkdirLock
 from cnnrnn.train.writers import MetricWriter, Progress
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -300,7 +300,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   or save_timer.due(sync=step % log_every == 0))
       if step % log_every == 0 or save_now:
         flush_train_metrics(step)
-      if eval_every and step % eval_every == 0 and not is_last:
+      if eval_every and step % eval_every == 0 and not is_last and not preempted:
         eval_metrics = run_eval(eval_split)
         writer.write(step, "eval", eval_metrics)
         progress.write(f"step {step}: eval " + ", ".join(

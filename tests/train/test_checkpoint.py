@@ -135,6 +135,7 @@ def test_non_finite_state_is_never_saved(tmp_path):
   assert not (tmp_path / "ck" / "best").exists() or not os.listdir(tmp_path / "ck" / "best")
   with pytest.raises(FloatingPointError, match=r"not finite; not saved"):
     ckpt.save(2, {"w": jax.numpy.array([1.0, np.nan])}, {"next_index": 2})
+  ckpt.save_best(3, {"w": jax.numpy.array([1.0, np.inf])}, {"next_index": 3}, {"accuracy": 0.9})
   ckpt.save_best(3, state, {"next_index": 3}, {"accuracy": 0.5})
   ckpt.wait()
   assert os.listdir(tmp_path / "ck" / "best") == ["3"]
@@ -157,3 +158,11 @@ def test_full_disk_is_reported_before_writing(tmp_path, monkeypatch):
       f"({tmp_path / 'ck'})")
   assert not [d for d in os.listdir(tmp_path / "ck") if d != "set_aside"]  # Nothing written.
   ckpt.close()
+
+
+def test_time_based_checkpoints(data_dir, tmp_path):
+  c = _config(data_dir, num_train_steps=6, checkpoint_every_steps=0, log_every_steps=3,
+              **{"checkpoint.every_secs": 1e-9})
+  train.train_and_evaluate(c, str(tmp_path))
+  # Due after every step; max_to_keep=3 keeps the newest three.
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [4, 5, 6]
