@@ -1,10 +1,11 @@
 """The command line answers bad input with one line (no traceback) and exit code 1."""
 
 import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import REPO, cli
 
 
 @pytest.mark.parametrize("config,flags,message", [
@@ -32,3 +33,19 @@ def test_workdir_that_is_a_file(tmp_path, data_dir):
   result = subprocess.run(cmd, **kw, timeout=300)
   assert result.returncode == 1
   assert f"error: --workdir={tmp_path / 'file'} is a file, not a directory" in result.stderr.decode()
+
+
+def test_os_errors_behind_other_errors_are_named():
+  code = """
+import errno
+from cnnrnn import main
+full = OSError(errno.ENOSPC, "the disk is full: checkpoint step 1 needs about 5 MiB", "/ck")
+wrapped = RuntimeError("a save failed")
+wrapped.__cause__ = full
+print(main._describe_os_error(main._os_error(wrapped)))
+print(main._describe_os_error(OSError(errno.EROFS, "Read-only file system", "/w")))
+"""
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       check=True).stdout
+  assert out == ("the disk is full: checkpoint step 1 needs about 5 MiB (/ck)\n"
+                 "the filesystem is read-only (/w)\n")

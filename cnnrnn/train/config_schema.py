@@ -100,9 +100,10 @@ RANGES = {
     "dataset.read_threads": _AT_LEAST_ONE,
     "dataset.pad_to": Range(1, None, allow_none=True),
     "dataset.image_size": Range(1, None, allow_none=True),
-    "dataset.seq_len": _AT_LEAST_ONE,
-    "dataset.num_train": _AT_LEAST_ONE,
-    "dataset.num_test": _AT_LEAST_ONE,
+    # None: unset (the task or dataset says whether it needs one).
+    "dataset.seq_len": Range(1, None, allow_none=True),
+    "dataset.num_train": Range(1, None, allow_none=True),
+    "dataset.num_test": Range(1, None, allow_none=True),
     "task.label_smoothing": _FRACTION,
 }
 CHOICES = {
