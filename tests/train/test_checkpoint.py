@@ -32,6 +32,8 @@ def _config(data_dir, **overrides):
   c.checkpoint_every_steps = 4
   c.eval_every_steps = 0
   c.model.dropout = 0.1  # Randomness that must resume exactly too.
+  c.model.features = (8, 16)  # Small: this file trains ten times.
+  c.model.dense = (32,)
   c.checkpoint.async_save = False
   return override(c, **overrides)
 
