@@ -227,7 +227,7 @@ def check_model_kwargs(name: str, kwargs: dict) -> None:
   """Checks the keyword arguments of model `name` against its constructor, before tracing.
 
   Types follow the constructor's defaults; integers (and sequences of them) must be >= 1
-  unless `MODEL_RANGES` says otherwise; `*dropout*` rates lie in [0, 1); dtypes are
+  (>= 0 where the constructor's default is 0) unless `MODEL_RANGES` says otherwise; `*dropout*` rates lie in [0, 1); dtypes are
   names in DTYPES.
 
   Raises:
@@ -252,11 +252,17 @@ def check_model_kwargs(name: str, kwargs: dict) -> None:
       continue
     if default is not inspect.Parameter.empty and default is not None:
       _check_type(field, value, default)
+    # Counts and sizes: >= 1, or >= 0 where the constructor's own default is 0 (an index
+    # such as a padding id, or "off").
+    defaults = default if isinstance(default, (tuple, list)) else (default,)
+    zero_ok = any(d == 0 and not isinstance(d, bool) for d in defaults if isinstance(d, int))
     numbers = value if isinstance(value, (tuple, list)) else (value,)
     for n in numbers:
       if isinstance(n, bool) or not isinstance(n, (int, float)):
         continue
-      rng = MODEL_RANGES.get(key, _AT_LEAST_ONE if isinstance(n, int) else None)
+      rng = MODEL_RANGES.get(key)
+      if rng is None and isinstance(n, int):
+        rng = _NON_NEGATIVE if zero_ok else _AT_LEAST_ONE
       if rng is not None and not rng.ok(n):
-        allowed = str(rng) if key in MODEL_RANGES else "integers >= 1"
+        allowed = str(rng) if key in MODEL_RANGES else f"integers >= {0 if zero_ok else 1}"
         raise _error(field, value, allowed)
