@@ -170,32 +170,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   defaults = flat_fields(default_config())
   fields = flat_fields(config)
-  known = set(defaults) | {f"dataset.{k}" for k in DATASET_OPTIONS} | {
-      f"optimizer.{k}" for k in OPTIMIZER_OPTIONS}
+  options = {f"dataset.{k}": t for k, t in DATASET_OPTIONS.items()} | {
+      f"optimizer.{k}": t for k, t in OPTIMIZER_OPTIONS.items()}
+  # A value of each field's type, for the type check (paths default to None but are strings).
+  examples = defaults | {k: t() for k, t in options.items()} | {
+      "dataset.data_dir": "", "dataset.manual_dir": ""}
+  known = set(defaults) | set(options)
   for field, value in fields.items():
-    block = field.split(".", 1)[0]
-    if block in ("model", "task") and field not in RANGES:
+    if field.split(".", 1)[0] in ("model", "task") and field not in RANGES:
       continue  # Checked against the model's / task's own fields below.
     if field not in known and field not in RANGES:
       raise _unknown(field, known)
-    options = {f"dataset.{k}": t for k, t in DATASET_OPTIONS.items()} | {
-        f"optimizer.{k}": t for k, t in OPTIMIZER_OPTIONS.items()}
-    default = defaults.get(field, options.get(field, type(None))())
-    if field in ("dataset.data_dir", "dataset.manual_dir") and value is not None:
-      default = ""
     if field in CHOICES:
       if value not in CHOICES[field]:
         raise _error(field, value, ", ".join(map(repr, CHOICES[field])))
       continue
-    _check_type(field, value, default)
-    if field in RANGES:
-      rng = RANGES[field]
-      if value is None and rng.allow_none:
-        continue
-      if field == "optimizer.clip_norm" and value is None:
-        continue
-      if not rng.ok(value):
-        raise _error(field, value, str(rng))
+    _check_type(field, value, examples.get(field))
+    rng = RANGES.get(field)
+    if rng is not None and not (value is None and rng.allow_none) and not rng.ok(value):
+      raise _error(field, value, str(rng))
   if not fields.get("num_train_steps") and not fields.get("num_epochs"):
     raise ValueError("num_train_steps=0 and num_epochs=0: set one of them to a count >= 1")
   _check_best_metric(config)
