@@ -81,7 +81,8 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from cnnrnn.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
-  from cnnrnn.train import checkpoint, preemption, workdir_lock  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from cnnrnn.train import checkpoint, preemption, workdir_lock
 
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:

@@ -32,7 +32,8 @@ def test_workdir_that_is_a_file(tmp_path, data_dir):
   cmd, kw = cli("configs/quickstart.py", tmp_path / "file", data_dir, 1)
   result = subprocess.run(cmd, **kw, timeout=300)
   assert result.returncode == 1
-  assert f"error: --workdir={tmp_path / 'file'} is a file, not a directory" in result.stderr.decode()
+  message = f"error: --workdir={tmp_path / 'file'} is a file, not a directory"
+  assert message in result.stderr.decode()
 
 
 def test_os_errors_behind_other_errors_are_named():

@@ -162,7 +162,8 @@ class Checkpointer:
     return {"digest": {k: int(v) for k, v in digests.items()}, "batch_size": self.batch_size}
 
   def _args(self, step, state, data_state):
-    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(self._meta(step, state)))
 
   def latest_step(self) -> int | None:

@@ -132,8 +132,12 @@ def flat_fields(config) -> dict[str, Any]:
 
 def _unknown(field: str, known) -> ValueError:
   close = difflib.get_close_matches(field, list(known), n=3, cutoff=0.6)
-  hint = f"did you mean {' or '.join(close)}?" if close else (
-      f"known fields here: {', '.join(sorted(k for k in known if k.rsplit('.', 1)[0] == field.rsplit('.', 1)[0]))}")
+  block = field.rsplit(".", 1)[0]
+  siblings = sorted(k for k in known if k.rsplit(".", 1)[0] == block)
+  if close:
+    hint = f"did you mean {' or '.join(close)}?"
+  else:
+    hint = f"known fields here: {', '.join(siblings)}"
   return ValueError(f"{field} is not a config field; {hint}")
 
 
@@ -220,8 +224,8 @@ def check_model_kwargs(name: str, kwargs: dict) -> None:
   """Checks the keyword arguments of model `name` against its constructor, before tracing.
 
   Types follow the constructor's defaults; integers (and sequences of them) must be >= 1
-  (>= 0 where the constructor's default is 0) unless `MODEL_RANGES` says otherwise; `*dropout*` rates lie in [0, 1); dtypes are
-  names in DTYPES.
+  (>= 0 where the constructor's default is 0) unless `MODEL_RANGES` says otherwise;
+  `*dropout*` rates lie in [0, 1); dtypes are names in DTYPES.
 
   Raises:
     ValueError: naming `model.FIELD`, its value and what is allowed.

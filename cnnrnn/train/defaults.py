@@ -13,7 +13,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet5"  # cnnrnn.models.names(); other fields are the model's kwargs.
-  c.model.dtype = "float32"  # Computation dtype: float32 | bfloat16 | float16 (params stay float32).
+  c.model.dtype = "float32"  # Computation: float32 | bfloat16 | float16 (params stay float32).
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "classification"

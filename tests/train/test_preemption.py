@@ -62,7 +62,8 @@ def _signal_at_random_step(procs, workdir, target):
 
 def _assert_bitwise(a_dir, b_dir):
   a, b = restore_state(a_dir, STEPS), restore_state(b_dir, STEPS)
-  leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  leaves_a = jax.tree_util.tree_leaves_with_path(a)
+  leaves_b = jax.tree_util.tree_leaves_with_path(b)
   assert len(leaves_a) == len(leaves_b)
   for (path, x), (_, y) in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))

@@ -87,8 +87,10 @@ def test_extending_a_run_equals_training_longer_at_once(saved_run, tmp_path, dat
   shutil.copytree(saved_run, tmp_path / "extended")
   train.train_and_evaluate(_config(data_dir, num_train_steps=8), str(tmp_path / "extended"),
                            allow_changes=["num_train_steps"])
-  straight, extended = restore_state(tmp_path / "straight", 8), restore_state(tmp_path / "extended", 8)
+  straight = restore_state(tmp_path / "straight", 8)
+  extended = restore_state(tmp_path / "extended", 8)
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(extended)):
     np.testing.assert_array_equal(a, b)
-  changes = [json.loads(l) for l in (tmp_path / "extended" / "config_changes.jsonl").read_text().splitlines()]
+  changes = (tmp_path / "extended" / "config_changes.jsonl").read_text().splitlines()
+  changes = [json.loads(line) for line in changes]
   assert changes[0]["from_step"] == 4 and changes[0]["changes"] == {"num_train_steps": [4, 8]}
