@@ -235,3 +235,6 @@ def transformer(variant: str | None = None, **kwargs) -> Transformer:
   if variant not in VARIANTS:
     raise ValueError(f"model.variant={variant!r}; known: {', '.join(VARIANTS)}")
   return Transformer(**{**VARIANTS[variant], **kwargs})
+
+
+transformer.module_class = Transformer  # What the variant constructor builds (config checks).

@@ -230,7 +230,15 @@ def check_model_kwargs(name: str, kwargs: dict) -> None:
   Raises:
     ValueError: naming `model.FIELD`, its value and what is allowed.
   """
-  params = {p.name: p for p in inspect.signature(models.get_constructor(name)).parameters.values()
+  try:
+    ctor = models.get_constructor(name)
+  except ValueError as e:
+    raise ValueError(f"model.name={name!r}: {e}") from None
+  signature = inspect.signature(ctor).parameters.values()
+  if any(p.kind is p.VAR_KEYWORD for p in signature) and hasattr(ctor, "module_class"):
+    # A constructor that forwards **kwargs (a variant table) to a module: its fields too.
+    signature = [*signature, *inspect.signature(ctor.module_class).parameters.values()]
+  params = {p.name: p for p in signature
             if p.name not in ("parent", "name") and p.kind is not p.VAR_KEYWORD}
   for key, value in kwargs.items():
     field = f"model.{key}"
