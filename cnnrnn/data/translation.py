@@ -1,0 +1,539 @@
+"""Sentence pairs for translation: tokenisers, vocabularies, and bucketed batches.
+
+Two tokenisations, both by well-kept libraries:
+
+- "sentencepiece": a SentencePiece model (BPE or unigram, `character_coverage=1.0`)
+  trained on the training split by this module, one for both languages (`shared_vocab`) or
+  one per language. It is stored beside the prepared data, named by a hash of its settings
+  and of the training text, so a resumed run reuses it and a change of either retrains it.
+- "moses_words": the literature's lowercased Moses words (sacremoses: lowercase ->
+  normalize-punctuation -> tokenize with `&apos;`-style escapes, exactly the pipeline of
+  Multi30k's own `*.lc.norm.tok.*` files, which do not split hyphenated words) and a
+  vocabulary of the training words seen at least `min_frequency` times (pytorch-seq2seq
+  uses 2); the other words become `<unk>`.
+
+Every vocabulary has the same special ids: pad 0, unk 1, bos 2 (`<s>`), eos 3 (`</s>`).
+
+Batches (dicts of numpy arrays; B rows, padded with 0 to a length L that is a multiple of
+`bucket_width`, one L for source and target so that each L is one compilation):
+
+  src:         [B, L] int32, source ids (no BOS/EOS)
+  src_lengths: [B] int32
+  tgt_in:      [B, L] int32, BOS + target ids (the decoder's teacher-forced inputs)
+  tgt_out:     [B, L] int32, target ids + EOS (what the decoder predicts)
+  tgt_lengths: [B] int32, target ids + 1
+  mask:        [B] float32, 1 on real rows, 0 on padding rows
+  index:       [B] int32, the example's position in its split (to find its reference)
+
+Training batches are "sortish" (as fairseq's and tensor2tensor's bucketing): each epoch is
+a fresh permutation, cut into pools of `bucket_pool` batches; a pool is sorted by length and
+cut into batches, and the batches of the epoch are shuffled. Every example appears exactly
+once per epoch; the last batch of an epoch is filled up with padding rows (`mask` 0).
+Evaluation batches sort the split by length once and see every example exactly once. With
+several processes the batch plan is global and process p reads rows [p B / P, (p + 1) B / P)
+of each batch, so every process pads to the same L.
+"""
+
+from collections.abc import Iterator, Sequence
+import collections
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+
+import grain
+import numpy as np
+import sacremoses
+import sentencepiece as spm
+
+from cnnrnn.data import pipeline
+from cnnrnn.data import text
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
+TOKENIZERS = ("sentencepiece", "moses_words")
+SENTENCEPIECE_MODELS = ("bpe", "unigram")
+
+
+# -- Moses ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _moses(lang: str):
+  return (sacremoses.MosesPunctNormalizer(lang), sacremoses.MosesTokenizer(lang),
+          sacremoses.MosesDetokenizer(lang))
+
+
+def moses_tokens(sentence: str, lang: str) -> list[str]:
+  """The lowercased Moses tokens of `sentence`, as Multi30k's `*.lc.norm.tok.*` files.
+
+  Lowercase -> `normalize-punctuation.perl` -> `tokenizer.perl` (escaping `'` as
+  `&apos;`, `"` as `&quot;`, ...; hyphenated words kept whole, as in those files).
+  """
+  normalizer, tokenizer, _ = _moses(lang)
+  return tokenizer.tokenize(normalizer.normalize(sentence.lower()), escape=True)
+
+
+def moses_detokenize(tokens: Sequence[str], lang: str) -> str:
+  """Moses tokens back to text (`detokenizer.perl`, unescaping `&apos;` etc.)."""
+  return _moses(lang)[2].detokenize(list(tokens))
+
+
+def content_ids(ids) -> np.ndarray:
+  """The ids [L] of a decoded sequence up to its first EOS, without PAD and BOS."""
+  ids = np.asarray(ids).reshape(-1)
+  eos = np.flatnonzero(ids == EOS_ID)
+  if len(eos):
+    ids = ids[: eos[0]]
+  return ids[(ids != PAD_ID) & (ids != BOS_ID)]
+
+
+# -- Tokenisers ----------------------------------------------------------------------------
+
+
+def word_vocabulary(token_lists: Sequence[Sequence[str]], min_frequency: int = 2,
+                    vocab_size: int = 0) -> tuple[str, ...]:
+  """The special tokens, then the words seen >= `min_frequency` times, most frequent first
+  (ties alphabetical), at most `vocab_size` tokens in all (0: no cap)."""
+  counts = collections.Counter(t for tokens in token_lists for t in tokens)
+  words = sorted((w for w, c in counts.items() if c >= min_frequency and w not in SPECIAL_TOKENS),
+                 key=lambda w: (-counts[w], w))
+  if vocab_size:
+    words = words[: max(vocab_size - len(SPECIAL_TOKENS), 0)]
+  return SPECIAL_TOKENS + tuple(words)
+
+
+@dataclasses.dataclass(frozen=True)
+class MosesWords:
+  """Lowercased Moses words of one language and their vocabulary (ids 0-3 special)."""
+
+  lang: str
+  vocab: text.Vocabulary
+
+  @classmethod
+  def build(cls, sentences: Sequence[str], lang: str, min_frequency: int = 2,
+            vocab_size: int = 0) -> "MosesWords":
+    """The vocabulary of `sentences`' words (see `word_vocabulary`)."""
+    words = [moses_tokens(s, lang) for s in sentences]
+    return cls(lang, text.Vocabulary(word_vocabulary(words, min_frequency, vocab_size), "word",
+                                     unk=SPECIAL_TOKENS[UNK_ID]))
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.vocab)
+
+  def encode(self, sentence: str) -> np.ndarray:
+    """Ids [L] int32 of `sentence` (no BOS/EOS)."""
+    return self.vocab.encode_tokens(moses_tokens(sentence, self.lang))
+
+  def pieces(self, ids) -> list[str]:
+    """The tokens of ids [L] up to the first EOS."""
+    return [self.vocab.tokens[int(i)] for i in content_ids(ids)]
+
+  def decode(self, ids) -> str:
+    """Detokenised (still lowercased) text of ids [L] up to the first EOS."""
+    return moses_detokenize(self.pieces(ids), self.lang)
+
+  def bleu_tokens(self, ids) -> str:
+    """The lowercased Moses tokens of ids [L], space-separated (tokenised BLEU's input)."""
+    return " ".join(self.pieces(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class SentencePiece:
+  """A SentencePiece model (ids 0-3 special) used for one language."""
+
+  lang: str
+  model_proto: bytes = dataclasses.field(repr=False)
+
+  @functools.cached_property
+  def processor(self) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_proto=self.model_proto)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.processor.get_piece_size()
+
+  def encode(self, sentence: str) -> np.ndarray:
+    """Ids [L] int32 of `sentence` (no BOS/EOS)."""
+    return np.asarray(self.processor.encode(sentence, out_type=int), np.int32)
+
+  def pieces(self, ids) -> list[str]:
+    """The pieces of ids [L] up to the first EOS."""
+    return [self.processor.id_to_piece(int(i)) for i in content_ids(ids)]
+
+  def decode(self, ids) -> str:
+    """Detokenised text of ids [L] up to the first EOS."""
+    return self.processor.decode([int(i) for i in content_ids(ids)])
+
+  def bleu_tokens(self, ids) -> str:
+    """The lowercased Moses tokens of the decoded text, space-separated."""
+    return " ".join(moses_tokens(self.decode(ids), self.lang))
+
+
+def train_sentencepiece(sentences: Sequence[str], *, vocab_size: int, model_type: str = "bpe"
+                        ) -> bytes:
+  """Trains a SentencePiece model on `sentences`; returns the serialised model.
+
+  `character_coverage=1.0` (every character of the training text gets a piece) and the
+  special ids pad 0, unk 1, bos 2, eos 3 (SentencePiece's defaults are -1, 0, 1, 2). One
+  thread and the whole input, so the same sentences always give the same model.
+
+  Raises:
+    ValueError: an unknown `model_type`, or a vocabulary the text cannot fill.
+  """
+  if model_type not in SENTENCEPIECE_MODELS:
+    raise ValueError(f"dataset.sentencepiece_model={model_type!r}; allowed: "
+                     f"{', '.join(SENTENCEPIECE_MODELS)}")
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, model_type=model_type,
+        vocab_size=vocab_size, character_coverage=1.0, pad_id=PAD_ID, unk_id=UNK_ID,
+        bos_id=BOS_ID, eos_id=EOS_ID, pad_piece=SPECIAL_TOKENS[0], unk_piece=SPECIAL_TOKENS[1],
+        bos_piece=SPECIAL_TOKENS[2], eos_piece=SPECIAL_TOKENS[3], num_threads=1,
+        input_sentence_size=0, minloglevel=2)
+  except RuntimeError as e:
+    raise ValueError(f"dataset.vocab_size={vocab_size}: SentencePiece cannot train it ({e})") from e
+  return model.getvalue()
+
+
+def _cached(path: str, make) -> bytes:
+  """The bytes in `path`, or `make()` written there atomically (concurrent writers of the
+  same deterministic bytes are harmless)."""
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      return f.read()
+  payload = make()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+  with os.fdopen(fd, "wb") as f:
+    f.write(payload)
+  os.replace(tmp, path)
+  return payload
+
+
+def _fingerprint(settings: dict, texts: Sequence[Sequence[str]]) -> str:
+  h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+  for sentences in texts:
+    for s in sentences:
+      h.update(s.encode("utf-8") + b"\n")
+    h.update(b"\0")
+  return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+  """How to tokenise (the `config.dataset` fields of the same names).
+
+  Attributes:
+    tokenizer: "sentencepiece" or "moses_words".
+    vocab_size: SentencePiece's vocabulary size; for Moses words an optional cap (0: none).
+    min_frequency: Moses words: the fewest training occurrences a word needs.
+    shared_vocab: one tokeniser/vocabulary for both languages, trained on both.
+    sentencepiece_model: "bpe" or "unigram".
+  """
+
+  tokenizer: str = "sentencepiece"
+  vocab_size: int = 8000
+  min_frequency: int = 2
+  shared_vocab: bool = True
+  sentencepiece_model: str = "bpe"
+
+  def __post_init__(self):
+    if self.tokenizer not in TOKENIZERS:
+      raise ValueError(f"dataset.tokenizer={self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
+    if self.tokenizer == "sentencepiece" and (self.vocab_size or 0) <= len(SPECIAL_TOKENS):
+      raise ValueError(f"dataset.vocab_size={self.vocab_size}; SentencePiece needs more than "
+                       f"{len(SPECIAL_TOKENS)}")
+    if self.min_frequency < 1:
+      raise ValueError(f"dataset.min_frequency={self.min_frequency}; allowed: an integer >= 1")
+
+
+def build_tokenizers(config: TokenizerConfig, train_text: dict[str, Sequence[str]],
+                     source_lang: str, target_lang: str, cache_dir: str):
+  """(source tokeniser, target tokeniser), built from the training sentences `train_text`
+  (language -> sentences) or read from `cache_dir` where an identical one was stored."""
+  langs = (source_lang, target_lang)
+  groups = [langs] if config.shared_vocab else [(source_lang,), (target_lang,)]
+  built = {}
+  for group in groups:
+    texts = [train_text[lang] for lang in group]
+    settings = dataclasses.asdict(config) | {"languages": list(group)}
+    if config.tokenizer == "moses_words":
+      settings |= {"sacremoses": sacremoses.__version__}
+    else:
+      settings |= {"sentencepiece": spm.__version__}
+      del settings["min_frequency"]
+    name = f"{config.tokenizer}-{'-'.join(group)}-{_fingerprint(settings, texts)}"
+    sentences = [s for t in texts for s in t]
+    for lang in group:
+      if config.tokenizer == "sentencepiece":
+        proto = _cached(os.path.join(cache_dir, name + ".model"), lambda: train_sentencepiece(
+            sentences, vocab_size=config.vocab_size, model_type=config.sentencepiece_model))
+        built[lang] = SentencePiece(lang, proto)
+      else:
+        def words(group=group, texts=texts):
+          # Each language's sentences tokenised by its own language's rules.
+          token_lists = [moses_tokens(s, lang) for t, lang in zip(texts, group) for s in t]
+          vocab = word_vocabulary(token_lists, config.min_frequency, config.vocab_size)
+          return "".join(w + "\n" for w in vocab).encode("utf-8")
+
+        tokens = _cached(os.path.join(cache_dir, name + ".vocab"), words).decode("utf-8")
+        vocab = text.Vocabulary(tuple(tokens.splitlines()), "word", unk=SPECIAL_TOKENS[UNK_ID])
+        built[lang] = MosesWords(lang, vocab)
+  return built[source_lang], built[target_lang]
+
+
+# -- Encoded splits ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedSplit:
+  """One split as token ids, with its raw text.
+
+  Attributes:
+    src, tgt: per example, ids [S_i] and [T_i] int32 (truncated to the maximum length).
+    sources, references: per example, the raw source and target sentences.
+  """
+
+  src: list[np.ndarray] = dataclasses.field(repr=False)
+  tgt: list[np.ndarray] = dataclasses.field(repr=False)
+  sources: list[str] = dataclasses.field(repr=False)
+  references: list[str] = dataclasses.field(repr=False)
+
+  def __len__(self) -> int:
+    return len(self.src)
+
+  @functools.cached_property
+  def lengths(self) -> np.ndarray:
+    """[N] int: the padded length each example needs, max(S_i, T_i + 1)."""
+    return np.array([max(len(s), len(t) + 1) for s, t in zip(self.src, self.tgt)], np.int64)
+
+
+def encode_split(sources: Sequence[str], references: Sequence[str], source_tokenizer,
+                 target_tokenizer, max_length: int) -> PairedSplit:
+  """Tokenises sentence pairs; sources keep <= max_length ids, targets <= max_length - 1
+  (so that BOS + target and target + EOS fit in max_length)."""
+  src = [source_tokenizer.encode(s)[:max_length] for s in sources]
+  tgt = [target_tokenizer.encode(t)[: max_length - 1] for t in references]
+  return PairedSplit(src, tgt, list(sources), list(references))
+
+
+def make_batch(split: PairedSplit, indices, num_real: int, length: int) -> dict:
+  """The batch (see the module doc) of examples `indices`, the first `num_real` of them real
+  (the others padding rows, `mask` 0), padded to `length`."""
+  n = len(indices)
+  batch = {k: np.zeros((n, length), np.int32) for k in ("src", "tgt_in", "tgt_out")}
+  batch["src_lengths"] = np.zeros(n, np.int32)
+  batch["tgt_lengths"] = np.zeros(n, np.int32)
+  for row, i in enumerate(indices):
+    s, t = split.src[i], split.tgt[i]
+    batch["src"][row, : len(s)] = s
+    batch["tgt_in"][row, 0] = BOS_ID
+    batch["tgt_in"][row, 1 : len(t) + 1] = t
+    batch["tgt_out"][row, : len(t)] = t
+    batch["tgt_out"][row, len(t)] = EOS_ID
+    batch["src_lengths"][row], batch["tgt_lengths"][row] = len(s), len(t) + 1
+  batch["mask"] = (np.arange(n) < num_real).astype(np.float32)
+  batch["index"] = np.asarray(indices, np.int32)
+  return batch
+
+
+def padded_length(n: int, bucket_width: int, max_length: int) -> int:
+  """`n` rounded up to a multiple of `bucket_width`, at most `max_length`."""
+  return min(-(-max(n, 1) // bucket_width) * bucket_width, max_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Global batch plan rows: example indices [B] and how many of them are real."""
+
+  indices: np.ndarray
+  num_real: int
+
+
+def _chunk(order: np.ndarray, batch_size: int) -> list[_Plan]:
+  """`order` cut into batches; the last one filled up with copies of its first example."""
+  plans = []
+  for start in range(0, len(order), batch_size):
+    idx = order[start : start + batch_size]
+    n = len(idx)
+    plans.append(_Plan(np.concatenate([idx, np.full(batch_size - n, idx[0])]), n))
+  return plans
+
+
+class TrainBatches:
+  """Training batch b, for any b >= 0: batch b % len(self) of epoch b // len(self).
+
+  Args:
+    split: the encoded training split.
+    global_batch_size: B, sentences per global batch.
+    seed: the shuffling seed (an epoch's order depends on seed and epoch only).
+    max_length, bucket_width: batches are padded to a multiple of bucket_width, at most
+      max_length.
+    bucket_pool: batches per length-sorted pool (1: no bucketing, the plain shuffle).
+    process_index, process_count: this process's rows of each global batch.
+  """
+
+  def __init__(self, split: PairedSplit, *, global_batch_size: int, seed: int, max_length: int,
+               bucket_width: int = 8, bucket_pool: int = 100, process_index: int = 0,
+               process_count: int = 1):
+    local = pipeline.local_batch_size(global_batch_size, process_count, "batch_size")
+    if len(split) < global_batch_size:
+      raise ValueError(f"batch_size={global_batch_size} exceeds the training split ({len(split)})")
+    if bucket_pool < 1 or bucket_width < 1:
+      raise ValueError(f"dataset.bucket_pool={bucket_pool}, dataset.bucket_width={bucket_width}; "
+                       "allowed: integers >= 1")
+    self.split, self.batch_size, self.seed = split, global_batch_size, seed
+    self.max_length, self.bucket_width, self.bucket_pool = max_length, bucket_width, bucket_pool
+    self.rows = slice(process_index * local, (process_index + 1) * local)
+    self.per_epoch = math.ceil(len(split) / global_batch_size)
+
+  def __len__(self) -> int:
+    """Batches per epoch."""
+    return self.per_epoch
+
+  @functools.lru_cache(maxsize=2)
+  def epoch_plan(self, epoch: int) -> list[_Plan]:
+    """The global batches of `epoch`, in the order they are served."""
+    rng = np.random.default_rng([self.seed, epoch])
+    order = rng.permutation(len(self.split))
+    pool = self.bucket_pool * self.batch_size
+    lengths = self.split.lengths
+    plans = []
+    for start in range(0, len(order), pool):
+      members = order[start : start + pool]
+      members = members[np.argsort(lengths[members], kind="stable")]
+      plans.extend(_chunk(members, self.batch_size))
+    return [plans[i] for i in rng.permutation(len(plans))]
+
+  def __getitem__(self, b: int) -> dict:
+    epoch, j = divmod(int(b), self.per_epoch)
+    plan = self.epoch_plan(epoch)[j]
+    length = padded_length(int(self.split.lengths[plan.indices].max()), self.bucket_width,
+                           self.max_length)
+    batch = make_batch(self.split, plan.indices, plan.num_real, length)
+    return {k: v[self.rows] for k, v in batch.items()}
+
+
+def training_stream(batches: TrainBatches, read_threads: int = 1) -> grain.IterDataset:
+  """Batches 0, 1, 2, ... of `batches`, endlessly; the iterator's `get_state()`/
+  `set_state()` record the batch number, so a resumed run continues exactly."""
+  return grain.MapDataset.range(2**62).map(batches.__getitem__).to_iter_dataset(
+      grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4))
+
+
+def eval_batches(split: PairedSplit, *, global_batch_size: int, max_length: int,
+                 bucket_width: int = 8, process_index: int = 0, process_count: int = 1
+                 ) -> Iterator[dict]:
+  """This process's evaluation batches: the split sorted by length (stable), every example
+  in exactly one batch (`mask` 1), padding rows `mask` 0; every process yields the same
+  number of batches, each of the same length L on every process."""
+  local = pipeline.local_batch_size(global_batch_size, process_count, "eval_batch_size")
+  rows = slice(process_index * local, (process_index + 1) * local)
+  order = np.argsort(split.lengths, kind="stable")
+  for plan in _chunk(order, global_batch_size):
+    length = padded_length(int(split.lengths[plan.indices].max()), bucket_width, max_length)
+    batch = make_batch(split, plan.indices, plan.num_real, length)
+    yield {k: v[rows] for k, v in batch.items()}
+
+
+# -- The dataset as pairs ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationData:
+  """A translation dataset read as (source, target) pairs.
+
+  Attributes:
+    source_lang, target_lang: the pair's languages.
+    source_tokenizer, target_tokenizer: `SentencePiece` or `MosesWords` (the same object
+      when the vocabulary is shared).
+    splits: split name -> `PairedSplit`.
+    max_length: the most ids a source, or BOS/EOS + target, holds.
+  """
+
+  source_lang: str
+  target_lang: str
+  source_tokenizer: SentencePiece | MosesWords
+  target_tokenizer: SentencePiece | MosesWords
+  splits: dict[str, PairedSplit]
+  max_length: int
+
+  def split(self, name: str) -> PairedSplit:
+    if name not in self.splits:
+      raise ValueError(f"no split {name!r}; the splits: {sorted(self.splits)}")
+    return self.splits[name]
+
+  @property
+  def model_defaults(self) -> dict:
+    """The model fields the data determines: both vocabulary sizes (and `vocab_size` when
+    source and target share one vocabulary)."""
+    sizes = {"src_vocab_size": self.source_tokenizer.vocab_size,
+             "tgt_vocab_size": self.target_tokenizer.vocab_size}
+    if self.source_tokenizer == self.target_tokenizer or (
+        isinstance(self.source_tokenizer, SentencePiece)
+        and self.source_tokenizer.model_proto == self.target_tokenizer.model_proto):
+      sizes["vocab_size"] = self.target_tokenizer.vocab_size
+    return sizes
+
+
+def _split_text(source, lang: str) -> list[str]:
+  if not len(source):
+    return []
+  texts = pipeline.read_batch(source, range(len(source)))[lang]
+  return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+
+
+def tokenizer_dir(dataset, dataset_config) -> str:
+  """Where tokenisers are stored: `dataset.tokenizer_dir`, else `tokenizers/` beside the
+  prepared data.
+
+  Raises:
+    ValueError: neither is known (a dataset that is not read from prepared files).
+  """
+  if dataset_config.get("tokenizer_dir"):
+    return dataset_config.get("tokenizer_dir")
+  for source in dataset.splits.values():
+    info = getattr(source, "dataset_info", None)
+    if getattr(info, "data_dir", None):
+      return os.path.join(info.data_dir, "tokenizers")
+  raise ValueError(f"dataset {dataset.name!r} has no prepared-data folder to store its "
+                   "tokenisers in; set dataset.tokenizer_dir")
+
+
+def load_pairs(dataset_config, dataset) -> TranslationData:
+  """Reads every split of `dataset` as (source, target) pairs, tokenised as `dataset_config`
+  says (fields source_lang, target_lang, tokenizer, vocab_size, min_frequency,
+  shared_vocab, sentencepiece_model, max_length, train_split, tokenizer_dir).
+
+  Raises:
+    ValueError: a language the dataset lacks, or a bad tokeniser setting.
+  """
+  src_lang, tgt_lang = dataset_config.get("source_lang"), dataset_config.get("target_lang")
+  train_source = dataset.split(dataset_config.get("train_split", "train"))
+  languages = sorted(train_source[0]) if len(train_source) else []
+  for field, lang in (("source_lang", src_lang), ("target_lang", tgt_lang)):
+    if lang not in languages:
+      raise ValueError(f"dataset.{field}={lang!r}; dataset {dataset.name!r} has: "
+                       f"{', '.join(languages)}")
+  if src_lang == tgt_lang:
+    raise ValueError(f"dataset.source_lang and dataset.target_lang are both {src_lang!r}")
+  max_length = dataset_config.get("max_length", 128)
+  if not isinstance(max_length, int) or max_length < 2:
+    raise ValueError(f"dataset.max_length={max_length!r}; allowed: an integer >= 2")
+  config = TokenizerConfig(**{f.name: dataset_config.get(f.name, f.default)
+                              for f in dataclasses.fields(TokenizerConfig)})
+  text_of = {name: {lang: _split_text(source, lang) for lang in (src_lang, tgt_lang)}
+             for name, source in dataset.splits.items()}
+  train_text = text_of[dataset_config.get("train_split", "train")]
+  src_tok, tgt_tok = build_tokenizers(config, train_text, src_lang, tgt_lang,
+                                      tokenizer_dir(dataset, dataset_config))
+  splits = {name: encode_split(t[src_lang], t[tgt_lang], src_tok, tgt_tok, max_length)
+            for name, t in text_of.items()}
+  return TranslationData(src_lang, tgt_lang, src_tok, tgt_tok, splits, max_length)
