@@ -74,8 +74,14 @@ def moses_tokens(sentence: str, lang: str) -> list[str]:
   Lowercase -> `normalize-punctuation.perl` -> `tokenizer.perl` (escaping `'` as
   `&apos;`, `"` as `&quot;`, ...; hyphenated words kept whole, as in those files).
   """
+  return list(_moses_tokens(sentence, lang))
+
+
+# Building a vocabulary and encoding the split tokenise the same sentences (~80 us each).
+@functools.lru_cache(maxsize=2**17)
+def _moses_tokens(sentence: str, lang: str) -> tuple[str, ...]:
   normalizer, tokenizer, _ = _moses(lang)
-  return tokenizer.tokenize(normalizer.normalize(sentence.lower()), escape=True)
+  return tuple(tokenizer.tokenize(normalizer.normalize(sentence.lower()), escape=True))
 
 
 def moses_detokenize(tokens: Sequence[str], lang: str) -> str:
@@ -250,6 +256,9 @@ class TokenizerConfig:
     if self.tokenizer == "sentencepiece" and (self.vocab_size or 0) <= len(SPECIAL_TOKENS):
       raise ValueError(f"dataset.vocab_size={self.vocab_size}; SentencePiece needs more than "
                        f"{len(SPECIAL_TOKENS)}")
+    if self.sentencepiece_model not in SENTENCEPIECE_MODELS:
+      raise ValueError(f"dataset.sentencepiece_model={self.sentencepiece_model!r}; allowed: "
+                       f"{', '.join(SENTENCEPIECE_MODELS)}")
     if self.min_frequency < 1:
       raise ValueError(f"dataset.min_frequency={self.min_frequency}; allowed: an integer >= 1")
 
@@ -472,22 +481,19 @@ class TranslationData:
 
   @property
   def model_defaults(self) -> dict:
-    """The model fields the data determines: both vocabulary sizes (and `vocab_size` when
-    source and target share one vocabulary)."""
-    sizes = {"src_vocab_size": self.source_tokenizer.vocab_size,
-             "tgt_vocab_size": self.target_tokenizer.vocab_size}
-    if self.source_tokenizer == self.target_tokenizer or (
-        isinstance(self.source_tokenizer, SentencePiece)
-        and self.source_tokenizer.model_proto == self.target_tokenizer.model_proto):
-      sizes["vocab_size"] = self.target_tokenizer.vocab_size
-    return sizes
+    """The model fields the data determines: `vocab_size` (the source's, and the target's
+    unless `tgt_vocab_size` says otherwise) and `tgt_vocab_size`."""
+    return {"vocab_size": self.source_tokenizer.vocab_size,
+            "tgt_vocab_size": self.target_tokenizer.vocab_size}
 
 
-def _split_text(source, lang: str) -> list[str]:
+def _split_text(source, langs: Sequence[str]) -> dict[str, list[str]]:
+  """language -> the sentences of split `source` (one read of the split)."""
   if not len(source):
-    return []
-  texts = pipeline.read_batch(source, range(len(source)))[lang]
-  return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+    return {lang: [] for lang in langs}
+  examples = pipeline.read_batch(source, range(len(source)))
+  return {lang: [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in examples[lang]]
+          for lang in langs}
 
 
 def tokenizer_dir(dataset, dataset_config) -> str:
@@ -529,7 +535,7 @@ def load_pairs(dataset_config, dataset) -> TranslationData:
     raise ValueError(f"dataset.max_length={max_length!r}; allowed: an integer >= 2")
   config = TokenizerConfig(**{f.name: dataset_config.get(f.name, f.default)
                               for f in dataclasses.fields(TokenizerConfig)})
-  text_of = {name: {lang: _split_text(source, lang) for lang in (src_lang, tgt_lang)}
+  text_of = {name: _split_text(source, (src_lang, tgt_lang))
              for name, source in dataset.splits.items()}
   train_text = text_of[dataset_config.get("train_split", "train")]
   src_tok, tgt_tok = build_tokenizers(config, train_text, src_lang, tgt_lang,

@@ -97,8 +97,7 @@ def test_sentencepiece_special_ids_and_round_trip(sp_pairs):
   assert tok.decode(np.concatenate([[tr.BOS_ID], ids, [tr.EOS_ID], ids, [0, 0]])) == val.references[0]
   # Shared: both languages use one model.
   assert sp_pairs.source_tokenizer.model_proto == tok.model_proto
-  assert sp_pairs.model_defaults == {"src_vocab_size": 1000, "tgt_vocab_size": 1000,
-                                     "vocab_size": 1000}
+  assert sp_pairs.model_defaults == {"vocab_size": 1000, "tgt_vocab_size": 1000}
 
 
 def test_sentencepiece_is_deterministic_cached_and_retrained_on_change(multi30k, tmp_path,
