@@ -35,20 +35,20 @@ import sacrebleu
 from cnnrnn.data import translation as tr
 
 
-def corpus_bleu(hypotheses: list[str], references: list[str]) -> sacrebleu.metrics.bleu.BLEUScore:
-  """sacreBLEU's corpus BLEU of detokenised, cased text (one reference per sentence)."""
-  return sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references])
+def corpus_bleu(hypotheses: list[str], references: list[str]
+                ) -> tuple[sacrebleu.metrics.bleu.BLEUScore, str]:
+  """sacreBLEU's corpus BLEU of detokenised, cased text (one reference per sentence), and its
+  signature (nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:...)."""
+  metric = sacrebleu.metrics.BLEU()
+  score = metric.corpus_score(hypotheses, [references])
+  return score, str(metric.get_signature())
 
 
-def tokenized_bleu(hypotheses: list[str], references: list[str]) -> sacrebleu.metrics.bleu.BLEUScore:
+def tokenized_bleu(hypotheses: list[str], references: list[str]
+                   ) -> sacrebleu.metrics.bleu.BLEUScore:
   """BLEU of already tokenised, lowercased text (tokens separated by spaces), as papers on
   Multi30k report it: sacreBLEU with tokenize="none"."""
   return sacrebleu.metrics.BLEU(tokenize="none").corpus_score(hypotheses, [references])
-
-
-def bleu_signature() -> str:
-  """The signature of `corpus_bleu` (e.g. nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|...)."""
-  return str(sacrebleu.metrics.BLEU().get_signature())
 
 
 def translation_metrics(hypothesis_ids: list, references: list[str],
@@ -58,9 +58,9 @@ def translation_metrics(hypothesis_ids: list, references: list[str],
   hypotheses = [tokenizer.decode(ids) for ids in hypothesis_ids]
   hyp_tokens = [tokenizer.bleu_tokens(ids) for ids in hypothesis_ids]
   ref_tokens = [" ".join(tr.moses_tokens(r, lang)) for r in references]
-  return {"bleu": corpus_bleu(hypotheses, references).score,
-          "bleu_tok": tokenized_bleu(hyp_tokens, ref_tokens).score,
-          "bleu_signature": bleu_signature()}
+  bleu, signature = corpus_bleu(hypotheses, references)
+  return {"bleu": bleu.score, "bleu_tok": tokenized_bleu(hyp_tokens, ref_tokens).score,
+          "bleu_signature": signature}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,12 +86,11 @@ REFS = ["The cat is sitting on the mat.", "A dog is running in the park.", "Two 
 
 
 def test_bleu_is_sacrebleus_corpus_bleu():
-  score = translation.corpus_bleu(HYPS, REFS)
+  score, signature = translation.corpus_bleu(HYPS, REFS)
   assert score.score == sacrebleu.corpus_bleu(HYPS, [REFS]).score
   assert 0 < score.score < 100
-  assert translation.corpus_bleu(REFS, REFS).score == pytest.approx(100.0)
-  sig = translation.bleu_signature()
-  assert sig.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+  assert translation.corpus_bleu(REFS, REFS)[0].score == pytest.approx(100.0)
+  assert signature == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
 
 
 class _WordTokenizer:
@@ -119,4 +118,4 @@ def test_translation_metrics_detokenised_and_tokenised_bleu():
   hyp_tok = ["two young , white males are outside .", "a man 's hat ."]
   ref_tok = ["two young , white males are outside .", "a man &apos;s hat ."]
   assert m["bleu_tok"] == sacrebleu.corpus_bleu(hyp_tok, [ref_tok], tokenize="none").score
-  assert 0 < m["bleu_tok"] < 100 and m["bleu_signature"] == translation.bleu_signature()
+  assert 0 < m["bleu_tok"] < 100 and m["bleu_signature"].startswith("nrefs:1|case:mixed")
