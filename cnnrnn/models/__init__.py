@@ -15,6 +15,7 @@ from cnnrnn.models.rnn_classifier import RNNClassifier
 from cnnrnn.models.rnn_lm import RNNLM
 from cnnrnn.models.alexnet import AlexNet
 from cnnrnn.models.resnet import CIFAR_DEPTHS, IMAGENET_STAGES, ResNet, cifar_resnet, resnet
+from cnnrnn.models.transformer import Transformer, transformer
 from cnnrnn.models.vgg import VGG, VGG_STAGES, vgg
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -27,6 +28,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{f"vgg{d}_bn": vgg(d, batch_norm=True) for d in VGG_STAGES},
     **{f"resnet{d}": resnet(d) for d in IMAGENET_STAGES},
     **{f"cifar_resnet{d}": cifar_resnet(d) for d in CIFAR_DEPTHS},
+    "transformer": transformer,
 }
 
 

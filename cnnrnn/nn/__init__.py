@@ -8,3 +8,8 @@ from cnnrnn.nn.pooling import (AdaptiveAvgPool, AvgPool, MaxPool, adaptive_avg_p
                                max_pool)
 from cnnrnn.nn.recurrent import (CELLS, RNN, Bidirectional, GRUCell, LSTMCell, RecurrentCell,
                                  SimpleRNNCell, StackedRNN, make_cell)
+from cnnrnn.nn.attention import (AdditiveAttention, LuongAttention, MultiHeadAttention,
+                                 make_attention_mask, make_causal_mask, masked_softmax)
+from cnnrnn.nn.transformer import (Mlp, PositionalEncoding, TransformerDecoder,
+                                   TransformerDecoderBlock, TransformerEncoder,
+                                   TransformerEncoderBlock, sinusoidal_positions)

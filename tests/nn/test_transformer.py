@@ -1,0 +1,120 @@
+"""Transformer blocks against torch.nn.TransformerEncoderLayer / DecoderLayer, the MLP against
+numpy, positions, and the decoder block's cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from cnnrnn import nn as cnn
+from cnnrnn.interop import torch_transformer as tt
+
+torch = pytest.importorskip("torch")
+
+B, S, T, D, H, F = 2, 6, 5, 8, 2, 16
+RNG = np.random.default_rng(0)
+
+
+def _x(*shape):
+  return RNG.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+def test_mlp_matches_numpy(activation):
+  x = _x(B, T, D)
+  mlp = cnn.Mlp(F, out_dim=3, activation=activation)
+  variables = mlp.init(jax.random.key(0), x)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+  h = x @ p["fc1"]["kernel"] + p["fc1"]["bias"]
+  act = {"relu": lambda z: np.maximum(z, 0),
+         "gelu": lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2))),
+         "gelu_tanh": lambda z: 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+         }[activation]
+  want = act(h) @ p["fc2"]["kernel"] + p["fc2"]["bias"]
+  np.testing.assert_allclose(mlp.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="allowed: relu, gelu, gelu_tanh"):
+    cnn.Mlp(F, activation="swish").init(jax.random.key(0), x)
+
+
+def test_sinusoidal_positions_follow_the_paper():
+  pe = cnn.sinusoidal_positions(50, 6)
+  pos, i = 37, 2
+  assert pe[pos, 2 * i] == pytest.approx(np.sin(pos / 10000 ** (2 * i / 6)), rel=1e-6)
+  assert pe[pos, 2 * i + 1] == pytest.approx(np.cos(pos / 10000 ** (2 * i / 6)), rel=1e-6)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_encoder_block_matches_torch(norm_first, activation):
+  torch.manual_seed(0)
+  ref = torch.nn.TransformerEncoderLayer(D, H, F, dropout=0.0, activation=activation,
+                                         batch_first=True, norm_first=norm_first).eval()
+  with torch.no_grad():  # Non-trivial LayerNorm parameters.
+    for name, p in ref.named_parameters():
+      if "norm" in name:
+        p.add_(torch.randn_like(p) * 0.1)
+  block = cnn.TransformerEncoderBlock(H, F, norm_first=norm_first, activation=activation)
+  params = tt.encoder_block_from_torch(ref.state_dict(), H)
+  x = _x(B, S, D)
+  valid = np.arange(S)[None] < np.array([[S], [3]])
+  with torch.no_grad():
+    want = ref(torch.from_numpy(x), src_key_padding_mask=torch.from_numpy(~valid)).numpy()
+  got = block.apply({"params": params}, x, valid[:, None, None, :])
+  # torch's eval fast path zeroes padded positions; compare the valid ones.
+  np.testing.assert_allclose(np.asarray(got)[valid], want[valid], rtol=1e-5, atol=3e-6)
+  back = tt.encoder_block_to_torch(params)
+  assert back.keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_block_matches_torch(norm_first):
+  torch.manual_seed(1)
+  ref = torch.nn.TransformerDecoderLayer(D, H, F, dropout=0.0, batch_first=True,
+                                         norm_first=norm_first).eval()
+  block = cnn.TransformerDecoderBlock(H, F, norm_first=norm_first)
+  params = tt.decoder_block_from_torch(ref.state_dict(), H)
+  x, mem = _x(B, T, D), _x(B, S, D)
+  valid = np.arange(S)[None] < np.array([[S], [2]])
+  with torch.no_grad():
+    want = ref(torch.from_numpy(x), torch.from_numpy(mem),
+               tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(T),
+               tgt_is_causal=True, memory_key_padding_mask=torch.from_numpy(~valid)).numpy()
+  got, weights = block.apply({"params": params}, x, mem, cross_mask=valid[:, None, None, :],
+                             return_weights=True)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=3e-6)
+  assert not np.any(np.asarray(weights["cross"])[1, ..., 2:])
+  assert not np.any(np.triu(np.ones((T, T)), 1) * np.asarray(weights["self"]))
+  assert tt.decoder_block_to_torch(params).keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_stack_cached_incremental_equals_full(norm_first):
+  dec = cnn.TransformerDecoder(2, dict(num_heads=H, mlp_dim=F, norm_first=norm_first))
+  x, mem = _x(B, T, D), _x(B, S, D)
+  cross = (np.arange(S)[None] < np.array([[S], [3]]))[:, None, None, :]
+  params = dec.init(jax.random.key(0), x, mem, cross_mask=cross)["params"]
+  full = dec.apply({"params": params}, x, mem, cross_mask=cross)
+  _, cache = dec.apply({"params": params}, x, mem, cross_mask=cross, decode=True,
+                       mutable=["cache"])
+  step = jax.jit(lambda c, xt: dec.apply({"params": params, **c}, xt, mem, cross_mask=cross,
+                                         decode=True, mutable=["cache"]))
+  outs = []
+  for t in range(T):
+    y, cache = step(cache, x[:, t:t + 1])
+    outs.append(y)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=2e-6)
+
+
+def test_positional_encoding_decode_offsets_and_learned_table():
+  x = _x(B, T, D)
+  for kind in ("sinusoidal", "learned"):
+    pos = cnn.PositionalEncoding(kind, max_len=8)
+    variables = pos.init(jax.random.key(0), x)
+    full = pos.apply(variables, x)
+    _, cache = pos.apply(variables, x, decode=True, mutable=["cache"])
+    y0, cache = pos.apply({**variables, **cache}, x[:, :2], decode=True, mutable=["cache"])
+    y1, _ = pos.apply({**variables, **cache}, x[:, 2:], decode=True, mutable=["cache"])
+    np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), full, rtol=1e-6)
+  with pytest.raises(ValueError, match="exceeds max_len=4"):
+    cnn.PositionalEncoding(max_len=4).init(jax.random.key(0), x)
