@@ -138,7 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if field in kwargs and kwargs[field] != value:
       raise ValueError(f"model.{field}={kwargs[field]} but dataset {dataset.name!r} has {value} "
                        f"{'classes' if field == 'num_classes' else 'tokens in its vocabulary'}")
-    if field in accepted:
+    # A variant constructor (`transformer(variant, **kwargs)`) passes its kwargs on.
+    if field in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
       kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
   model = models.create(config.model.name, **kwargs)
   if "num_classes" in tasks.fields(config.task.name):

@@ -1,0 +1,46 @@
+"""Translation end to end through the one trainer, on real Multi30k."""
+
+import json
+
+from cnnrnn import train
+from configs import multi30k_transformer
+from tests.helpers import override, shared_dataset
+
+
+def _tiny(data_dir, workdir_tokenizers, **overrides):
+  c = multi30k_transformer.get_config("small,sentencepiece")
+  c.model = c.model.__class__(dict(name="transformer", num_layers=1, d_model=32, num_heads=2,
+                                   mlp_dim=64, dropout_rate=0.0, share_embeddings=True))
+  c.mesh = (("data", 1),)
+  c.dataset.data_dir = data_dir
+  c.dataset.manual_dir = shared_dataset("multi30k")
+  c.dataset.tokenizer_dir = workdir_tokenizers
+  c.dataset.vocab_size = 500
+  c.dataset.max_length = 32
+  c.dataset.bucket_width = 16
+  c.batch_size = 64
+  c.eval_batch_size = 512
+  c.num_epochs = 0
+  c.num_train_steps = 40
+  c.optimizer.learning_rate = 3e-3
+  c.task.max_decode_len = 24
+  c.log_every_steps = 20
+  c.eval_every_steps = 0
+  c.checkpoint_every_steps = 0
+  c.checkpoint.async_save = False
+  c.progress_bar = False
+  return override(c, **overrides)
+
+
+def test_transformer_trains_and_reports_bleu(data_dir, tmp_path):
+  c = _tiny(data_dir, str(tmp_path / "tokenizers"))
+  result = train.train_and_evaluate(c, str(tmp_path / "run"))
+  records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  train_losses = [r["loss"] for r in records if r["split"] == "train"]
+  assert train_losses[-1] < train_losses[0]  # Learns.
+  test = records[-1]
+  assert test["split"] == "test" and test["step"] == 40
+  assert {"loss", "nll", "accuracy", "perplexity", "bleu", "bleu_tok"} <= set(test)
+  assert 0.0 <= test["bleu"] <= 100.0 and 0.0 <= test["bleu_tok"] <= 100.0
+  assert test["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+  assert result["bleu"] == test["bleu"]
