@@ -513,14 +513,9 @@ def tokenizer_dir(dataset, dataset_config) -> str:
                    "tokenisers in; set dataset.tokenizer_dir")
 
 
-def load_pairs(dataset_config, dataset) -> TranslationData:
-  """Reads every split of `dataset` as (source, target) pairs, tokenised as `dataset_config`
-  says (fields source_lang, target_lang, tokenizer, vocab_size, min_frequency,
-  shared_vocab, sentencepiece_model, max_length, train_split, tokenizer_dir).
-
-  Raises:
-    ValueError: a language the dataset lacks, or a bad tokeniser setting.
-  """
+def _settings(dataset_config, dataset) -> tuple[str, str, int, TokenizerConfig]:
+  """(source_lang, target_lang, max_length, TokenizerConfig) of a `config.dataset` block,
+  checked against `dataset`."""
   src_lang, tgt_lang = dataset_config.get("source_lang"), dataset_config.get("target_lang")
   train_source = dataset.split(dataset_config.get("train_split", "train"))
   languages = sorted(train_source[0]) if len(train_source) else []
@@ -535,6 +530,33 @@ def load_pairs(dataset_config, dataset) -> TranslationData:
     raise ValueError(f"dataset.max_length={max_length!r}; allowed: an integer >= 2")
   config = TokenizerConfig(**{f.name: dataset_config.get(f.name, f.default)
                               for f in dataclasses.fields(TokenizerConfig)})
+  return src_lang, tgt_lang, max_length, config
+
+
+def load_tokenizers(dataset_config, dataset):
+  """(source tokeniser, target tokeniser, max_length) of a `config.dataset` block (fields
+  source_lang, target_lang, tokenizer, vocab_size, min_frequency, shared_vocab,
+  sentencepiece_model, max_length, train_split, tokenizer_dir): trained on the training
+  split, or read from where an identical one was stored.
+
+  Raises:
+    ValueError: a language the dataset lacks, or a bad tokeniser setting.
+  """
+  src_lang, tgt_lang, max_length, config = _settings(dataset_config, dataset)
+  train = dataset.split(dataset_config.get("train_split", "train"))
+  src_tok, tgt_tok = build_tokenizers(config, _split_text(train, (src_lang, tgt_lang)),
+                                      src_lang, tgt_lang, tokenizer_dir(dataset, dataset_config))
+  return src_tok, tgt_tok, max_length
+
+
+def load_pairs(dataset_config, dataset) -> TranslationData:
+  """Reads every split of `dataset` as (source, target) pairs, tokenised as `dataset_config`
+  says (see `load_tokenizers`).
+
+  Raises:
+    ValueError: a language the dataset lacks, or a bad tokeniser setting.
+  """
+  src_lang, tgt_lang, max_length, config = _settings(dataset_config, dataset)
   text_of = {name: _split_text(source, (src_lang, tgt_lang))
              for name, source in dataset.splits.items()}
   train_text = text_of[dataset_config.get("train_split", "train")]

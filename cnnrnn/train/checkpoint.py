@@ -117,3 +117,28 @@ class Checkpointer:
     self._latest.close()
     if self._best is not None:
       self._best.close()
+
+
+def step_directory(workdir: str, which: str = "latest") -> str:
+  """The folder of one checkpoint of a `cnnrnn.main` workdir, for tools that read a trained
+  model (`cnnrnn.sample`, `cnnrnn.translate`).
+
+  Args:
+    workdir: the run's workdir.
+    which: "latest", "best" (the newest under checkpoints/best) or a step number.
+
+  Raises:
+    FileNotFoundError: no checkpoints.
+    ValueError: `which` is none of the above.
+  """
+  root = os.path.join(workdir, "checkpoints")
+  if which == "best":
+    root = os.path.join(root, "best")
+  steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+  if not steps:
+    raise FileNotFoundError(f"No checkpoints in {root}")
+  if which in ("latest", "best"):
+    return os.path.join(root, str(steps[-1]))
+  if not which.isdigit() or int(which) not in steps:
+    raise ValueError(f"--checkpoint={which!r}; allowed: latest, best or one of the steps {steps}")
+  return os.path.join(root, which)
