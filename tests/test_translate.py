@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from cnnrnn import data
 from cnnrnn import train
 from cnnrnn import translate
-from cnnrnn.data import translation as tr
 from cnnrnn.tasks import translation
 from tests.helpers import REPO
 from tests.train.test_translation import tiny_config
@@ -23,28 +23,29 @@ def run(tmp_path_factory):
   return root / "run"
 
 
-def test_translations_reproduce_the_runs_test_bleu(run):
-  translator = translate.load_translator(str(run))
+@pytest.fixture(scope="module")
+def translator(run):
+  return translate.load_translator(str(run))
+
+
+def test_translations_reproduce_the_runs_test_bleu(run, translator):
   records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
   test = records[-1]
-  from cnnrnn import data  # pylint: disable=g-import-not-at-top
-
   config = json.loads((run / "config.json").read_text())
   ds = data.load("multi30k", config["dataset"]["data_dir"], config["dataset"]["manual_dir"])
   source = ds.split("test")
   sources = [source[i]["de"].decode() for i in range(len(source))]
   references = [source[i]["en"].decode() for i in range(len(source))]
-  ids = translator.translate_ids(sources, batch_size=128)
+  ids = translator.translate_ids(sources, batch_size=256)
   metrics = translation.translation_metrics(ids, references, translator.target_tokenizer, "en")
   assert metrics["bleu"] == pytest.approx(test["bleu"], abs=1e-9)
   assert metrics["bleu_tok"] == pytest.approx(test["bleu_tok"], abs=1e-9)
-  # Order is kept whatever the batching.
-  assert translator.translate(sources[:5][::-1], batch_size=2) == translator.translate(
-      sources[:5], batch_size=4)[::-1]
+  # In input order, whatever the batching.
+  reordered = translator.translate(sources[:300][::-1], batch_size=256)
+  assert reordered == [translator.target_tokenizer.decode(i) for i in ids[:300][::-1]]
 
 
-def test_attention_heat_map(run, tmp_path):
-  translator = translate.load_translator(str(run))
+def test_attention_heat_map(translator, tmp_path):
   sentence = "Ein Hund läuft im Schnee."
   matrix, source, target = translator.attention(sentence)
   assert source == translator.source_tokenizer.pieces(translator.source_tokenizer.encode(sentence))
