@@ -2,9 +2,13 @@
 
 import json
 
+import jax
+import numpy as np
+import pytest
+
 from cnnrnn import train
 from configs import multi30k_transformer
-from tests.helpers import override, shared_dataset
+from tests.helpers import override, restore_state, shared_dataset
 
 
 def tiny_config(data_dir, tokenizer_dir, **overrides):
@@ -33,10 +37,16 @@ def tiny_config(data_dir, tokenizer_dir, **overrides):
   return override(c, **overrides)
 
 
-def test_transformer_trains_and_reports_bleu(data_dir, tmp_path):
-  c = tiny_config(data_dir, str(tmp_path / "tokenizers"))
-  result = train.train_and_evaluate(c, str(tmp_path / "run"))
-  records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+@pytest.fixture(scope="module")
+def whole_run(data_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp("multi30k")
+  c = tiny_config(data_dir, str(root / "tokenizers"))
+  return c, root / "whole", train.train_and_evaluate(c, str(root / "whole"))
+
+
+def test_transformer_trains_and_reports_bleu(whole_run):
+  _, workdir, result = whole_run
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   train_losses = [r["loss"] for r in records if r["split"] == "train"]
   assert train_losses[-1] < train_losses[0]  # Learns.
   test = records[-1]
@@ -45,3 +55,15 @@ def test_transformer_trains_and_reports_bleu(data_dir, tmp_path):
   assert 0.0 <= test["bleu"] <= 100.0 and 0.0 <= test["bleu_tok"] <= 100.0
   assert test["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
   assert result["bleu"] == test["bleu"]
+
+
+def test_resumed_run_equals_an_uninterrupted_one(whole_run, tmp_path):
+  config, whole, _ = whole_run
+  parts = tmp_path / "parts"
+  train.train_and_evaluate(override(config.copy_and_resolve_references(),
+                                    num_train_steps=20), str(parts))
+  train.train_and_evaluate(config, str(parts))  # Resumes at step 20.
+  a, b = restore_state(whole, 40), restore_state(parts, 40)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
