@@ -279,22 +279,20 @@ def build_tokenizers(config: TokenizerConfig, train_text: dict[str, Sequence[str
       settings |= {"sentencepiece": spm.__version__}
       del settings["min_frequency"]
     name = f"{config.tokenizer}-{'-'.join(group)}-{_fingerprint(settings, texts)}"
-    sentences = [s for t in texts for s in t]
-    for lang in group:
-      if config.tokenizer == "sentencepiece":
-        proto = _cached(os.path.join(cache_dir, name + ".model"), lambda: train_sentencepiece(
-            sentences, vocab_size=config.vocab_size, model_type=config.sentencepiece_model))
-        built[lang] = SentencePiece(lang, proto)
-      else:
-        def words(group=group, texts=texts):
-          # Each language's sentences tokenised by its own language's rules.
-          token_lists = [moses_tokens(s, lang) for t, lang in zip(texts, group) for s in t]
-          vocab = word_vocabulary(token_lists, config.min_frequency, config.vocab_size)
-          return "".join(w + "\n" for w in vocab).encode("utf-8")
-
-        tokens = _cached(os.path.join(cache_dir, name + ".vocab"), words).decode("utf-8")
-        vocab = text.Vocabulary(tuple(tokens.splitlines()), "word", unk=SPECIAL_TOKENS[UNK_ID])
-        built[lang] = MosesWords(lang, vocab)
+    if config.tokenizer == "sentencepiece":
+      proto = _cached(os.path.join(cache_dir, name + ".model"), lambda: train_sentencepiece(
+          [s for t in texts for s in t], vocab_size=config.vocab_size,
+          model_type=config.sentencepiece_model))
+      built |= {lang: SentencePiece(lang, proto) for lang in group}
+    else:
+      # Each language's sentences tokenised by its own language's rules.
+      tokens = _cached(os.path.join(cache_dir, name + ".vocab"), lambda: "".join(
+          w + "\n" for w in word_vocabulary(
+              [moses_tokens(s, lang) for t, lang in zip(texts, group) for s in t],
+              config.min_frequency, config.vocab_size)).encode("utf-8"))
+      vocab = text.Vocabulary(tuple(tokens.decode("utf-8").splitlines()), "word",
+                              unk=SPECIAL_TOKENS[UNK_ID])
+      built |= {lang: MosesWords(lang, vocab) for lang in group}
   return built[source_lang], built[target_lang]
 
 

@@ -41,7 +41,8 @@ TOK_EN = {
 }
 TOK_DE = {
     2: "ein boston terrier läuft über saftig-grünes gras vor einem weißen zaun .",
-    231: "ein mann verkauft waren am rand der straße , die zu einem großen berg im canyon führt .",
+    231: "ein mann verkauft waren am rand der straße , die zu einem großen berg im canyon "
+         "führt .",
 }
 
 
@@ -78,8 +79,8 @@ def test_moses_words_on_multi30k(multi30k, tmp_path):
                                                 tgt.vocab.token_id(".")]
   ids = pairs.split("test").tgt[29]
   assert tgt.bleu_tokens(np.concatenate([ids, [tr.EOS_ID, 7, 7]])) == TOK_EN[30]
-  assert sorted(os.listdir(tmp_path)) == [f for f in sorted(os.listdir(tmp_path))
-                                          if f.endswith(".vocab")] and len(os.listdir(tmp_path)) == 2
+  stored = os.listdir(tmp_path)  # One vocabulary per language, beside nothing else.
+  assert len(stored) == 2 and all(f.endswith(".vocab") for f in stored)
 
 
 def test_sentencepiece_special_ids_and_round_trip(sp_pairs):
@@ -94,7 +95,8 @@ def test_sentencepiece_special_ids_and_round_trip(sp_pairs):
     assert tr.BOS_ID not in ids and tr.EOS_ID not in ids and tr.PAD_ID not in ids
   # Decoding stops at the first EOS and ignores BOS/PAD.
   ids = val.tgt[0]
-  assert tok.decode(np.concatenate([[tr.BOS_ID], ids, [tr.EOS_ID], ids, [0, 0]])) == val.references[0]
+  decorated = np.concatenate([[tr.BOS_ID], ids, [tr.EOS_ID], ids, [0, 0]])
+  assert tok.decode(decorated) == val.references[0]
   # Shared: both languages use one model.
   assert sp_pairs.source_tokenizer.model_proto == tok.model_proto
   assert sp_pairs.model_defaults == {"vocab_size": 1000, "tgt_vocab_size": 1000}
@@ -149,7 +151,8 @@ def test_batch_layout():
     assert not batch["src"][row, len(s):].any()
     np.testing.assert_array_equal(batch["tgt_in"][row, : len(t) + 1], np.r_[tr.BOS_ID, t])
     np.testing.assert_array_equal(batch["tgt_out"][row, : len(t) + 1], np.r_[t, tr.EOS_ID])
-    assert not batch["tgt_in"][row, len(t) + 1:].any() and not batch["tgt_out"][row, len(t) + 1:].any()
+    assert not batch["tgt_in"][row, len(t) + 1:].any()
+    assert not batch["tgt_out"][row, len(t) + 1:].any()
     assert batch["tgt_lengths"][row] == len(t) + 1 and batch["src_lengths"][row] == len(s)
   assert batch["mask"].tolist() == [1, 1, 0] and batch["index"].tolist() == [2, 0, 2]
 

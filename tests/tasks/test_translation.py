@@ -5,7 +5,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import sacrebleu
 
@@ -18,7 +17,8 @@ def _batch(rng, b=4, t=7, v=11):
   lengths = rng.integers(1, t + 1, b)
   tgt_out = rng.integers(4, v, (b, t))
   tgt_out[np.arange(t)[None] >= lengths[:, None]] = 0
-  return {"tgt_out": jnp.asarray(tgt_out, jnp.int32), "tgt_lengths": jnp.asarray(lengths, jnp.int32),
+  return {"tgt_out": jnp.asarray(tgt_out, jnp.int32),
+          "tgt_lengths": jnp.asarray(lengths, jnp.int32),
           "mask": jnp.asarray([1, 1, 1, 0], jnp.float32)}
 
 
@@ -59,7 +59,8 @@ def test_padding_positions_and_rows_change_nothing():
   changed[pad] = rng.normal(size=(pad.sum(), 11)) * 10
   tgt = np.asarray(batch["tgt_out"]).copy()
   tgt[pad] = 7
-  loss2, metrics2 = task.loss_and_metrics(jnp.asarray(changed), dict(batch, tgt_out=jnp.asarray(tgt)))
+  loss2, metrics2 = task.loss_and_metrics(jnp.asarray(changed),
+                                          dict(batch, tgt_out=jnp.asarray(tgt)))
   assert float(loss2) == float(loss)
   for k in metrics:
     assert float(metrics2[k]) == float(metrics[k])
@@ -90,7 +91,8 @@ def test_bleu_is_sacrebleus_corpus_bleu():
   assert score.score == sacrebleu.corpus_bleu(HYPS, [REFS]).score
   assert 0 < score.score < 100
   assert translation.corpus_bleu(REFS, REFS)[0].score == pytest.approx(100.0)
-  assert signature == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
+  assert signature == ("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|"
+                       f"version:{sacrebleu.__version__}")
 
 
 class _WordTokenizer:
