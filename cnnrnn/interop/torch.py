@@ -10,4 +10,5 @@ from cnnrnn.interop.torch_rnn import rnn_from_torch, rnn_to_torch
 from cnnrnn.interop.torch_transformer import (decoder_block_from_torch, decoder_block_to_torch,
                                               encoder_block_from_torch, encoder_block_to_torch,
                                               mha_from_torch, mha_params_from_torch,
-                                              mha_params_to_torch)
+                                              mha_params_to_torch, transformer_from_torch,
+                                              transformer_to_torch)

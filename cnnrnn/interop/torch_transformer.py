@@ -187,3 +187,99 @@ def decoder_block_to_torch(params: Mapping[str, Any], *, prefix: str = "") -> di
   for i in (1, 2, 3):
     sd.update(_layer_norm_to_torch(params[f"norm{i}"], f"{prefix}norm{i}."))
   return sd
+
+
+def _num_layers(state_dict, prefix) -> int:
+  layers = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+  return max(layers) + 1 if layers else 0
+
+
+def transformer_from_torch(state_dict: Mapping[str, Any], num_heads: int, *,
+                           fused_qkv: bool = False, model=None) -> dict:
+  """Params of the `transformer` model from a `torch.nn.Transformer`-based state dict.
+
+  Keys: `torch.nn.Transformer`'s own (`encoder.layers.{i}.*`, `encoder.norm.*`,
+  `decoder.layers.{i}.*`, `decoder.norm.*`), plus, for a whole translation model,
+  `src_embed.weight` and `tgt_embed.weight` (or one shared `embed.weight`),
+  `src_pos.weight` / `tgt_pos.weight` (learned positions, `nn.Embedding(max_len, D)`),
+  and `head.weight` [V, D], `head.bias` (or only `head_bias` [V] when tied). A torch model
+  with these attribute names has exactly this state dict. Build ours with `final_norm=True`
+  when the `*.norm` entries are present (torch's `nn.Transformer` always has them), the same
+  `norm_first`, `activation`, `layer_norm_epsilon` and positions, and
+  `scale_embeddings`/`tie_output`/`share_embeddings` matching the torch model's forward.
+
+  Args:
+    state_dict: the torch names above -> arrays.
+    num_heads: attention heads.
+    fused_qkv: produce fused `qkv` self-attention projections.
+    model: if given, the `Transformer` the params are for: every parameter's shape is
+      checked against it.
+
+  Returns:
+    The "params" dict (numpy arrays).
+
+  Raises:
+    ValueError: a key this conversion does not use, a missing key, or (with `model`) a
+      parameter tree or shape that does not fit the model, each named.
+  """
+  sd = state_dict
+  params: dict[str, Any] = {}
+  for side, block in (("encoder", encoder_block_from_torch), ("decoder", decoder_block_from_torch)):
+    stack = {f"layer{i}": block(sd, num_heads, prefix=f"{side}.layers.{i}.", fused_qkv=fused_qkv)
+             for i in range(_num_layers(sd, f"{side}.layers."))}
+    if f"{side}.norm.weight" in sd:
+      stack["norm"] = _layer_norm(sd, f"{side}.norm.")
+    params[side] = stack
+  for name in ("src_embed", "tgt_embed", "embed"):
+    if f"{name}.weight" in sd:
+      params[name] = {"embedding": _get(sd, f"{name}.weight")}
+  for name in ("src_pos", "tgt_pos"):
+    if f"{name}.weight" in sd:
+      params[name] = {"embedding": _get(sd, f"{name}.weight")}
+  if "head.weight" in sd:
+    params["head"] = _linear(sd, "head.")
+  if "head_bias" in sd:
+    params["head_bias"] = _get(sd, "head_bias")
+  unused = sorted(set(sd) - set(transformer_to_torch(params)))
+  if unused:
+    raise ValueError(f"state dict entries with no counterpart in the transformer model: {unused}")
+  if model is not None:
+    _check_shapes(params, model)
+  return params
+
+
+def _check_shapes(params, model) -> None:
+  """Raises ValueError naming every parameter whose presence or shape differs from `model`'s."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  tokens = jnp.zeros((1, 2), jnp.int32)
+  want = traverse_util.flatten_dict(jax.eval_shape(
+      model.init, jax.random.key(0), tokens, tokens)["params"], sep="/")
+  got = traverse_util.flatten_dict(params, sep="/")
+  problems = [f"{k}: missing" for k in sorted(set(want) - set(got))]
+  problems += [f"{k}: not in the model" for k in sorted(set(got) - set(want))]
+  problems += [f"{k}: shape {got[k].shape}, model expects {want[k].shape}"
+               for k in sorted(set(got) & set(want)) if tuple(got[k].shape) != want[k].shape]
+  if problems:
+    raise ValueError("converted weights do not fit the model: " + "; ".join(problems))
+
+
+def transformer_to_torch(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The inverse of `transformer_from_torch`: a state dict with the same names."""
+  sd: dict[str, np.ndarray] = {}
+  for side, block in (("encoder", encoder_block_to_torch), ("decoder", decoder_block_to_torch)):
+    stack = params[side]
+    for name, p in stack.items():
+      if name == "norm":
+        sd.update(_layer_norm_to_torch(p, f"{side}.norm."))
+      else:
+        sd.update(block(p, prefix=f"{side}.layers.{int(name[len('layer'):])}."))
+  for name in ("src_embed", "tgt_embed", "embed", "src_pos", "tgt_pos"):
+    if name in params:
+      sd[f"{name}.weight"] = _np(params[name]["embedding"])
+  if "head" in params:
+    sd.update(_linear_to_torch(params["head"], "head."))
+  if "head_bias" in params:
+    sd["head_bias"] = _np(params["head_bias"])
+  return sd

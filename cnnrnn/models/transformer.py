@@ -9,8 +9,8 @@ Variants are data (`VARIANTS`), chosen with `transformer(variant=...)` (registry
 `transformer`) and overridable field by field:
   base      6+6 layers, D 512, 8 heads, FFN 2048, dropout 0.1 (the paper's base model)
   big       6+6 layers, D 1024, 16 heads, FFN 4096, dropout 0.3 (the paper's big model, EN-DE)
-  small     3+3 layers, D 256, 8 heads, FFN 512, dropout 0.1 (bentrevett/pytorch-seq2seq's
-            Multi30k model; theirs uses learned positions)
+  small     3+3 layers, D 256, 8 heads, FFN 512, dropout 0.1 on residuals and attention
+            weights, learned positions (bentrevett/pytorch-seq2seq's Multi30k model)
   tiny      4+4 layers, D 128, 4 heads, FFN 256, dropout 0.3 (fairseq `transformer_tiny`)
 
 Token ids: pad 0, unk 1, bos 2, eos 3 (the SentencePiece ids of cnnrnn's translation data).
@@ -37,7 +37,8 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, dropout_rate=0.1),
     "big": dict(num_layers=6, d_model=1024, num_heads=16, mlp_dim=4096, dropout_rate=0.3),
-    "small": dict(num_layers=3, d_model=256, num_heads=8, mlp_dim=512, dropout_rate=0.1),
+    "small": dict(num_layers=3, d_model=256, num_heads=8, mlp_dim=512, dropout_rate=0.1,
+                  attention_dropout_rate=0.1, positions="learned"),
     "tiny": dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=256, dropout_rate=0.3),
 }
 

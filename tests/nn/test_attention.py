@@ -233,3 +233,43 @@ def test_bad_arguments_raise():
     cnn.LuongAttention(score="bilinear").init(jax.random.key(0), x[:, 0], x)
   with pytest.raises(ValueError, match="widths equal"):
     cnn.LuongAttention(score="dot").init(jax.random.key(0), x[:, 0, :3], x)
+
+
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_gradients_are_finite_with_fully_masked_rows(return_weights):
+  mha = cnn.MultiHeadAttention(H)
+  q, kv = _x(B, TQ, D), _x(B, TK, D)
+  mask = _padding_mask(q_len=(5, 0), k_len=(6, 0))
+  variables = mha.init(jax.random.key(7), q, kv)
+
+  def loss(params, q, kv):
+    out = mha.apply({"params": params}, q, kv, mask, return_weights=return_weights)
+    out = out[0] if return_weights else out
+    return jnp.sum(out ** 2)
+
+  grads = jax.grad(loss, argnums=(0, 1, 2))(variables["params"], q, kv)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert not np.any(grads[1][1]) and not np.any(grads[2][1])  # nothing flows to masked rows
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  mha = cnn.MultiHeadAttention(H, dtype=jnp.bfloat16)
+  x = _x(B, TK, D)
+  variables = mha.init(jax.random.key(8), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  mask = cnn.make_causal_mask(x[..., 0])
+  out = mha.apply(variables, x, mask=mask)
+  ref = cnn.MultiHeadAttention(H).apply(variables, x, mask=mask)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(np.float32), ref, atol=5e-2)
+
+
+def test_flax_multi_head_attention_checkpoints_load_unchanged():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  q, kv = _x(B, TQ, D), _x(B, TK, D)
+  mask = _padding_mask(q_len=(5, 5))
+  flax_mha = nn.MultiHeadDotProductAttention(H, qkv_features=6, out_features=5)
+  variables = flax_mha.init(jax.random.key(9), q, kv, mask=mask)
+  ours = cnn.MultiHeadAttention(H, qkv_features=6, out_features=5)
+  np.testing.assert_allclose(ours.apply(variables, q, kv, mask),
+                             flax_mha.apply(variables, q, kv, mask=mask), rtol=1e-5, atol=1e-6)

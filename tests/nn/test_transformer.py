@@ -118,3 +118,28 @@ def test_positional_encoding_decode_offsets_and_learned_table():
     np.testing.assert_allclose(jnp.concatenate([y0, y1], 1), full, rtol=1e-6)
   with pytest.raises(ValueError, match="exceeds max_len=4"):
     cnn.PositionalEncoding(max_len=4).init(jax.random.key(0), x)
+
+
+def test_block_composes_with_jax_transformations():
+  """jacfwd == jacrev, a symmetric Hessian, vmap, nn.remat and jax.export on a tiny block."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  block = cnn.TransformerEncoderBlock(H, F, norm_first=False, activation="gelu")
+  x = _x(1, 3, D)
+  mask = cnn.make_causal_mask(x[..., 0])
+  variables = block.init(jax.random.key(0), x, mask)
+  f = lambda x: block.apply(variables, x, mask)  # noqa: E731
+  np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(x), jax.jit(jax.jacrev(f))(x), rtol=1e-4,
+                             atol=1e-5)
+  hess = jax.jit(jax.hessian(lambda x: jnp.sum(f(x) ** 3)))(x).reshape(x.size, x.size)
+  np.testing.assert_allclose(hess, hess.T, rtol=1e-3, atol=1e-4)
+  xs = _x(2, 1, 3, D)
+  np.testing.assert_allclose(jax.jit(jax.vmap(f))(xs), jnp.stack([f(xs[0]), f(xs[1])]),
+                             rtol=1e-5, atol=1e-6)
+  remat = nn.remat(cnn.TransformerEncoderBlock, static_argnums=(3, 4))(
+      H, F, norm_first=False, activation="gelu")
+  grad = lambda m: jax.jit(jax.grad(  # noqa: E731
+      lambda v: jnp.sum(m.apply(v, x, mask, False, False) ** 2)))(variables)
+  for a, b in zip(jax.tree.leaves(grad(remat)), jax.tree.leaves(grad(block))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  exported = jax.export.export(jax.jit(f))(jax.ShapeDtypeStruct(x.shape, x.dtype))
+  np.testing.assert_allclose(exported.call(x), f(x), rtol=1e-6, atol=1e-6)
