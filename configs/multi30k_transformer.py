@@ -67,7 +67,6 @@ def get_config(arg: str = "small"):
   c.checkpoint.best_metric = "bleu"
   c.checkpoint.best_mode = "max"
   if variant == "small":
-    c.model.positions = "learned"
     c.num_epochs = 10
     c.optimizer.learning_rate = 5e-4
     c.optimizer.clip_norm = 1.0
