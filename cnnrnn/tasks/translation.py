@@ -32,6 +32,7 @@ import numpy as np
 import optax
 import sacrebleu
 
+from cnnrnn import decode
 from cnnrnn.data import translation as tr
 
 
@@ -126,8 +127,8 @@ class Translation:
     return {"perplexity": math.exp(min(means["nll"], 700.0))}
 
   def decode_fn(self, model, max_decode_len: int) -> Callable:
-    """The jitted decoder: (variables, src [B, S], src_lengths [B]) -> ids [B, L]."""
-    from cnnrnn import decode  # pylint: disable=g-import-not-at-top
+    """The decoder of these settings, to jit: (variables, src [B, S], src_lengths [B]) ->
+    ids [B, max_decode_len] (the best hypothesis; EOS, then padding)."""
 
     def run(variables, src, src_lengths):
       tokens, _ = decode.generate(model, variables, src, max_len=max_decode_len,
@@ -141,6 +142,7 @@ class Translation:
     """Returns `evaluate(state, batches, split) -> {"bleu", "bleu_tok", "bleu_signature"}`,
     which decodes every sentence of `split` once (the rows of `batches` whose `mask` is 1)
     with one jitted decoder (compiled once per padded source length)."""
+    # Imported here: cnnrnn.train imports the tasks.
     from cnnrnn.train import sharding  # pylint: disable=g-import-not-at-top
 
     decoder = self.decode_fn(model, self.max_decode_len or pairs.max_length)
@@ -148,7 +150,6 @@ class Translation:
     run = jax.jit(lambda variables, b: (decoder(variables, b["src"], b["src_lengths"]),
                                         b["index"], b["mask"]),
                   out_shardings=sharding.replicated(mesh))
-    signature_logged = []
 
     def evaluate(state, batches: Iterable[dict], split: str) -> dict:
       references = pairs.split(split).references
@@ -166,9 +167,8 @@ class Translation:
                          "were not in its evaluation batches")
       metrics = translation_metrics(hypotheses, references, pairs.target_tokenizer,
                                     pairs.target_lang)
-      if not signature_logged:
-        logging.info("BLEU signature: %s", metrics["bleu_signature"])
-        signature_logged.append(True)
+      logging.info("%s: BLEU %.2f (%s), tokenised BLEU %.2f", split, metrics["bleu"],
+                   metrics["bleu_signature"], metrics["bleu_tok"])
       return metrics
 
     return evaluate
