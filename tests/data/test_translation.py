@@ -83,6 +83,16 @@ def test_moses_words_on_multi30k(multi30k, tmp_path):
   assert len(stored) == 2 and all(f.endswith(".vocab") for f in stored)
 
 
+def test_shared_word_vocabulary_holds_both_languages(tmp_path):
+  config = tr.TokenizerConfig(tokenizer="moses_words", vocab_size=0, min_frequency=1,
+                              shared_vocab=True)
+  text = {"de": ["Ein Hund läuft.", "Ein Mann."], "en": ["A dog runs.", "A man's hat."]}
+  src, tgt = tr.build_tokenizers(config, text, "de", "en", str(tmp_path))
+  assert src.vocab == tgt.vocab and (src.lang, tgt.lang) == ("de", "en")
+  assert {"ein", "hund", "dog", "&apos;s", "."} <= set(src.vocab.tokens)
+  assert src.vocab.tokens[4:6] == (".", "a")  # Most frequent first, ties alphabetical.
+
+
 def test_sentencepiece_special_ids_and_round_trip(sp_pairs):
   tok = sp_pairs.target_tokenizer
   assert tok is not None and tok.vocab_size == 1000
@@ -105,10 +115,12 @@ def test_sentencepiece_special_ids_and_round_trip(sp_pairs):
 def test_sentencepiece_is_deterministic_cached_and_retrained_on_change(multi30k, tmp_path,
                                                                         monkeypatch):
   sentences = [multi30k.split("train")[i]["en"].decode() for i in range(3000)]
-  a = tr.train_sentencepiece(sentences, vocab_size=500)
-  assert a == tr.train_sentencepiece(sentences, vocab_size=500)
+  for model_type in tr.SENTENCEPIECE_MODELS:
+    a = tr.train_sentencepiece(sentences, vocab_size=500, model_type=model_type)
+    assert a == tr.train_sentencepiece(sentences, vocab_size=500, model_type=model_type)
+    assert tr.SentencePiece("en", a).processor.eos_id() == tr.EOS_ID
   c = _config(tokenizer_dir=str(tmp_path), vocab_size=600, shared_vocab=False)
-  first = tr.load_pairs(c, multi30k)
+  first, _, _ = tr.load_tokenizers(c, multi30k)
   files = sorted(os.listdir(tmp_path))
   assert len(files) == 2 and all(f.endswith(".model") for f in files)
 
@@ -116,11 +128,11 @@ def test_sentencepiece_is_deterministic_cached_and_retrained_on_change(multi30k,
     raise AssertionError("retrained although nothing changed")
 
   monkeypatch.setattr(tr, "train_sentencepiece", no_training)
-  again = tr.load_pairs(c, multi30k)
-  assert again.source_tokenizer.model_proto == first.source_tokenizer.model_proto
+  again, _, _ = tr.load_tokenizers(c, multi30k)
+  assert again.model_proto == first.model_proto
   monkeypatch.undo()
-  tr.load_pairs(_config(tokenizer_dir=str(tmp_path), vocab_size=700, shared_vocab=False),
-                multi30k)
+  tr.load_tokenizers(_config(tokenizer_dir=str(tmp_path), vocab_size=700, shared_vocab=False),
+                     multi30k)
   assert len(os.listdir(tmp_path)) == 4
 
 
