@@ -8,7 +8,8 @@ nothing can change the result. They work on a step function
 where `state` is any pytree whose array leaves have leading dimension N (B for greedy,
 B * K for beam search, which tiles the state K times and reorders it as beams are
 selected). Scalar (0-d) leaves, such as a cache's write position shared by all rows, are
-passed through untouched.
+passed through untouched, and so are leaves the step function returns unchanged (they still
+hold identical copies for all beams of a sentence).
 
 ## The decoder protocol
 
@@ -17,11 +18,13 @@ A Flax model decodes with `generate` when it has three methods, each called thro
 
   encode(inputs, **encode_kwargs) -> encoded
       `encoded` is a pytree whose array leaves have leading dimension B (e.g. the memory
-      [B, S, D] and its mask [B, S]). It is tiled and reordered with the beams.
+      [B, S, D] and its mask [B, S]). For beam search it is tiled K times (rows b*K..b*K+K-1
+      belong to sentence b) and then constant: it is the same for every beam of a sentence.
   init_cache(encoded, max_len) -> None
       creates the "cache" collection (called with `mutable=["cache"]`): everything the
       decoder carries from step to step (key/value buffers, an RNN's carry), leaves with
-      leading dimension B or scalars.
+      leading dimension B or scalars. This is the search state: tiled and reordered with
+      the beams.
   decode_step(encoded, tokens [N]) -> logits [N, V]
       the next-token logits given the previous tokens (BOS first), reading and updating the
       "cache" collection (called with `mutable=["cache"]`).
@@ -43,13 +46,19 @@ log-probability), so that K can stay alive however many end: the K best of them 
 end with EOS are the next live beams, and those of the K best that end with EOS join the
 finished ones, which are ranked by the penalised score. Counting an EOS only among the K
 best is the classic algorithm and fairseq's; flax's WMT `decode.py` also finishes the EOS
-continuations ranked K+1..2K. The loop stops when, for every batch item, the worst of K finished
-scores beats the best live beam's log-probability divided by the penalty at `max_len` (an
-upper bound on anything it can still reach, because alpha >= 0), or at `max_len`. An item
-with no finished hypothesis by then returns its live beams (scored with the `max_len`
-penalty); an item with fewer than K finished ones has `-inf` scores in the empty slots.
+continuations ranked K+1..2K. The loop stops when, for every batch item, the worst of K
+finished scores beats the best live beam's log-probability divided by the penalty at
+`max_len` (an upper bound on anything it can still reach, because alpha >= 0), or at
+`max_len`. An item with no finished hypothesis by then returns its live beams (scored with
+the `max_len` penalty); an item with fewer than K finished ones has `-inf` scores in the
+empty slots (whose tokens mean nothing).
 
 So beam_size=1 with alpha=0 is exactly greedy search.
+
+Sharding: with a batch-sharded input, greedy search runs without gathering rows (only the
+"all done" flag is reduced across devices). Beam search does too except for its top-k:
+XLA's CPU TopK does not partition along the batch, so each step all-gathers the [B, K * V]
+candidate scores (a copy between devices of one host; single-device runs are unaffected).
 """
 
 from collections.abc import Callable
@@ -141,14 +150,20 @@ def _gather(x: Array, index: Array) -> Array:
   return jnp.take_along_axis(x, index, axis=1)
 
 
-def _gather_beams(tree, index: Array, batch: int, beam_size: int):
-  """Reorders flat [B * K, ...] leaves by beam index [B, K] (scalars unchanged)."""
-  def gather(x):
-    if jnp.ndim(x) == 0:
+def _gather_beams(tree, index: Array, batch: int, beam_size: int, previous):
+  """Reorders flat [B * K, ...] leaves by beam index [B, K].
+
+  Scalars are left as they are, and so is every leaf the step function returned unchanged
+  (the same traced value as in `previous`, the state it was given): such a leaf still holds
+  the K identical copies it was tiled into, so reordering it would only copy memory (e.g.
+  a cross-attention's cached projection of the source).
+  """
+  def gather(x, before):
+    if jnp.ndim(x) == 0 or x is before:
       return x
     y = _gather(x.reshape((batch, beam_size) + x.shape[1:]), index)
     return y.reshape((batch * beam_size,) + x.shape[1:])
-  return jax.tree.map(gather, tree)
+  return jax.tree.map(gather, tree, previous)
 
 
 class _BeamState(NamedTuple):
@@ -204,7 +219,7 @@ def beam_search(step_fn: StepFn, init_state, bos, max_len: int, eos_id: int = EO
     live_logp, live_index = lax.top_k(jnp.where(is_eos, neg_inf, top_logp), k)  # [B, K]
     live_seqs = _gather(top_seqs, live_index)
     last = _gather(top_token, live_index)
-    state = _gather_beams(state, _gather(top_beam, live_index), batch, k)
+    state = _gather_beams(state, _gather(top_beam, live_index), batch, k, s.state)
 
     # Only an EOS among the K best continuations finishes (classic beam search, fairseq).
     finishes = is_eos & (jnp.arange(2 * k) < k)[None, :]
@@ -261,17 +276,20 @@ def generate(model, variables, inputs, *, max_len: int, beam_size: int = 1, alph
   variables = {name: v for name, v in variables.items() if name != "cache"}
   encoded = model.apply(variables, inputs, method="encode", **encode_kwargs)
   _, cache = model.apply(variables, encoded, max_len, method="init_cache", mutable=["cache"])
-
-  def step_fn(state, tokens):
-    encoded, cache = state
-    logits, cache = model.apply({**variables, **cache}, encoded, tokens, method="decode_step",
-                                mutable=["cache"])
-    return jax.nn.log_softmax(logits.astype(jnp.float32)), (encoded, cache)
-
   batch = jax.tree.leaves(encoded)[0].shape[0]
   bos = jnp.full((batch,), bos_id, jnp.int32)
+  # Every beam of a sentence shares its encoding: it is tiled once and stays out of the
+  # search state, so it is not reordered at each step.
+  if beam_size > 1:
+    encoded = _tile_beams(encoded, beam_size)
+
+  def step_fn(cache, tokens):
+    logits, cache = model.apply({**variables, **cache}, encoded, tokens, method="decode_step",
+                                mutable=["cache"])
+    return jax.nn.log_softmax(logits.astype(jnp.float32)), cache
+
   if beam_size == 1:
-    return greedy_search(step_fn, (encoded, cache), bos, max_len, eos_id, pad_id=pad_id)
-  tokens, scores = beam_search(step_fn, (encoded, cache), bos, max_len, eos_id, beam_size, alpha,
+    return greedy_search(step_fn, cache, bos, max_len, eos_id, pad_id=pad_id)
+  tokens, scores = beam_search(step_fn, cache, bos, max_len, eos_id, beam_size, alpha,
                                pad_id=pad_id)
   return tokens[:, 0], scores[:, 0]

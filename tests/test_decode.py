@@ -143,3 +143,24 @@ def test_bad_arguments_raise():
     decode.beam_search(step, _state(1), BOS, 2, EOS, beam_size=0)
   with pytest.raises(ValueError, match="alpha"):
     decode.beam_search(step, _state(1), BOS, 2, EOS, alpha=-1.0)
+
+
+def test_leaves_the_step_leaves_unchanged_are_not_reordered(monkeypatch):
+  """A leaf returned as given (e.g. a cached projection of the source) keeps its tiled
+  copies instead of being gathered at every step; the result is unchanged."""
+  tables = _random_tables(2, 4, seed=4, eos_bias=0.3)
+  table_step = _table_step(tables)
+
+  def step_fn(state, tokens):
+    log_probs, inner = table_step(state["inner"], tokens)
+    return log_probs + 0.0 * state["const"][:, :1], {"inner": inner, "const": state["const"]}
+
+  state = {"inner": _state(2), "const": jnp.ones((2, 7))}
+  want = decode.beam_search(table_step, _state(2), BOS, 4, EOS, beam_size=3)
+  gathered = []
+  original = decode._gather  # pylint: disable=protected-access
+  monkeypatch.setattr(decode, "_gather", lambda x, i: gathered.append(x.shape) or original(x, i))
+  got = decode.beam_search(step_fn, state, BOS, 4, EOS, beam_size=3)
+  assert (2, 3, 7) not in gathered and (2, 3) in gathered  # "step" is gathered, "const" not
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-6)

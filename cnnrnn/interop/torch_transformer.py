@@ -28,8 +28,9 @@ def _get(state_dict: Mapping[str, Any], key: str) -> np.ndarray:
 
 
 def _linear(state_dict, prefix) -> dict:
-  """nn.Linear / LayerNorm-free Dense: {kernel [in, out], bias [out]}."""
-  return {"kernel": _get(state_dict, prefix + "weight").T, "bias": _get(state_dict, prefix + "bias")}
+  """nn.Linear -> Dense: {kernel [in, out], bias [out]}."""
+  return {"kernel": _get(state_dict, prefix + "weight").T,
+          "bias": _get(state_dict, prefix + "bias")}
 
 
 def _layer_norm(state_dict, prefix) -> dict:

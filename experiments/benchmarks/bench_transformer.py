@@ -6,8 +6,10 @@ positions, output layer to the vocabulary; dropout 0.1 in training.
 
   train   one step = forward + backward + Adam update on B=128 pairs of 30+30 tokens,
           vocabulary 8000, cross-entropy ignoring pad. ours: `transformer` model, optax.adam,
-          jit with donated state. torch: nn.Embedding x2 + nn.Transformer(batch_first) +
-          nn.Linear, torch.optim.Adam, eager.
+          jit with donated state, dropout masks from JAX's default threefry keys; ours-rbg:
+          the same with "rbg" keys (XLA's RngBitGenerator; threefry is counter-based hashing,
+          costly on CPU for ~25 masks of ~1M elements). torch: nn.Embedding x2 +
+          nn.Transformer(batch_first) + nn.Linear, torch.optim.Adam, eager.
   decode  beam search (K=4, GNMT alpha 0.6, early stop) of a batch of sentences up to
           `max_len` tokens; reported as sentences/s. ours: `cnnrnn.decode.generate`
           (incremental decoding with the key/value cache, one jitted while-loop). torch: the
@@ -140,11 +142,18 @@ def _model(cfg, dropout):
 
 def train_competitors(cfg, seed=0):
   """name -> one blocking training step."""
+  competitors = {impl_name: _jax_train_step(cfg, seed, impl)
+                 for impl_name, impl in (("ours", None), ("ours-rbg", "rbg"))}
+  competitors["torch"] = _torch_train_step(cfg, seed)
+  return competitors
+
+
+def _jax_train_step(cfg, seed, impl):
   src, tgt = _data(cfg, np.random.default_rng(seed), cfg["batch"])
   model = _model(cfg, 0.1)
   tx = optax.adam(5e-4)
   params = jax.jit(model.init)(jax.random.key(seed), src, tgt[:, :-1])["params"]
-  state = {"params": params, "opt": tx.init(params), "key": jax.random.key(seed)}
+  state = {"params": params, "opt": tx.init(params), "key": jax.random.key(seed, impl=impl)}
 
   def loss_fn(params, key, src, tgt):
     logits = model.apply({"params": params}, src, tgt[:, :-1], train=True,
@@ -167,6 +176,11 @@ def train_competitors(cfg, seed=0):
     state, loss = step(state, src_j, tgt_j)
     jax.block_until_ready(loss)
 
+  return ours
+
+
+def _torch_train_step(cfg, seed):
+  src, tgt = _data(cfg, np.random.default_rng(seed), cfg["batch"])
   torch.manual_seed(seed)
   tmodel = TorchTranslator(cfg, 0.1).train()
   opt = torch.optim.Adam(tmodel.parameters(), lr=5e-4)
@@ -180,7 +194,7 @@ def train_competitors(cfg, seed=0):
     loss.backward()
     opt.step()
 
-  return {"ours": ours, "torch": torch_step}
+  return torch_step
 
 
 def decode_competitors(cfg, alpha=0.6, seed=0):

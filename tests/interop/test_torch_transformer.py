@@ -15,7 +15,7 @@ V, D, H, L, F, MAX_LEN = 13, 8, 2, 2, 16, 12
 
 
 class TorchTranslator(torch.nn.Module):
-  """Embeddings * sqrt(D) + positions -> nn.Transformer -> output layer (names as the converter's)."""
+  """Embeddings * sqrt(D) + positions -> nn.Transformer -> output layer (converter's names)."""
 
   def __init__(self, norm_first, shared, learned):
     super().__init__()

@@ -174,3 +174,23 @@ def test_learns_to_reverse_and_decodes_it():
     tokens, _ = jax.jit(functools.partial(decode.generate, model, max_len=length + 1,
                                           beam_size=beam))({"params": params}, src)
     assert np.mean(np.all(np.asarray(tokens) == np.asarray(want), 1)) >= 0.9
+
+
+def test_batch_sharded_forward_and_greedy_decoding_need_no_gathers():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  P = PartitionSpec  # pylint: disable=invalid-name
+  model = models.create("transformer", **{**TINY, "num_layers": 1})
+  rng = np.random.default_rng(4)
+  src, tgt = (jnp.asarray(rng.integers(4, V, (8, n))) for n in (7, 5))
+  variables = jax.jit(model.init)(jax.random.key(0), src, tgt)
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  forward = jax.jit(model.apply, in_shardings=(replicated, rows, rows), out_shardings=rows)
+  assert "all-gather" not in forward.lower(variables, src, tgt).compile().as_text()
+  np.testing.assert_allclose(forward(variables, src, tgt),
+                             jax.jit(model.apply)(variables, src, tgt), rtol=1e-5, atol=1e-6)
+  greedy = jax.jit(functools.partial(decode.generate, model, max_len=6),
+                   in_shardings=(replicated, rows))
+  assert "all-gather" not in greedy.lower(variables, src).compile().as_text()
+  tokens, _ = greedy(variables, src)
+  assert tokens.sharding.spec == P("data")

@@ -130,7 +130,14 @@ def test_mha_matches_torch_multihead_attention():
   for name, value in ref.state_dict().items():
     np.testing.assert_allclose(back[name], value.numpy(), rtol=0, atol=0)
   fused = mha_params_from_torch(ref.state_dict(), H, fused_qkv=True)
-  assert mha_params_to_torch(fused).keys() == back.keys()
+  with torch.no_grad():
+    want_self = ref(*(torch.from_numpy(q),) * 3, attn_mask=torch.from_numpy(causal[:, :TQ]),
+                    need_weights=False)[0].numpy()
+  got_self = cnn.MultiHeadAttention(H, fused_qkv=True).apply(
+      {"params": fused}, q, mask=~causal[:, :TQ])
+  np.testing.assert_allclose(got_self, want_self, rtol=1e-5, atol=2e-6)
+  for name, value in mha_params_to_torch(fused).items():
+    np.testing.assert_array_equal(value, back[name])
 
 
 def test_cached_incremental_equals_full():

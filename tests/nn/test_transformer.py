@@ -1,11 +1,12 @@
 """Transformer blocks against torch.nn.TransformerEncoderLayer / DecoderLayer, the MLP against
 numpy, positions, and the decoder block's cache."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import erf
 
 from cnnrnn import nn as cnn
 from cnnrnn.interop import torch_transformer as tt
@@ -28,7 +29,7 @@ def test_mlp_matches_numpy(activation):
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
   h = x @ p["fc1"]["kernel"] + p["fc1"]["bias"]
   act = {"relu": lambda z: np.maximum(z, 0),
-         "gelu": lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2))),
+         "gelu": lambda z: 0.5 * z * (1 + np.vectorize(math.erf)(z / np.sqrt(2))),
          "gelu_tanh": lambda z: 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
          }[activation]
   want = act(h) @ p["fc2"]["kernel"] + p["fc2"]["bias"]
@@ -143,3 +144,27 @@ def test_block_composes_with_jax_transformations():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   exported = jax.export.export(jax.jit(f))(jax.ShapeDtypeStruct(x.shape, x.dtype))
   np.testing.assert_allclose(exported.call(x), f(x), rtol=1e-6, atol=1e-6)
+
+
+def test_pre_ln_fused_block_matches_timm_vit_block():
+  """ViT's block: pre-LN, fused qkv, exact GELU, eps 1e-6; timm's qkv rows are [q | k | v]."""
+  vit = pytest.importorskip("timm.models.vision_transformer")
+  torch.manual_seed(2)
+  ref = vit.Block(D, H, mlp_ratio=F / D, qkv_bias=True).eval()
+  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+  dh = D // H
+  ln = lambda p: {"scale": sd[p + ".weight"], "bias": sd[p + ".bias"]}  # noqa: E731
+  dense = lambda p: {"kernel": sd[p + ".weight"].T, "bias": sd[p + ".bias"]}  # noqa: E731
+  params = {"norm1": ln("norm1"), "norm2": ln("norm2"),
+            "attn": {"qkv": {"kernel": sd["attn.qkv.weight"].reshape(3, H, dh, D).transpose(
+                                 3, 0, 1, 2),
+                             "bias": sd["attn.qkv.bias"].reshape(3, H, dh)},
+                     "out": {"kernel": sd["attn.proj.weight"].T.reshape(H, dh, D),
+                             "bias": sd["attn.proj.bias"]}},
+            "mlp": {"fc1": dense("mlp.fc1"), "fc2": dense("mlp.fc2")}}
+  block = cnn.TransformerEncoderBlock(H, F, norm_first=True, activation="gelu",
+                                      layer_norm_epsilon=1e-6, fused_qkv=True)
+  x = _x(B, S, D)
+  with torch.no_grad():
+    want = ref(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(block.apply({"params": params}, x), want, rtol=1e-5, atol=2e-6)
