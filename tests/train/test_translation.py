@@ -1,6 +1,9 @@
 """Translation end to end through the one trainer, on real Multi30k."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 
 from cnnrnn import train
 from configs import multi30k_transformer
-from tests.helpers import override, restore_state, shared_dataset
+from tests.helpers import REPO, override, restore_state, shared_dataset
 
 
 def tiny_config(data_dir, tokenizer_dir, **overrides):
@@ -68,3 +71,23 @@ def test_resumed_run_equals_an_uninterrupted_one(whole_run, tmp_path):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_eight_devices_decode_and_count_every_sentence_once(whole_run, tmp_path):
+  config, whole, _ = whole_run
+  # In a subprocess: in-process 8-device steps can abort under load (see test_trainer).
+  code = ("import json; from cnnrnn import train; from tests.train.test_translation import "
+          f"tiny_config; c = tiny_config({config.dataset.data_dir!r}, "
+          f"{config.dataset.tokenizer_dir!r}, mesh=(('data', -1),)); "
+          f"print(json.dumps(train.train_and_evaluate(c, {str(tmp_path)!r})))")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  eight = json.loads(proc.stdout.strip().splitlines()[-1])
+  one = json.loads((whole / "metrics.jsonl").read_text().splitlines()[-1])
+  assert eight["num_examples"] == one["num_examples"]  # Every target token of the split once.
+  assert eight["loss"] == pytest.approx(one["loss"], rel=0.05)
+  assert 0.0 <= eight["bleu"] <= 100.0 and "bleu_tok" in eight
