@@ -14,6 +14,7 @@ over heads; source tokens across, target tokens down) for --sentence, for models
 `decode(encoded, tgt_in, return_weights=True)` returns attention weights.
 """
 
+import inspect
 import json
 import os
 import sys
@@ -95,7 +96,9 @@ class Translator:
     Raises:
       ValueError: the model does not return attention weights.
     """
-    if not hasattr(self.model, "decode") or not hasattr(self.model, "encode"):
+    decode = getattr(self.model, "decode", None)
+    if (not hasattr(self.model, "encode") or decode is None
+        or "return_weights" not in inspect.signature(decode).parameters):
       raise ValueError(f"model {type(self.model).__name__} has no encode/decode(..., "
                        "return_weights=True): it cannot show attention weights")
     src = self.source_tokenizer.encode(sentence)[: self.max_length]

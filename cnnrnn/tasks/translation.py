@@ -93,6 +93,15 @@ class Translation:
       raise ValueError(f"task.length_penalty={self.length_penalty}; allowed: >= 0")
 
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
+    """(src, tgt_in), {src_lengths}.
+
+    Raises:
+      ValueError: the batch is not sentence pairs (the dataset config lacks source_lang).
+    """
+    if "src" not in batch or "tgt_in" not in batch:
+      raise ValueError("task.name='translation' needs batches of sentence pairs: set "
+                       "dataset.source_lang and dataset.target_lang (batch keys: "
+                       f"{', '.join(sorted(batch))})")
     return (batch["src"], batch["tgt_in"]), {"src_lengths": batch["src_lengths"]}
 
   def loss_and_metrics(self, logits: jnp.ndarray, batch: dict) -> tuple[jnp.ndarray, dict]:

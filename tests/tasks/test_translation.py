@@ -82,6 +82,11 @@ def test_bad_fields_are_named(field, value):
     tasks.create("translation", **{field: value})
 
 
+def test_batches_without_pairs_say_which_fields_to_set():
+  with pytest.raises(ValueError, match="set dataset.source_lang and dataset.target_lang"):
+    tasks.create("translation").model_inputs({"image": np.zeros((1, 8, 8, 1)), "label": [0]})
+
+
 HYPS = ["The cat sat on the mat.", "A dog runs in the park!", "two men, outside."]
 REFS = ["The cat is sitting on the mat.", "A dog is running in the park.", "Two men outside."]
 
