@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 
 from cnnrnn import data
 from cnnrnn import models
+from cnnrnn.data import tokenizers
 from cnnrnn.data import translation as tr
 from cnnrnn.tasks.translation import Translation
 from cnnrnn.train.checkpoint import step_directory
@@ -102,15 +103,16 @@ class Translator:
       raise ValueError(f"model {type(self.model).__name__} has no encode/decode(..., "
                        "return_weights=True): it cannot show attention weights")
     src = self.source_tokenizer.encode(sentence)[: self.max_length]
-    ids = tr.content_ids(self.translate_ids([sentence])[0])
-    tgt_in = np.concatenate([[tr.BOS_ID], ids]).astype(np.int32)[None]
+    ids = tokenizers.content_ids(self.translate_ids([sentence])[0])
+    tgt_in = np.concatenate([[tokenizers.BOS_ID], ids]).astype(np.int32)[None]
     encoded = self.model.apply(self.variables, jnp.asarray(src[None]), method="encode")
     _, weights = self.model.apply(self.variables, encoded, jnp.asarray(tgt_in),
                                   return_weights=True, method="decode")
     cross = _last_cross_attention(weights)  # [1, H, T, S]
     matrix = np.asarray(cross)[0].mean(axis=0)
     source = [self.source_tokenizer.pieces([i])[0] for i in src]
-    target = [self.target_tokenizer.pieces([i])[0] for i in ids] + [tr.SPECIAL_TOKENS[tr.EOS_ID]]
+    eos = tokenizers.SPECIAL_TOKENS[tokenizers.EOS_ID]
+    target = [self.target_tokenizer.pieces([i])[0] for i in ids] + [eos]
     return matrix, source, target
 
 

@@ -27,7 +27,7 @@ on the validation split at every evaluation.
 Result: not yet measured.
 """
 
-from cnnrnn.data import translation
+from cnnrnn.data import tokenizers
 from cnnrnn.train import default_config
 
 VARIANTS = ("small", "tiny")
@@ -35,10 +35,10 @@ VARIANTS = ("small", "tiny")
 
 def get_config(arg: str = "small"):
   variant, *rest = arg.split(",")
-  if variant not in VARIANTS or len(rest) > 1 or (rest and rest[0] not in translation.TOKENIZERS):
+  if variant not in VARIANTS or len(rest) > 1 or (rest and rest[0] not in tokenizers.TOKENIZERS):
     raise ValueError(f"configs/multi30k_transformer.py:{arg}; allowed: one of "
                      f"{', '.join(VARIANTS)}, optionally followed by ,"
-                     f"{' or ,'.join(translation.TOKENIZERS)}")
+                     f"{' or ,'.join(tokenizers.TOKENIZERS)}")
   c = default_config()
   c.model.name = "transformer"
   c.model.variant = variant

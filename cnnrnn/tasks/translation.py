@@ -17,7 +17,7 @@ sacreBLEU against the raw references:
 - `bleu`: sacreBLEU's standard corpus BLEU on detokenised, cased text (tokenizer 13a);
   its signature is returned as `bleu_signature` and logged.
 - `bleu_tok`: the literature's Multi30k number (e.g. bentrevett/pytorch-seq2seq): BLEU on
-  lowercased Moses tokens (`cnnrnn.data.translation.moses_tokens` of the reference, the
+  lowercased Moses tokens (`cnnrnn.data.tokenizers.moses_tokens` of the reference, the
   model's own tokens for a Moses-word model), computed by sacreBLEU with tokenize="none".
 """
 
@@ -33,6 +33,7 @@ import optax
 import sacrebleu
 
 from cnnrnn import decode
+from cnnrnn.data import tokenizers
 from cnnrnn.data import translation as tr
 
 
@@ -53,12 +54,13 @@ def tokenized_bleu(hypotheses: list[str], references: list[str]
 
 
 def translation_metrics(hypothesis_ids: list, references: list[str],
-                        tokenizer: tr.SentencePiece | tr.MosesWords, lang: str) -> dict:
+                        tokenizer: tokenizers.SentencePiece | tokenizers.MosesWords,
+                        lang: str) -> dict:
   """`bleu`, `bleu_tok` and `bleu_signature` of decoded ids (one [L] array per sentence,
   anything after the first EOS ignored) against the raw `references`."""
   hypotheses = [tokenizer.decode(ids) for ids in hypothesis_ids]
   hyp_tokens = [tokenizer.bleu_tokens(ids) for ids in hypothesis_ids]
-  ref_tokens = [" ".join(tr.moses_tokens(r, lang)) for r in references]
+  ref_tokens = [" ".join(tokenizers.moses_tokens(r, lang)) for r in references]
   bleu, signature = corpus_bleu(hypotheses, references)
   return {"bleu": bleu.score, "bleu_tok": tokenized_bleu(hyp_tokens, ref_tokens).score,
           "bleu_signature": signature}

@@ -9,7 +9,7 @@ import pytest
 import sacrebleu
 
 from cnnrnn import tasks
-from cnnrnn.data import translation as tr
+from cnnrnn.data import tokenizers
 from cnnrnn.tasks import translation
 
 
@@ -104,13 +104,13 @@ class _WordTokenizer:
   """A stand-in for MosesWords over a fixed word list (ids 4...)."""
 
   def __init__(self, words):
-    self.words = list(tr.SPECIAL_TOKENS) + words
+    self.words = list(tokenizers.SPECIAL_TOKENS) + words
 
   def ids(self, sentence):
-    return np.array([self.words.index(w) for w in sentence.split()] + [tr.EOS_ID, 0, 5])
+    return np.array([self.words.index(w) for w in sentence.split()] + [tokenizers.EOS_ID, 0, 5])
 
   def decode(self, ids):
-    return " ".join(self.words[i] for i in tr.content_ids(ids))
+    return " ".join(self.words[i] for i in tokenizers.content_ids(ids))
 
   def bleu_tokens(self, ids):
     return self.decode(ids).lower()
