@@ -364,3 +364,28 @@ def _first_line(e: Exception) -> str:
   """The gist of a (tensorstore) error: its first line, without the spec dump."""
   text = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
   return f"{type(e).__name__}: {text}"[:300]
+
+
+def step_directory(workdir: str, which: str = "latest") -> str:
+  """The folder of one checkpoint of a `cnnrnn.main` workdir, for tools that read a trained
+  model (`cnnrnn.sample`, `cnnrnn.translate`).
+
+  Args:
+    workdir: the run's workdir.
+    which: "latest", "best" (the newest under checkpoints/best) or a step number.
+
+  Raises:
+    FileNotFoundError: no checkpoints.
+    ValueError: `which` is none of the above.
+  """
+  root = os.path.join(workdir, "checkpoints")
+  if which == "best":
+    root = os.path.join(root, "best")
+  steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+  if not steps:
+    raise FileNotFoundError(f"No checkpoints in {root}")
+  if which in ("latest", "best"):
+    return os.path.join(root, str(steps[-1]))
+  if not which.isdigit() or int(which) not in steps:
+    raise ValueError(f"--checkpoint={which!r}; allowed: latest, best or one of the steps {steps}")
+  return os.path.join(root, which)

@@ -172,7 +172,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if field in kwargs and kwargs[field] != value:
       raise ValueError(f"model.{field}={kwargs[field]} but dataset {dataset.name!r} has {value} "
                        f"{'classes' if field == 'num_classes' else 'tokens in its vocabulary'}")
-    if field in accepted:
+    # A variant constructor (`transformer(variant, **kwargs)`) passes its kwargs on.
+    if field in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
       kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
   model = models.create(config.model.name, **kwargs)
   transfer_plan = transfer.plan(config, kwargs)  # None unless config.transfer.source is set
@@ -234,9 +235,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       in_shardings=(state_shardings, batch_sharding, carry_sharding),
                       out_shardings=(metrics_sharding, carry_sharding))
 
+  # Tasks scored on generated outputs (translation: BLEU) decode after the loss pass.
+  generation_eval = (task.generation_evaluator(model, streams.pairs, mesh)
+                     if hasattr(task, "generation_evaluator") else None)
+
   def run_eval(split):
     means = evaluate(eval_step, state, mesh, eval_batches(split), eval_carry)
-    return means | (task.derived_metrics(means) if hasattr(task, "derived_metrics") else {})
+    means |= task.derived_metrics(means) if hasattr(task, "derived_metrics") else {}
+    return means | (generation_eval(state, eval_batches(split), split) if generation_eval else {})
 
   ckpt_cfg = config.get("checkpoint", ml_collections.ConfigDict())
   checkpointer = Checkpointer(
