@@ -27,9 +27,14 @@ from cnnrnn.train.defaults import default_config
 DTYPES = ("float32", "bfloat16", "float16")
 
 # Options some datasets / optimizers read beyond the defaults (see cnnrnn.data.streams,
-# cnnrnn.data.synthetic, cnnrnn.train.optim).
+# cnnrnn.data.synthetic, cnnrnn.data.translation, cnnrnn.train.optim).
 DATASET_OPTIONS = {"seq_len": int, "level": str, "num_train": int, "num_test": int, "seed": int,
-                   **{arg: int for _, args, _ in synthetic.TASKS.values() for arg in args}}
+                   **{arg: int for _, args, _ in synthetic.TASKS.values() for arg in args},
+                   # Sentence pairs (translation).
+                   "source_lang": str, "target_lang": str, "tokenizer": str, "vocab_size": int,
+                   "min_frequency": int, "shared_vocab": bool, "sentencepiece_model": str,
+                   "max_length": int, "bucket_width": int, "bucket_pool": int,
+                   "tokenizer_dir": str}
 OPTIMIZER_OPTIONS = {"b1": float, "b2": float, "eps": float, "decay_boundaries": tuple,
                      "decay_factor": float, "decay_rate": float, "decay_begin": int,
                      "decay_every": int}
@@ -39,6 +44,7 @@ TASK_METRICS = {
     "classification": ("loss", "accuracy", "top5_accuracy"),
     "language_model": ("loss", "accuracy", "perplexity", "bits_per_token"),
     "regression": ("loss", "mse"),
+    "translation": ("loss", "nll", "accuracy", "perplexity", "bleu", "bleu_tok"),
 }
 
 
@@ -111,6 +117,8 @@ CHOICES = {
     "dataset.cache": (True, False, "auto"),
     "dataset.augment": ("none", "crop_flip", "random_resized_crop"),
     "dataset.level": ("word", "char"),
+    "dataset.tokenizer": ("sentencepiece", "moses_words"),
+    "dataset.sentencepiece_model": ("bpe", "unigram"),
 }
 # Model keyword arguments (by name) with ranges other than "an integer >= 1".
 MODEL_RANGES = {"pool_every": _NON_NEGATIVE, "init_scale": Range(0, None, False, allow_none=True)}

@@ -30,9 +30,9 @@ CHANGES_FILE = "config_changes.jsonl"
 # on another mesh is the same run up to float rounding), evaluation batch size.
 FREE_FIELDS = (
     "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint",
-    "progress_bar", "profile_steps", "xla_flags", "reuse_host_memory", "mesh",
+    "progress_bar", "profile_steps", "xla_flags", "reuse_host_memory", "mesh", "accel",
     "eval_batch_size", "dataset.data_dir", "dataset.manual_dir", "dataset.cache",
-    "dataset.read_threads", "dataset.eval_split", "dataset.test_split",
+    "dataset.read_threads", "dataset.eval_split", "dataset.test_split", "dataset.tokenizer_dir",
 )
 LENGTH_FIELDS = ("num_train_steps", "num_epochs")
 # Schedules whose learning rate at step s depends on the run's length.
