@@ -17,14 +17,20 @@ import re
 import flax.linen as nn
 import jax
 from jax import export
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from cnnrnn import accel
 from cnnrnn import models
 from cnnrnn import nn as cnn
+from cnnrnn import tasks
+from cnnrnn.models import stateful
+from cnnrnn.train import sharding
+from cnnrnn.train import steps
+from cnnrnn.train.state import TrainState
 
 _TINY_VGG = dict(widths=(4, 4, 8, 8, 8))
 _TINY_RESNET = dict(widths=(4, 8, 8, 8), stem_width=4)
@@ -302,43 +308,53 @@ def _mesh():
 
 
 SHARDED_CASES = {
-    # name: (kwargs, inputs [B=16], per-device rows the time loop must run on)
-    "rnn_lm": (dict(vocab_size=13, hidden_size=8, num_layers=2),
-               lambda: jax.random.randint(jax.random.key(1), (16, 7), 0, 13)),
+    # name: (model kwargs, task, batch of 16 rows)
+    "rnn_lm": (dict(vocab_size=13, hidden_size=8, num_layers=2), tasks.LanguageModel(),
+               lambda: {"inputs": jax.random.randint(jax.random.key(1), (16, 7), 0, 13),
+                        "targets": jax.random.randint(jax.random.key(2), (16, 7), 0, 13),
+                        "reset": jnp.zeros((16,), bool)}),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=8, cell="gru"),
-                       lambda: jax.random.normal(jax.random.key(1), (16, 7, 4))),
-    "cifar_resnet20": (dict(**_TINY_CIFAR), lambda: jax.random.normal(jax.random.key(1),
-                                                                       (16, 8, 8, 3))),
+                       tasks.Classification(num_classes=3, input_key="inputs"),
+                       lambda: {"inputs": jax.random.normal(jax.random.key(1), (16, 7, 4)),
+                                "label": jnp.arange(16) % 3,
+                                "seq_lengths": jnp.arange(16) % 7 + 1}),
+    "cifar_resnet20": (dict(**_TINY_CIFAR), tasks.Classification(num_classes=10),
+                       lambda: {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
+                                "label": jnp.arange(16) % 10}),
 }
 
 
 @pytest.mark.parametrize("mode", ["xla", "cpu_native"])
 @pytest.mark.parametrize("name", sorted(SHARDED_CASES))
-def test_sharded_gradient_keeps_the_batch_sharded(name, mode):
-  """The compiled gradient on 8 devices, batch split over them: no all-gather (parameters
-  are replicated here, so any all-gather would be of activations), and recurrent loops run
-  on 16 / 8 = 2 rows per device."""
+def test_sharded_train_step_keeps_the_batch_sharded(name, mode):
+  """The trainer's compiled train step on 8 devices, laid out as the trainer lays it out
+  (parameters replicated, batch and carry split over "data"): no all-gather (any would be
+  of activations), recurrent loops run on 16 / 8 = 2 rows per device, and one step gives
+  the same new parameters as the step on one device."""
   mesh = _mesh()
-  kwargs, make_inputs = SHARDED_CASES[name]
+  kwargs, task, make_batch = SHARDED_CASES[name]
   model = models.create(name, **kwargs)
-  x = make_inputs()
-  variables = model.init(jax.random.key(0), x[:1], False)
-  has_state = len(variables) > 1
-  loss = _loss_fn(model, {}, train=has_state)
-  batch = NamedSharding(mesh, P("data"))
-  replicated = NamedSharding(mesh, P())
-  x = jax.device_put(x, batch)
-  variables = jax.device_put(variables, replicated)
-  grad = jax.jit(jax.grad(accel.accelerate(loss, mode=mode)), in_shardings=(replicated, batch),
-                 out_shardings=replicated)
-  hlo = grad.lower(variables, x).compile().as_text()
+  batch = make_batch()
+  tx = optax.sgd(0.1)
+  args, kw = task.model_inputs(jax.tree.map(lambda a: a[:1], batch))
+  variables = model.init(jax.random.key(0), *args, train=False, **kw)
+  params = variables.pop("params")
+  carry = model.zero_carry(16) if stateful.is_stateful(model) else None
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
+                     carry=carry)
+  rows = sharding.batch_sharding(mesh)
+  state_shardings = sharding.tree_shardings(mesh, state).replace(
+      carry=stateful.shardings(carry, rows))
+  step = jax.jit(accel.accelerate(steps.make_train_step(model, task, tx), mode=mode),
+                 in_shardings=(state_shardings, rows),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+  hlo = step.lower(state, batch).compile().as_text()
   assert "all-gather" not in hlo
   if name.startswith("rnn"):
     # The while loops' carries hold per-device rows: [2, H] arrays, never [16, H].
     loop_shapes = set(re.findall(r"f32\[(\d+),8\]", hlo))
     assert "2" in loop_shapes and "16" not in loop_shapes, loop_shapes
-  np.testing.assert_allclose(
-      jax.tree.leaves(grad(variables, x))[0],
-      jax.tree.leaves(jax.grad(loss)(jax.device_get(variables), jax.device_get(x)))[0],
-      rtol=1e-4, atol=1e-5)
-
+  new_state, _ = step(jax.device_put(state, state_shardings), jax.device_put(batch, rows))
+  one_device, _ = jax.jit(steps.make_train_step(model, task, tx))(state, batch)
+  _tree_close(jax.device_get(new_state.params), one_device.params, 1e-4, 1e-5)
