@@ -9,6 +9,7 @@ training split.
 
 from collections.abc import Callable, Iterable
 import dataclasses
+from typing import Any
 
 import grain
 
@@ -34,6 +35,7 @@ class Streams:
   steps_per_epoch: int
   model_defaults: dict
   vocab: text.Vocabulary | None = None
+  pairs: Any = None  # a translation dataset's text (branch mtdata), for decoding tasks
 
 
 def _as_is(batch: dict, rng=None) -> dict:

@@ -207,9 +207,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       in_shardings=(state_shardings, batch_sharding, carry_sharding),
                       out_shardings=(metrics_sharding, carry_sharding))
 
+  # Tasks scored on generated outputs (translation: BLEU) decode after the loss pass.
+  generation_eval = (task.generation_evaluator(model, streams.pairs, mesh)
+                     if hasattr(task, "generation_evaluator") else None)
+
   def run_eval(split):
     means = evaluate(eval_step, state, mesh, eval_batches(split), eval_carry)
-    return means | (task.derived_metrics(means) if hasattr(task, "derived_metrics") else {})
+    means |= task.derived_metrics(means) if hasattr(task, "derived_metrics") else {}
+    return means | (generation_eval(state, eval_batches(split), split) if generation_eval else {})
 
   ckpt_cfg = config.get("checkpoint", ml_collections.ConfigDict())
   checkpointer = Checkpointer(
