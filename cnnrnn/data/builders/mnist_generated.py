@@ -240,6 +240,7 @@ class MovingMnist(_FromMnist, skip_registration=True):
             "positions": tfds.features.Tensor(shape=(t, d, 2), dtype=np.int64),
             "seq_lengths": tfds.features.Tensor(shape=(), dtype=np.int32),
         }),
+        disable_shuffling=True,  # example i is record i (a prefix of a larger split)
         homepage="https://www.cs.toronto.edu/~nitish/unsupervised_video/",
     )
 
@@ -271,6 +272,7 @@ class MnistCaptions(_FromMnist, skip_registration=True):
             "offsets": tfds.features.Tensor(shape=(2, 2), dtype=np.int64),
             "layout": tfds.features.Tensor(shape=(), dtype=np.int64),
         }),
+        disable_shuffling=True,  # example i is record i (a prefix of a larger split)
         homepage="https://arxiv.org/abs/1511.02793",
     )
 
