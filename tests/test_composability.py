@@ -33,6 +33,8 @@ _TINY_CIFAR = dict(widths=(4, 4, 8), stem_width=4)
 # name -> (kwargs, input maker(batch) -> (inputs, apply kwargs))
 _IMAGE = lambda hw, c=3: (lambda b: (jax.random.normal(jax.random.key(1), (b, hw, hw, c)), {}))
 _TOKENS = lambda v, t: (lambda b: (jax.random.randint(jax.random.key(1), (b, t), 0, v), {}))
+_CLIPS = lambda t, hw: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, hw, hw, 1)),
+                                    {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
 _SEQ = lambda t, f: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, f)),
                                 {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
 
@@ -48,10 +50,31 @@ MODEL_CASES = {
     "rnn_lm": (dict(vocab_size=11, hidden_size=6, num_layers=2), _TOKENS(11, 5)),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=6, cell="gru", bidirectional=True),
                        _SEQ(5, 4)),
+    "video_classifier": (dict(num_classes=3, hidden_size=6, bidirectional=True,
+                              encoder_kwargs=dict(features=(4,), dense=(6,))),
+                         _CLIPS(4, 6)),
+    "captioner": (dict(vocab_size=7, embed_size=4, hidden_size=6, attention_size=4,
+                       encoder_kwargs=dict(features=(4,), dense=())), _IMAGE(8, 1)),
 }
+
+
+class _TeacherForced(nn.Module):
+  """A captioner on images alone: its second input, the caption, is a fixed token prefix
+  (teacher forcing), and the attention weights are part of the output."""
+
+  model: nn.Module
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    tgt_in = jnp.broadcast_to(jnp.array([2, 4, 5, 6]), (images.shape[0], 4))
+    return self.model(images, tgt_in, train, return_attention=True)
+
+
+# Models with more than one input get a wrapper taking the one input the checks vary.
+WRAPPERS = {"captioner": _TeacherForced}
 # One member of each family (and each block type) gets every check in both modes.
 FULL = {"lenet5", "conv_stack", "alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50",
-        "cifar_resnet20", "rnn_lm", "rnn_classifier"}
+        "cifar_resnet20", "rnn_lm", "rnn_classifier", "video_classifier", "captioner"}
 COVERED = set(MODEL_CASES)
 
 
@@ -155,7 +178,7 @@ def _check_export(fx, params, inputs, value, rtol):
     *[(name, "cpu_native") for name in sorted(COVERED - FULL)]])
 def test_registry_model(name, mode):
   kwargs, make_inputs = MODEL_CASES[name]
-  model = models.create(name, **kwargs)
+  model = WRAPPERS.get(name, lambda m: m)(models.create(name, **kwargs))
   inputs, extra = make_inputs(2)
   batched, _ = make_inputs(3)
   variables = model.init(jax.random.key(0), inputs, False, **extra)
