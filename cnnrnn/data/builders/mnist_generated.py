@@ -148,7 +148,8 @@ def caption_example(rng: np.random.Generator, images: np.ndarray, labels: np.nda
   words = ["the", "digit", str(subject), "is", *_RELATIONS[layout, first_is_subject], "of",
            "the", "digit", str(obj), "."]
   return {"image": canvas, "caption": encode_caption(words),
-          "digits": np.array([subject, obj], np.int64), "digit_index": index[order].astype(np.int64),
+          "digits": np.array([subject, obj], np.int64),
+          "digit_index": index[order].astype(np.int64),
           "offsets": offsets[order], "layout": layout}
 
 
