@@ -35,6 +35,12 @@ _IMAGE = lambda hw, c=3: (lambda b: (jax.random.normal(jax.random.key(1), (b, hw
 _TOKENS = lambda v, t: (lambda b: (jax.random.randint(jax.random.key(1), (b, t), 0, v), {}))
 _CLIPS = lambda t, hw: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, hw, hw, 1)),
                                     {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
+_CAPTION = lambda hw, v, t: (lambda b: ((
+    jax.random.normal(jax.random.key(1), (b, hw, hw, 1)),
+    jax.random.randint(jax.random.key(2), (b, t), 4, v)), {}))
+_TRANSLATION = lambda v, s, t: (lambda b: ((
+    jax.random.randint(jax.random.key(1), (b, s), 4, v),
+    jax.random.randint(jax.random.key(2), (b, t), 4, v)), {}))
 _SEQ = lambda t, f: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, f)),
                                 {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
 
@@ -48,33 +54,28 @@ MODEL_CASES = {
        for d in (18, 34, 50, 101, 152)},
     **{f"cifar_resnet{d}": (dict(**_TINY_CIFAR), _IMAGE(8)) for d in (20, 32, 44, 56, 110)},
     "rnn_lm": (dict(vocab_size=11, hidden_size=6, num_layers=2), _TOKENS(11, 5)),
+    "vit": (dict(num_classes=5, patch_size=4, hidden_dim=8, depth=2, num_heads=2, mlp_dim=16,
+                 image_size=8), _IMAGE(8)),
+    # The named ViTs at a tiny width and depth (their patch size and pooling kept).
+    **{name: (dict(num_classes=5, hidden_dim=8, depth=1, num_heads=2, mlp_dim=16,
+                   image_size=28 if name == "vit_h14" else 32),
+              _IMAGE(28 if name == "vit_h14" else 32))
+       for name in ("vit_ti16", "vit_s16", "vit_b16", "vit_b32", "vit_l16", "vit_h14")},
+    "transformer": (dict(variant="tiny", vocab_size=13, num_layers=1, d_model=8,
+                         num_heads=2, mlp_dim=16, dropout_rate=0.0), _TRANSLATION(13, 5, 4)),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=6, cell="gru", bidirectional=True),
                        _SEQ(5, 4)),
     "video_classifier": (dict(num_classes=3, hidden_size=6, bidirectional=True,
                               encoder_kwargs=dict(features=(4,), dense=(6,))),
                          _CLIPS(4, 6)),
     "captioner": (dict(vocab_size=7, embed_size=4, hidden_size=6, attention_size=4,
-                       encoder_kwargs=dict(features=(4,), dense=())), _IMAGE(8, 1)),
+                       encoder_kwargs=dict(features=(4,), dense=())), _CAPTION(8, 7, 4)),
 }
 
-
-class _TeacherForced(nn.Module):
-  """A captioner on images alone: its second input, the caption, is a fixed token prefix
-  (teacher forcing), and the attention weights are part of the output."""
-
-  model: nn.Module
-
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    tgt_in = jnp.broadcast_to(jnp.array([2, 4, 5, 6]), (images.shape[0], 4))
-    return self.model(images, tgt_in, train, return_attention=True)
-
-
-# Models with more than one input get a wrapper taking the one input the checks vary.
-WRAPPERS = {"captioner": _TeacherForced}
 # One member of each family (and each block type) gets every check in both modes.
 FULL = {"lenet5", "conv_stack", "alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50",
-        "cifar_resnet20", "rnn_lm", "rnn_classifier", "video_classifier", "captioner"}
+        "cifar_resnet20", "rnn_lm", "rnn_classifier", "vit", "transformer",
+        "video_classifier", "captioner"}
 COVERED = set(MODEL_CASES)
 
 
@@ -87,12 +88,18 @@ def _scalar(out):
   return sum(jnp.sum(jnp.sin(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(out))
 
 
+def _as_tuple(inputs):
+  return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
 def _loss_fn(module, extra_kwargs, train: bool):
-  """(variables, inputs) -> scalar, updating nothing (batch statistics are discarded)."""
+  """(variables, inputs) -> scalar, updating nothing (batch statistics are discarded).
+  `inputs` is an array or a tuple of the model's positional inputs."""
 
   def loss(variables, inputs):
     mutable = [k for k in variables if k != "params"] if train else False
-    out = module.apply(variables, inputs, train, mutable=mutable, **extra_kwargs)
+    out = module.apply(variables, *_as_tuple(inputs), train=train, mutable=mutable,
+                       **extra_kwargs)
     return _scalar(out[0] if mutable else out)
 
   return loss
@@ -122,7 +129,7 @@ def check_transformations(loss, variables, inputs, batched_inputs, *, mode: str,
   """
   params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
   f = lambda p, x: loss({"params": p, **rest}, x)
-  float_x = jnp.issubdtype(inputs.dtype, jnp.floating)
+  float_x = all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree.leaves(inputs))
   fx = accel.accelerate(f, mode=mode)
   v = _float_tangent(params, 3)
   tx = _float_tangent(inputs, 4) if float_x else None
@@ -139,11 +146,13 @@ def check_transformations(loss, variables, inputs, batched_inputs, *, mode: str,
         "hvp_fr": jax.jvp(lambda p: jax.grad(fx)(p, inputs), (params,), (v,))[1],
         "hvp_rf": jax.grad(lambda p: jax.jvp(lambda p: fx(p, inputs), (p,), (v,))[1])(params),
         "remat_grad": jax.grad(jax.checkpoint(fx))(params, inputs),
-        "vmap": jax.vmap(lambda x: fx(params, x[None]))(batched),
-        "loop": jnp.stack([fx(params, batched[i:i + 1]) for i in range(batched.shape[0])])}
+        "vmap": jax.vmap(lambda x: fx(params, jax.tree.map(lambda a: a[None], x)))(batched),
+        "loop": jnp.stack([fx(params, jax.tree.map(lambda a: a[i:i + 1], batched))
+                           for i in range(jax.tree.leaves(batched)[0].shape[0])])}
     if tx is not None:
       out["grad_x"] = jax.grad(fx, argnums=1)(params, inputs)
       out["jvp_x"] = jax.jvp(lambda x: fx(params, x), (inputs,), (tx,))[1]
+      out["grad_x_dot"] = _dot(out["grad_x"], tx)
     return out
 
   r = everything(params, inputs, batched_inputs, v, tx)
@@ -158,7 +167,7 @@ def check_transformations(loss, variables, inputs, batched_inputs, *, mode: str,
 
 def _check_the_rest(r, v, tx, rtol):
   if tx is not None:
-    np.testing.assert_allclose(r["jvp_x"], jnp.vdot(r["grad_x"], tx), rtol=rtol, atol=1e-4)
+    np.testing.assert_allclose(r["jvp_x"], r["grad_x_dot"], rtol=rtol, atol=1e-4)
   _tree_close(r["hvp_fr"], r["hvp_rf"], 1e-2, 1e-3)
   assert any(np.abs(np.asarray(h)).max() > 0 for h in jax.tree.leaves(r["hvp_fr"]))
   np.testing.assert_allclose(r["vmap"], r["loop"], rtol=rtol, atol=1e-5)  # vmap == a loop.
@@ -178,22 +187,31 @@ def _check_export(fx, params, inputs, value, rtol):
     *[(name, "cpu_native") for name in sorted(COVERED - FULL)]])
 def test_registry_model(name, mode):
   kwargs, make_inputs = MODEL_CASES[name]
-  model = WRAPPERS.get(name, lambda m: m)(models.create(name, **kwargs))
+  model = models.create(name, **kwargs)
   inputs, extra = make_inputs(2)
   batched, _ = make_inputs(3)
-  variables = model.init(jax.random.key(0), inputs, False, **extra)
+  variables = model.init(jax.random.key(0), *_as_tuple(inputs), train=False, **extra)
   has_state = len(variables) > 1  # BatchNorm: exercise training-mode statistics.
   if "seq_lengths" in extra:  # Lengths per example for the vmap check come from the batch.
     extra = {}
   loss = _loss_fn(model, extra, train=has_state)
   check_transformations(loss, variables, inputs, batched, mode=mode, quick=name not in FULL)
-  if name not in FULL:
+  if name not in FULL or isinstance(inputs, tuple):
     return
   # nn.remat of the whole model class, `train` positional as Flax expects.
   remat = nn.remat(type(model), static_argnums=(2,))(**{
       f: getattr(model, f) for f in model.__dataclass_fields__ if f not in ("parent", "name")})
-  _tree_close(jax.grad(_loss_fn(remat, extra, has_state))(variables, inputs),
-              jax.grad(loss)(variables, inputs), 2e-3, 1e-5)
+  def positional(module):  # `train` passed positionally, as nn.remat's static_argnums needs.
+    mutable = [k for k in variables if k != "params"] if has_state else False
+
+    def f(v, x):
+      out = module.apply(v, x, has_state, mutable=mutable, **extra)
+      return _scalar(out[0] if mutable else out)
+
+    return f
+
+  _tree_close(jax.grad(positional(remat))(variables, inputs),
+              jax.grad(positional(model))(variables, inputs), 2e-3, 1e-5)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -203,6 +221,11 @@ B, T, F, H = 2, 5, 3, 4
 
 def _rnn_inputs(b):
   return jax.random.normal(jax.random.key(2), (b, T, F))
+
+
+def _query_keys(b):
+  """(queries [B, 2, F], keys [B, T, F])."""
+  return (jax.random.normal(jax.random.key(3), (b, 2, F)), _rnn_inputs(b))
 
 
 def _image(b, c=4, hw=6):
@@ -227,6 +250,19 @@ LAYER_CASES = {
     "MaxPool": (lambda: cnn.MaxPool((2, 2)), _image),
     "AvgPool": (lambda: cnn.AvgPool((3, 3), (2, 2), "SAME"), _image),
     "AdaptiveAvgPool": (lambda: cnn.AdaptiveAvgPool(4), _image),
+    "MultiHeadAttention": (lambda: cnn.MultiHeadAttention(num_heads=2, qkv_features=4),
+                           _rnn_inputs),
+    "MultiHeadAttention(fused)": (lambda: cnn.MultiHeadAttention(num_heads=1, fused_qkv=True),
+                                  _rnn_inputs),
+    "AdditiveAttention": (lambda: cnn.AdditiveAttention(features=4), _query_keys),
+    "LuongAttention(general)": (lambda: cnn.LuongAttention(score="general"), _query_keys),
+    "LuongAttention(concat)": (lambda: cnn.LuongAttention(score="concat", features=4),
+                               _query_keys),
+    "Mlp": (lambda: cnn.Mlp(hidden_dim=6, activation="gelu"), _rnn_inputs),
+    "TransformerEncoderBlock": (lambda: cnn.TransformerEncoderBlock(num_heads=1, mlp_dim=6),
+                                _rnn_inputs),
+    "TransformerDecoderBlock": (lambda: cnn.TransformerDecoderBlock(num_heads=1, mlp_dim=6),
+                                _query_keys),
 }
 
 
@@ -238,7 +274,8 @@ def _layer_call(layer, variables, x):
   elif isinstance(layer, cnn.StackedRNN):
     out = layer.apply(variables, x, True, rngs={"dropout": jax.random.key(0)})
   else:
-    out = layer.apply(variables, x, mutable=mutable) if mutable else layer.apply(variables, x)
+    x = _as_tuple(x)
+    out = layer.apply(variables, *x, mutable=mutable) if mutable else layer.apply(variables, *x)
   return out[0] if mutable else out
 
 
@@ -248,7 +285,7 @@ def test_layer(name, mode):
   make, inputs = LAYER_CASES[name]
   layer = make()
   x = inputs(B)
-  variables = layer.init(jax.random.key(0), x)
+  variables = layer.init(jax.random.key(0), *_as_tuple(x))
   if "params" not in variables:  # Parameter-free layers: differentiate w.r.t. the input.
     f = lambda v, x: _scalar(_layer_call(layer, {}, v["params"]["x"]))
     check_transformations(f, {"params": {"x": x}}, x, inputs(3), mode=mode)

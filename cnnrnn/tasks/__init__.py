@@ -6,7 +6,9 @@ A task has `model_inputs(batch) -> (args, kwargs)` and
 `generation_evaluator(model, pairs, mesh) -> evaluate(state, batches, split) -> metrics`
 for tasks scored on generated outputs (captioning: decoding, exact match and BLEU), and
 `stateful = True` when batches are contiguous streams and the model carries a recurrent
-state across them (language models; the model then follows `cnnrnn.models.stateful`).
+state across them (language models; the model then follows `cnnrnn.models.stateful`);
+`generation_evaluator(model, pairs, mesh) -> evaluate(state, batches, split) -> metrics`
+for tasks scored on generated outputs (translation: decoding and BLEU).
 """
 
 import dataclasses
@@ -15,9 +17,11 @@ from cnnrnn.tasks.captioning import Captioning
 from cnnrnn.tasks.classification import Classification
 from cnnrnn.tasks.language_model import LanguageModel
 from cnnrnn.tasks.regression import Regression
+from cnnrnn.tasks.translation import Translation
 
 _TASKS = {"classification": Classification, "language_model": LanguageModel,
-          "regression": Regression, "captioning": Captioning}
+          "regression": Regression, "translation": Translation,
+          "captioning": Captioning}
 
 
 def names() -> list[str]:

@@ -180,6 +180,13 @@ class MnistCaptionsConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
+def config_options() -> dict[str, type]:
+  """The `config.dataset` fields the generated datasets read (their builder configs')."""
+  base_fields = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+  return {f.name: int for cls in (MovingMnistConfig, MnistCaptionsConfig)
+          for f in dataclasses.fields(cls) if f.name not in base_fields}
+
+
 class _FromMnist(base.RawFilesBuilder, skip_registration=True):
   """Generated from MNIST's IDX files (the same files, URL and `manual_dir` as `mnist`)."""
 
