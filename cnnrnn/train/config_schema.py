@@ -201,8 +201,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("num_train_steps=0 and num_epochs=0: set one of them to a count >= 1")
   _check_best_metric(config)
   _check_task(config)
-  check_model_kwargs(config.model.name, {k[len("model."):]: v for k, v in fields.items()
-                                          if k.startswith("model.") and k != "model.name"})
+  model_fields = {k[len("model."):]: v for k, v in fields.items()
+                  if k.startswith("model.") and k != "model.name"}
+  # A mapping-valued argument (e.g. video_classifier's encoder_kwargs) is one argument.
+  nested = {k.split(".", 1)[0] for k in model_fields if "." in k}
+  check_model_kwargs(config.model.name, {k: v for k, v in model_fields.items() if "." not in k}
+                     | {k: config.model[k].to_dict() for k in nested})
 
 
 def _check_best_metric(config) -> None:
