@@ -66,7 +66,7 @@ MODEL_CASES = {
     "rnn_classifier": (dict(num_outputs=3, hidden_size=6, cell="gru", bidirectional=True),
                        _SEQ(5, 4)),
     "video_classifier": (dict(num_classes=3, hidden_size=6, bidirectional=True,
-                              encoder_kwargs=dict(features=(4,), dense=(6,))),
+                              encoder_kwargs=dict(features=(4,), dense=(6,), batch_norm=True)),
                          _CLIPS(4, 6)),
     "captioner": (dict(vocab_size=7, embed_size=4, hidden_size=6, attention_size=4,
                        encoder_kwargs=dict(features=(4,), dense=())), _CAPTION(8, 7, 4)),
