@@ -9,12 +9,19 @@
 
   or all at once: `caption_strips(model, variables, images, out_dir)`.
 - Video classifier: a strip of the clip's frames titled with the prediction (and the label).
+
+From a trained workdir of either model (its newest checkpoint, the first examples of a split):
+
+    python -m cnnrnn.analysis.hybrids --workdir=DIR [--out=DIR/strips] [--num_examples=4] \
+        [--split=test] [--beam_size=1]
 """
 
+import json
 import os
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from cnnrnn import decode
@@ -151,3 +158,82 @@ def plot_clip(frames, path: str | os.PathLike, prediction: str, label: str | Non
   fig.savefig(path, dpi=80)
   plt.close(fig)
   return str(path)
+
+
+def plot_workdir_strips(workdir: str, out_dir: str | None = None, num_examples: int = 4,
+                        split: str = "test", data_dir: str | None = None,
+                        beam_size: int = 1) -> list[str]:
+  """Strips of a trained `captioner` (attention per generated word) or `video_classifier`
+  (frames with the prediction and the label) for the first examples of `split`.
+
+  Reads the workdir's config.json and newest checkpoint and preprocesses the examples as the
+  evaluation does.
+
+  Returns:
+    The paths written (in `out_dir`, default WORKDIR/strips).
+
+  Raises:
+    ValueError: the workdir's model is neither a captioner nor a video classifier.
+  """
+  # Imported here: the plotting functions above need none of the training stack.
+  from cnnrnn import data  # pylint: disable=g-import-not-at-top
+  from cnnrnn import models  # pylint: disable=g-import-not-at-top
+  from cnnrnn import transfer  # pylint: disable=g-import-not-at-top
+  from cnnrnn.data import pipeline  # pylint: disable=g-import-not-at-top
+  from cnnrnn.data.builders import mnist_generated  # pylint: disable=g-import-not-at-top
+  from cnnrnn.train.trainer import model_kwargs  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.model.name not in ("captioner", "video_classifier"):
+    raise ValueError(f"workdir {workdir} trained {config.model.name!r}; strips are drawn for "
+                     "'captioner' and 'video_classifier'")
+  variables = transfer.load_workdir(workdir)
+  kwargs = model_kwargs(config.model)
+  if config.model.name == "video_classifier":
+    kwargs.setdefault("num_classes", int(np.shape(variables["params"]["head"]["kernel"])[-1]))
+  model = models.create(config.model.name, **kwargs)
+  ds_cfg = config.dataset
+  dataset = data.load(ds_cfg.name, data_dir or ds_cfg.get("data_dir"), ds_cfg.get("manual_dir"),
+                      options=ds_cfg.to_dict())
+  batch = next(iter(pipeline.eval_batches(
+      dataset.open_split(split, False), global_batch_size=num_examples,
+      preprocess=data.preprocessor(ds_cfg, dataset, train=False))))
+  batch = {k: v[:num_examples] for k, v in batch.items()}
+  out_dir = out_dir or os.path.join(workdir, "strips")
+  os.makedirs(out_dir, exist_ok=True)
+  if config.model.name == "captioner":
+    max_len = config.task.get("max_decode_len") or batch["caption"].shape[1] + 1
+    return caption_strips(model, variables, batch["image"], out_dir,
+                          vocab=mnist_generated.CAPTION_VOCAB, max_len=max_len,
+                          beam_size=beam_size)
+  label_key = config.task.get("label_key", "label")
+  names = (mnist_generated.DIRECTIONS if label_key == "direction"
+           else [str(i) for i in range(kwargs["num_classes"])])
+  lengths = batch.get("seq_lengths")
+  logits = model.apply(variables, batch["image"], seq_lengths=lengths)
+  paths = []
+  for i, pred in enumerate(np.asarray(jnp.argmax(logits, -1))):
+    paths.append(plot_clip(batch["image"][i], os.path.join(out_dir, f"clip_{i}.png"),
+                           names[int(pred)], names[int(batch[label_key][i])],
+                           None if lengths is None else int(lengths[i])))
+  return paths
+
+
+def main(argv):
+  del argv
+  for path in plot_workdir_strips(_WORKDIR.value, _OUT.value, _NUM_EXAMPLES.value, _SPLIT.value,
+                                  beam_size=_BEAM_SIZE.value):
+    print(path)
+
+
+if __name__ == "__main__":
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A captioner or video_classifier workdir.",
+                                 required=True)
+  _OUT = flags.DEFINE_string("out", None, "Folder for the PNGs (default: WORKDIR/strips).")
+  _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 4, "How many examples.")
+  _SPLIT = flags.DEFINE_string("split", "test", "Dataset split of the examples.")
+  _BEAM_SIZE = flags.DEFINE_integer("beam_size", 1, "Captioner: 1 greedy, K beam search.")
+  app.run(main)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cnnrnn import train
+from cnnrnn.analysis import hybrids
 from configs import mnist_captions, moving_mnist_video
 from tests.helpers import override, shared_dataset
 
@@ -39,6 +40,8 @@ def test_video_classifier_learns_digit_identity(tmp_path):
   train_losses = [r["loss"] for r in _records(tmp_path / "work") if r["split"] == "train"]
   assert train_losses[-1] < 0.8 * train_losses[0]
   assert test["num_examples"] == 128 and test["accuracy"] > 0.25  # chance: 0.1
+  paths = hybrids.plot_workdir_strips(str(tmp_path / "work"), num_examples=2)
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["clip_0.png", "clip_1.png"]
 
 
 def test_captioner_learns_the_template(tmp_path):
@@ -57,3 +60,5 @@ def test_captioner_learns_the_template(tmp_path):
   # above chance (1/26) and a decoded BLEU above 0.
   assert test["accuracy"] > 0.4 and test["bleu"] > 5.0
   assert records[-1]["split"] == "test" and "bleu" in records[-1]
+  paths = hybrids.plot_workdir_strips(str(tmp_path / "work"), num_examples=2, beam_size=2)
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["caption_0.png", "caption_1.png"]
