@@ -11,6 +11,10 @@ The trainer uses this module when `config.transfer.source` is set (fields in
                           the torch hub cache; offline, the error names the file to put where).
     transfer.source_model the cnnrnn registry name whose torch layout the state dict has
                           (default: model.name; e.g. "vit_b16" for a timm ViT-B/16).
+    transfer.target_module  load the source into this top-level module of the model instead
+                          of the whole model (e.g. "encoder": an image model's workdir into
+                          `video_classifier`'s frame encoder), the source's head dropped;
+                          the rest of the model keeps its fresh initialisation.
     transfer.head         the top-level module that is the head (default "head"), fresh
                           (as the model initialises it) unless `keep_head`.
     transfer.keep_head    keep the source's head when its shapes fit (the same classes,
@@ -79,6 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.source = ""
   c.source_model = ""
+  c.target_module = ""
   c.head = "head"
   c.keep_head = False
   c.strategy = "full"
@@ -472,6 +477,41 @@ def adapt(source: Mapping[str, Any], target: Mapping[str, Any], head: str = "hea
   return out
 
 
+def adapt_into(source: Mapping[str, Any], target: Mapping[str, Any], module: str,
+               head: str = "head") -> dict[str, Any]:
+  """The target's variables with its top-level `module` replaced by the source's model
+  (e.g. a pretrained image model as a video classifier's frame encoder), the source's head
+  dropped.
+
+  Raises:
+    ValueError: `module` is not a top-level module of the target, or the source does not
+      fit it (the missing/unexpected variables, or the first shape that differs).
+  """
+  if module not in target["params"]:
+    raise ValueError(f"transfer.target_module={module!r} is not a top-level module of the "
+                     f"model; its modules: {sorted(target['params'])}")
+  out = {}
+  for collection, tree in target.items():
+    tree = dict(tree)
+    if module in tree:
+      want = traverse_util.flatten_dict(dict(tree[module]))
+      have = traverse_util.flatten_dict({k: v for k, v in dict(source.get(collection, {})).items()
+                                         if k != head})
+      if want.keys() != have.keys():
+        raise ValueError(f"pretrained {collection} do not fit transfer.target_module={module!r}: "
+                         f"missing {sorted('/'.join(p) for p in want.keys() - have.keys())[:8]}, "
+                         f"unexpected {sorted('/'.join(p) for p in have.keys() - want.keys())[:8]}")
+      for path, init in want.items():
+        if np.shape(have[path]) != np.shape(init):
+          raise ValueError(f"pretrained {collection}/{'/'.join(path)} has shape "
+                           f"{tuple(np.shape(have[path]))}, {module!r} "
+                           f"{tuple(np.shape(init))}")
+      tree[module] = traverse_util.unflatten_dict(
+          {p: np.asarray(have[p], np.asarray(v).dtype) for p, v in want.items()})
+    out[collection] = tree
+  return out
+
+
 def resample_rules() -> dict[str, Callable]:
   """Leaf name -> resampling function, for the families that have resolution-dependent leaves."""
   from cnnrnn.models.vit import resample_pos_embed_to_shape  # pylint: disable=g-import-not-at-top
@@ -502,8 +542,11 @@ class Plan:
     """`state` (freshly initialised) with the pretrained weights and a fresh optimizer state."""
     target = jax.device_get({"params": state.params, **state.model_state})
     source = load_source(self.cfg.source, self.source_model, self.model_kwargs)
-    variables = adapt(source, target, self.cfg.head, resample_rules(),
-                      keep_head=self.cfg.get("keep_head", False))
+    if self.cfg.get("target_module"):
+      variables = adapt_into(source, target, self.cfg.target_module)
+    else:
+      variables = adapt(source, target, self.cfg.head, resample_rules(),
+                        keep_head=self.cfg.get("keep_head", False))
     params = variables.pop("params")
     params = jax.device_put(params, state_shardings.params)
     model_state = jax.device_put(variables, state_shardings.model_state)

@@ -39,6 +39,11 @@ _TINY_CIFAR = dict(widths=(4, 4, 8), stem_width=4)
 # name -> (kwargs, input maker(batch) -> (inputs, apply kwargs))
 _IMAGE = lambda hw, c=3: (lambda b: (jax.random.normal(jax.random.key(1), (b, hw, hw, c)), {}))
 _TOKENS = lambda v, t: (lambda b: (jax.random.randint(jax.random.key(1), (b, t), 0, v), {}))
+_CLIPS = lambda t, hw: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, hw, hw, 1)),
+                                    {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
+_CAPTION = lambda hw, v, t: (lambda b: ((
+    jax.random.normal(jax.random.key(1), (b, hw, hw, 1)),
+    jax.random.randint(jax.random.key(2), (b, t), 4, v)), {}))
 _TRANSLATION = lambda v, s, t: (lambda b: ((
     jax.random.randint(jax.random.key(1), (b, s), 4, v),
     jax.random.randint(jax.random.key(2), (b, t), 4, v)), {}))
@@ -66,10 +71,17 @@ MODEL_CASES = {
                          num_heads=2, mlp_dim=16, dropout_rate=0.0), _TRANSLATION(13, 5, 4)),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=6, cell="gru", bidirectional=True),
                        _SEQ(5, 4)),
+    "video_classifier": (dict(num_classes=3, hidden_size=6, bidirectional=True,
+                              encoder_kwargs=dict(features=(4,), dense=(6,), batch_norm=True)),
+                         _CLIPS(4, 6)),
+    "captioner": (dict(vocab_size=7, embed_size=4, hidden_size=6, attention_size=4,
+                       encoder_kwargs=dict(features=(4,), dense=())), _CAPTION(8, 7, 4)),
 }
+
 # One member of each family (and each block type) gets every check in both modes.
 FULL = {"lenet5", "conv_stack", "alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50",
-        "cifar_resnet20", "rnn_lm", "rnn_classifier", "vit", "transformer"}
+        "cifar_resnet20", "rnn_lm", "rnn_classifier", "vit", "transformer",
+        "video_classifier", "captioner"}
 COVERED = set(MODEL_CASES)
 
 

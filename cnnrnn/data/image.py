@@ -87,7 +87,8 @@ class ImagePreprocess:
     inv_std = 1.0 / (np.asarray(self.std, np.float32) * 255.0)
     out = dict(batch)
     out["image"] = (images.astype(np.float32) - mean) * inv_std
-    out["label"] = batch["label"].astype(np.int32)
+    if "label" in batch:  # Captioning data has none.
+      out["label"] = batch["label"].astype(np.int32)
     return out
 
 

@@ -71,12 +71,15 @@ def _feature(info, key: str):
     return None
 
 
-def _num_classes(info) -> int | None:
-  return getattr(_feature(info, "label"), "num_classes", None)
+def _num_classes(info, label_key: str = "label") -> int | None:
+  return getattr(_feature(info, label_key), "num_classes", None)
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+            options: dict | None = None):
   """Prepares one of cnnrnn's own datasets (idempotent) and returns its builder.
+
+  `options` (the `config.dataset` fields) configure generated datasets (sizes, shapes).
 
   Raises:
     ValueError: `name` is not one of cnnrnn's builders.
@@ -87,7 +90,9 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     raise ValueError(
         f"dataset.name={name!r} has no cnnrnn builder; known: {', '.join(sorted(builders.BUILDERS))}"
     )
-  builder = builders.BUILDERS[name](data_dir=data_dir or default_data_dir(), file_format="array_record")
+  cls = builders.BUILDERS[name]
+  builder = cls(data_dir=data_dir or default_data_dir(), file_format="array_record",
+                **cls.builder_kwargs(options or {}))
   builder.download_and_prepare_from(manual_dir)
   return builder
 
@@ -108,15 +113,19 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   if name in builders.BUILDERS:
     cls = builders.BUILDERS[name]
     if jax.process_index() == 0:
-      builder = prepare(name, data_dir, manual_dir)
+      builder = prepare(name, data_dir, manual_dir, options)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
       multihost_utils.sync_global_devices(f"prepare {name}")
     if jax.process_index() != 0:
-      builder = cls(data_dir=data_dir, file_format="array_record")
+      builder = cls(data_dir=data_dir, file_format="array_record",
+                    **cls.builder_kwargs(options or {}))
     splits = {s: builder.as_data_source(split=s) for s in builder.info.splits}
-    return Dataset(name, splits, _num_classes(builder.info), cls.MEAN, cls.STD,
+    # `dataset.label_key` picks which class feature sets num_classes (moving_mnist: label or
+    # direction).
+    label_key = (options or {}).get("label_key") or "label"
+    return Dataset(name, splits, _num_classes(builder.info, label_key), cls.MEAN, cls.STD,
                    is_image=_feature(builder.info, "image") is not None)
   try:
     sources = tfds.data_source(name, data_dir=data_dir)

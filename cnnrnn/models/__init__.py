@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from cnnrnn.models.captioner import Captioner
 from cnnrnn.models.conv_stack import ConvStack
 from cnnrnn.models.lenet import LeNet5
 from cnnrnn.models.rnn_classifier import RNNClassifier
@@ -16,6 +17,7 @@ from cnnrnn.models.rnn_lm import RNNLM
 from cnnrnn.models.alexnet import AlexNet
 from cnnrnn.models.resnet import CIFAR_DEPTHS, IMAGENET_STAGES, ResNet, cifar_resnet, resnet
 from cnnrnn.models.transformer import Transformer, transformer
+from cnnrnn.models.video_classifier import VideoClassifier
 from cnnrnn.models.vgg import VGG, VGG_STAGES, vgg
 from cnnrnn.models.vit import REGISTRY_VARIANTS as VIT_VARIANTS, ViT, vit_variant
 
@@ -32,6 +34,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "vit": ViT,  # any patch size / width / depth, e.g. patch 4 on 32x32 images
     **{name: vit_variant(variant) for name, variant in VIT_VARIANTS.items()},
     "transformer": transformer,
+    "video_classifier": VideoClassifier,
+    "captioner": Captioner,
 }
 
 

@@ -20,7 +20,7 @@ class AlexNet(nn.Module):
   to 6x6 (224x224 inputs give 6x6 already).
 
   Attributes:
-    num_classes: output size.
+    num_classes: output size; 0 drops the head and returns its [B, 4096] input features.
     dropout_rate: dropout before each of the two hidden dense layers (paper: 0.5).
     dtype: compute dtype.
     param_dtype: parameter dtype.
@@ -54,4 +54,6 @@ class AlexNet(nn.Module):
     for i in (1, 2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = nn.relu(nn.Dense(4096, name=f"fc{i}", **kw)(x))
+    if self.num_classes == 0:
+      return x  # [B, 4096] features, the head removed.
     return nn.Dense(self.num_classes, name="head", **kw)(x)

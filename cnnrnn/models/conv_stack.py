@@ -21,6 +21,10 @@ class ConvStack(nn.Module):
     batch_norm: BatchNorm after each conv.
     dropout: dropout rate before each dense layer.
     global_pool: average over space instead of flattening (any input size then works).
+
+  `num_classes=0` (timm's convention) drops the head and returns the features it would
+  read: [B, D] after the dense layers or the global pool, or, with neither, the last conv
+  map [B, H', W', C] unflattened (the feature grid a captioner attends over).
   """
 
   num_classes: int = 10
@@ -36,7 +40,8 @@ class ConvStack(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    """Args: x: [B, H, W, C] images. Returns: [B, num_classes] logits."""
+    """Args: x: [B, H, W, C] images. Returns: [B, num_classes] logits (features when
+    num_classes=0, see the class docstring)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     k = self.kernel_size
     for i, f in enumerate(self.features):
@@ -47,9 +52,13 @@ class ConvStack(nn.Module):
       x = nn.relu(x)
       if self.pool_every and (i + 1) % self.pool_every == 0:
         x = cnn.max_pool(x, (2, 2))
+    if self.num_classes == 0 and not self.global_pool and not self.dense:
+      return x  # The feature grid [B, H', W', C].
     x = x.mean(axis=(1, 2)) if self.global_pool else x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.dense):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
       x = nn.relu(nn.Dense(width, name=f"fc{i}", **kw)(x))
+    if self.num_classes == 0:
+      return x  # [B, D] features.
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head", **kw)(x)

@@ -22,6 +22,7 @@ class LeNet5(nn.Module):
   5x5 convolution over a 5x5 map, i.e. exactly the dense 400 -> 120 layer used here.
   The paper uses scaled tanh and trainable subsampling; `activation="tanh", pooling="avg"`
   is the closest parameter-free form, the defaults (ReLU, max) train faster.
+  `num_classes=0` drops the head and returns the 84 features it would read.
 
   Attributes:
     num_classes: size of the output layer.
@@ -58,4 +59,6 @@ class LeNet5(nn.Module):
     x = x.reshape(x.shape[0], -1)  # (B, 400)
     x = act(nn.Dense(120, name="fc1", **kw)(x))
     x = act(nn.Dense(84, name="fc2", **kw)(x))
+    if self.num_classes == 0:
+      return x  # [B, 84] features.
     return nn.Dense(self.num_classes, name="head", **kw)(x)

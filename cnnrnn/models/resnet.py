@@ -40,7 +40,7 @@ class ResNet(nn.Module):
     stem: "imagenet" (7x7/2 conv + 3x3/2 max pool) or "cifar" (3x3 conv).
     stem_width: channels of the stem convolution.
     shortcut: "projection" (torchvision, option B) or "pad" (option A).
-    num_classes: output size.
+    num_classes: output size; 0 drops the head and returns the pooled features [B, C].
     zero_init_residual: start each block's last BatchNorm scale at 0 (Goyal et al. 2017).
     dtype: compute dtype.
     param_dtype: parameter dtype.
@@ -84,6 +84,8 @@ class ResNet(nn.Module):
                       zero_init_residual=self.zero_init_residual, name=f"stage{s}_block{b}",
                       **kw)(x, train=train)
     x = x.mean(axis=(1, 2))  # global average pool: (B, C)
+    if self.num_classes == 0:
+      return x
     return nn.Dense(self.num_classes, name="head", **kw)(x)
 
 

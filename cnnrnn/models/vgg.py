@@ -33,7 +33,7 @@ class VGG(nn.Module):
     stage_sizes: convolutions in each of the stages.
     widths: channels of each stage.
     batch_norm: BatchNorm after each convolution (the `_bn` variants).
-    num_classes: output size.
+    num_classes: output size; 0 drops the head and returns its [B, 4096] input features.
     dropout_rate: dropout after each hidden dense layer (paper: 0.5).
     dtype: compute dtype.
     param_dtype: parameter dtype.
@@ -72,6 +72,8 @@ class VGG(nn.Module):
     for i in (1, 2):
       x = nn.relu(nn.Dense(4096, kernel_init=dense_init, name=f"fc{i}", **kw)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    if self.num_classes == 0:
+      return x  # [B, 4096] features, the head removed.
     return nn.Dense(self.num_classes, kernel_init=dense_init, name="head", **kw)(x)
 
 

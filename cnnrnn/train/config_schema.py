@@ -22,6 +22,7 @@ import ml_collections
 from cnnrnn import models
 from cnnrnn import tasks
 from cnnrnn.data import synthetic
+from cnnrnn.data.builders import mnist_generated
 from cnnrnn.train.defaults import default_config
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -30,6 +31,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # cnnrnn.data.synthetic, cnnrnn.data.translation, cnnrnn.train.optim).
 DATASET_OPTIONS = {"seq_len": int, "level": str, "num_train": int, "num_test": int, "seed": int,
                    **{arg: int for _, args, _ in synthetic.TASKS.values() for arg in args},
+                   **mnist_generated.config_options(), "label_key": str,
                    # Sentence pairs (translation).
                    "source_lang": str, "target_lang": str, "tokenizer": str, "vocab_size": int,
                    "min_frequency": int, "shared_vocab": bool, "sentencepiece_model": str,
@@ -45,6 +47,8 @@ TASK_METRICS = {
     "language_model": ("loss", "accuracy", "perplexity", "bits_per_token"),
     "regression": ("loss", "mse"),
     "translation": ("loss", "nll", "accuracy", "perplexity", "bleu", "bleu_tok"),
+    "captioning": ("loss", "nll", "accuracy", "attention_penalty", "perplexity", "exact_match",
+                   "bleu"),
 }
 
 
@@ -205,8 +209,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("num_train_steps=0 and num_epochs=0: set one of them to a count >= 1")
   _check_best_metric(config)
   _check_task(config)
-  check_model_kwargs(config.model.name, {k[len("model."):]: v for k, v in fields.items()
-                                          if k.startswith("model.") and k != "model.name"})
+  model_fields = {k[len("model."):]: v for k, v in fields.items()
+                  if k.startswith("model.") and k != "model.name"}
+  # A mapping-valued argument (e.g. video_classifier's encoder_kwargs) is one argument.
+  nested = {k.split(".", 1)[0] for k in model_fields if "." in k}
+  check_model_kwargs(config.model.name, {k: v for k, v in model_fields.items() if "." not in k}
+                     | {k: config.model[k].to_dict() for k in nested})
 
 
 def _check_best_metric(config) -> None:

@@ -19,6 +19,9 @@ CONFIGS = [
     ("ptb_lstm", "large"), ("resnet50_imagenet", None), ("vgg16_imagenet", None),
     ("alexnet_imagenet", None), ("multi30k_transformer", "small"),
     ("multi30k_transformer", "tiny"), ("multi30k_transformer", "small,sentencepiece"),
+    ("moving_mnist_video", "single_frame"),
+    ("moving_mnist_video", "lstm,direction"), ("moving_mnist_video", "bilstm,identity"),
+    ("mnist_captions", "attention"), ("mnist_captions", "no_attention"),
 ]
 
 
@@ -67,3 +70,23 @@ def test_imagenet_configs(name, model, batch, decay, lr):
   for train in (True, False):
     out = data.preprocessor(c.dataset, ds, train=train)(images, rng)
     assert out["image"].shape == (2, 224, 224, 3) and out["image"].dtype == np.float32
+
+
+@pytest.mark.parametrize("name,arg,match", [
+    ("moving_mnist_video", "gru", "variant 'gru'; allowed: single_frame, lstm, bilstm"),
+    ("moving_mnist_video", "lstm,colour", "label 'colour'; allowed: identity, direction"),
+    ("mnist_captions", "hard", "allowed: attention, no_attention"),
+])
+def test_hybrid_configs_name_bad_variants(name, arg, match):
+  with pytest.raises(ValueError, match=match):
+    _config(name, arg)
+
+
+def test_hybrid_configs_build_their_models():
+  for arg in ("single_frame", "lstm,direction", "bilstm"):
+    c = _config("moving_mnist_video", arg)
+    assert c.task.label_key == c.dataset.label_key
+    models.create(c.model.name, num_classes=4, **{k: v for k, v in c.model.to_dict().items()
+                                                  if k != "name"})
+  c = _config("mnist_captions", "no_attention")
+  assert not c.model.attention and c.task.attention_penalty == 0 and c.model.vocab_size == 26

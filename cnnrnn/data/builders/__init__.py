@@ -4,6 +4,7 @@ from cnnrnn.data.builders.base import RawFilesBuilder
 from cnnrnn.data.builders.cifar import Cifar10, Cifar10Folder
 from cnnrnn.data.builders.digits import Digits
 from cnnrnn.data.builders.mnist import FashionMnist, Mnist
+from cnnrnn.data.builders.mnist_generated import MnistCaptions, MovingMnist
 from cnnrnn.data.builders.multi30k import Multi30k
 from cnnrnn.data.builders.text import Ptb, TinyShakespeare
 
@@ -16,4 +17,6 @@ BUILDERS: dict[str, type[RawFilesBuilder]] = {
     "ptb": Ptb,
     "tiny_shakespeare": TinyShakespeare,
     "multi30k": Multi30k,
+    "moving_mnist": MovingMnist,
+    "mnist_captions": MnistCaptions,
 }

@@ -42,6 +42,13 @@ class RawFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   _manual_dir_path: str | None = None
 
   @classmethod
+  def builder_kwargs(cls, options: dict) -> dict:
+    """Extra constructor arguments (e.g. a generated dataset's `config`) from the
+    `config.dataset` fields; none for datasets that are the files as they are."""
+    del options
+    return {}
+
+  @classmethod
   def missing_files_message(cls, manual_dir: str | None) -> str:
     where = manual_dir or "<a folder>"
     return (
