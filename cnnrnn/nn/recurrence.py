@@ -158,12 +158,13 @@ def time_loop(cell: RecurrentCell, kernel: Array, bias: Array | None, carry: Car
   Returns:
     (final carry, outputs [T, B, H]).
   """
-  steps = jnp.arange(xp.shape[0], dtype=jnp.int32)
-
   def primal(kernel, bias, carry, xp, input_bias, lengths, save: bool):
     """The forward loop; with `save`, also what the tangent loop needs, and the static
     layout of the step's recurrent products (recorded while tracing the step once)."""
     layout = {}
+    # Built here, not closed over: a constant made outside the custom_jvp would be a tracer
+    # of an enclosing transformation (jax.checkpoint) leaking into the rule.
+    steps = jnp.arange(xp.shape[0], dtype=jnp.int32)
 
     def body(state, xs):
       carry, final = state
@@ -234,6 +235,7 @@ def time_loop(cell: RecurrentCell, kernel: Array, bias: Array | None, carry: Car
       return (d_new, d_final), d_y.astype(ys.dtype)
 
     d_carry = _instantiate(d_carry, carry)
+    steps = jnp.arange(xp.shape[0], dtype=jnp.int32)
     (_, d_final), d_ys = lax.scan(body, (d_carry, d_carry),
                                   (carries, res, d_in, extra, steps), unroll=unroll)
     return (final, ys), (d_final, d_ys)
