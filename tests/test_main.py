@@ -14,7 +14,7 @@ from tests.helpers import REPO, cli
      "error: --config.unknown_field: configs/quickstart.py has no field 'unknown_field'"),
     ("configs/quickstart.py", ["--config.optimizer.learing_rate=0.1"],
      "did you mean --config.optimizer.learning_rate"),
-    ("configs/quickstart.py", ["--config.dataset.name=mnistt"], "did you mean 'mnist'?"),
+    ("configs/quickstart.py", ["--config.dataset.name=mnistt"], "did you mean 'mnist'"),
     ("configs/quickstart.py", ["--config.checkpoint.max_to_keep=0"],
      "error: checkpoint.max_to_keep=0; allowed: a finite number in [1, inf)"),
 ])
