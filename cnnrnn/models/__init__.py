@@ -15,6 +15,7 @@ from cnnrnn.models.rnn_classifier import RNNClassifier
 from cnnrnn.models.rnn_lm import RNNLM
 from cnnrnn.models.alexnet import AlexNet
 from cnnrnn.models.resnet import CIFAR_DEPTHS, IMAGENET_STAGES, ResNet, cifar_resnet, resnet
+from cnnrnn.models.seq2seq import Seq2Seq, seq2seq
 from cnnrnn.models.transformer import Transformer, transformer
 from cnnrnn.models.vgg import VGG, VGG_STAGES, vgg
 from cnnrnn.models.vit import REGISTRY_VARIANTS as VIT_VARIANTS, ViT, vit_variant
@@ -32,6 +33,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "vit": ViT,  # any patch size / width / depth, e.g. patch 4 on 32x32 images
     **{name: vit_variant(variant) for name, variant in VIT_VARIANTS.items()},
     "transformer": transformer,
+    "seq2seq": seq2seq,
 }
 
 
