@@ -33,8 +33,35 @@ _TINY_CIFAR = dict(widths=(4, 4, 8), stem_width=4)
 # name -> (kwargs, input maker(batch) -> (inputs, apply kwargs))
 _IMAGE = lambda hw, c=3: (lambda b: (jax.random.normal(jax.random.key(1), (b, hw, hw, c)), {}))
 _TOKENS = lambda v, t: (lambda b: (jax.random.randint(jax.random.key(1), (b, t), 0, v), {}))
+_PAIR = lambda v, s, t: (lambda b: (_source_target_ids(b, v, s, t), {}))
 _SEQ = lambda t, f: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, f)),
                                 {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
+
+
+
+def _source_target_ids(b, v, s, t):
+  """[B, S + T] ids: sources of lengths S, S-1, ... (pad 0 after), then targets (BOS first)."""
+  ids = jax.random.randint(jax.random.key(1), (b, s + t), 4, v)
+  src_len = s - jnp.arange(b) % (s - 1)
+  ids = jnp.where(jnp.arange(s + t)[None] < src_len[:, None], ids, 0)
+  ids = jnp.where(jnp.arange(s + t)[None] >= s, jax.random.randint(jax.random.key(2), (b, s + t),
+                                                                   4, v), ids)
+  return ids.at[:, s].set(2)
+
+
+class _SourceTarget(nn.Module):
+  """An encoder-decoder called on one [B, S + T] id array (source, then target inputs), so
+  that the checks below, written for one input, slice and vmap it like any other model."""
+
+  model: nn.Module
+  src_len: int
+
+  def __call__(self, inputs, train=False):
+    return self.model(inputs[:, :self.src_len], inputs[:, self.src_len:], train=train)
+
+
+# Models taking (source, target inputs): name -> wrapper taking one array.
+TWO_INPUTS = {"seq2seq": lambda model: _SourceTarget(model, 5)}
 
 MODEL_CASES = {
     "lenet5": (dict(), _IMAGE(32, 1)),
@@ -48,10 +75,12 @@ MODEL_CASES = {
     "rnn_lm": (dict(vocab_size=11, hidden_size=6, num_layers=2), _TOKENS(11, 5)),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=6, cell="gru", bidirectional=True),
                        _SEQ(5, 4)),
+    "seq2seq": (dict(vocab_size=11, embed_dim=4, hidden_size=6, cell="gru", bidirectional=True,
+                     attention="bahdanau"), _PAIR(11, 5, 4)),
 }
 # One member of each family (and each block type) gets every check in both modes.
 FULL = {"lenet5", "conv_stack", "alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50",
-        "cifar_resnet20", "rnn_lm", "rnn_classifier"}
+        "cifar_resnet20", "rnn_lm", "rnn_classifier", "seq2seq"}
 COVERED = set(MODEL_CASES)
 
 
@@ -150,12 +179,23 @@ def _check_export(fx, params, inputs, value, rtol):
   assert not re.search(r"custom_call\s*@cnnrnn", exported.mlir_module())
 
 
+# jax.checkpoint of a fast-path RNN whose final carry is read with seq_lengths leaks a tracer
+# (cnnrnn/nn/recurrence.py: `time_loop`'s custom JVP rule closes over the `steps` array made
+# outside it); seq2seq's encoder does exactly that. Every other check passes for it.
+_REMAT_LEAK = pytest.mark.xfail(raises=jax.errors.UnexpectedTracerError, strict=True,
+                                reason="time_loop's JVP rule closes over a traced array")
+KNOWN_FAILURES = {"seq2seq": _REMAT_LEAK}
+
+
 @pytest.mark.parametrize("name,mode", [
-    *[(name, mode) for name in sorted(FULL) for mode in ("xla", "cpu_native")],
+    *[pytest.param(name, mode, marks=KNOWN_FAILURES.get(name, ()))
+      for name in sorted(FULL) for mode in ("xla", "cpu_native")],
     *[(name, "cpu_native") for name in sorted(COVERED - FULL)]])
 def test_registry_model(name, mode):
   kwargs, make_inputs = MODEL_CASES[name]
   model = models.create(name, **kwargs)
+  if name in TWO_INPUTS:
+    model = TWO_INPUTS[name](model)
   inputs, extra = make_inputs(2)
   batched, _ = make_inputs(3)
   variables = model.init(jax.random.key(0), inputs, False, **extra)
