@@ -225,3 +225,63 @@ def test_learns_to_reverse_and_decodes_it():
   tokens, _ = jax.jit(functools.partial(decode.generate, model, max_len=length + 1))(
       {"params": params}, src)
   assert np.mean(np.all(np.asarray(tokens) == np.asarray(want), 1)) >= 0.9
+
+
+def test_bahdanau_variant_matches_the_pytorch_seq2seq_model():
+  """`ptseq2seq_bahdanau` is pytorch-seq2seq tutorial 3/4's model: the same logits from the
+  same weights (its modules written in torch below, packed BiGRU and masked attention)."""
+  torch = pytest.importorskip("torch")
+  e, h, v = 4, 6, V
+  model = models.create("seq2seq", variant="ptseq2seq_bahdanau", vocab_size=v, embed_dim=e,
+                        hidden_size=h)
+  src, tgt = _batch(seed=5)
+  params = jax.jit(model.init)(jax.random.key(6), src, tgt)["params"]
+  t = lambda x: torch.from_numpy(np.array(x))  # noqa: E731
+  embed_src, embed_tgt = torch.nn.Embedding(v, e), torch.nn.Embedding(v, e)
+  enc = torch.nn.GRU(e, h, bidirectional=True, batch_first=True)
+  fc, attn, energy = torch.nn.Linear(2 * h, h), torch.nn.Linear(3 * h, h), torch.nn.Linear(h, 1)
+  dec, fc_out = torch.nn.GRU(2 * h + e, h, batch_first=True), torch.nn.Linear(3 * h + e, v)
+  with torch.no_grad():
+    embed_src.weight.copy_(t(params["src_embed"]["embedding"]))
+    embed_tgt.weight.copy_(t(params["tgt_embed"]["embedding"]))
+    for suffix, direction in (("l0", "forward_rnn"), ("l0_reverse", "backward_rnn")):
+      cell = params["encoder"]["layer0"][direction]["cell"]
+      getattr(enc, f"weight_ih_{suffix}").copy_(t(cell["input"]["kernel"]).T)
+      getattr(enc, f"bias_ih_{suffix}").copy_(t(cell["input"]["bias"]))
+      getattr(enc, f"weight_hh_{suffix}").copy_(t(cell["recurrent"]["kernel"]).T)
+      getattr(enc, f"bias_hh_{suffix}").copy_(t(cell["recurrent"]["bias"]))
+    cell = params["decoder"]["layer0"]
+    dec.weight_ih_l0.copy_(t(cell["input"]["kernel"]).T)
+    dec.bias_ih_l0.copy_(t(cell["input"]["bias"]))
+    dec.weight_hh_l0.copy_(t(cell["recurrent"]["kernel"]).T)
+    dec.bias_hh_l0.copy_(t(cell["recurrent"]["bias"]))
+    fc.weight.copy_(t(params["bridge_0"]["kernel"]).T)
+    fc.bias.copy_(t(params["bridge_0"]["bias"]))
+    a = params["decoder"]["attention"]  # torch's attn reads [s; h_j]: W stacked on U.
+    attn.weight.copy_(torch.cat([t(a["query"]["kernel"]), t(a["key"]["kernel"])]).T)
+    attn.bias.copy_(t(a["key"]["bias"]))
+    energy.weight.copy_(t(a["energy"]["kernel"]).T)
+    energy.bias.zero_()  # the tutorial's v has no bias
+    fc_out.weight.copy_(t(params["head"]["kernel"]).T)
+    fc_out.bias.copy_(t(params["head"]["bias"]))
+
+    src_t, tgt_t = torch.from_numpy(np.array(src)).long(), torch.from_numpy(np.array(tgt)).long()
+    mask = src_t != 0
+    packed = torch.nn.utils.rnn.pack_padded_sequence(embed_src(src_t), mask.sum(1),
+                                                     batch_first=True, enforce_sorted=False)
+    out, hidden = enc(packed)
+    memory, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                                       total_length=src.shape[1])
+    s = torch.tanh(fc(torch.cat([hidden[-2], hidden[-1]], 1)))
+    logits = []
+    for step in range(tgt.shape[1]):
+      y = embed_tgt(tgt_t[:, step])
+      scores = energy(torch.tanh(attn(torch.cat(
+          [s[:, None].expand(-1, src.shape[1], -1), memory], 2))))[:, :, 0]
+      weights = torch.softmax(scores.masked_fill(~mask, -1e10), 1)
+      context = torch.bmm(weights[:, None], memory)[:, 0]
+      s = dec(torch.cat([y, context], 1)[:, None], s[None])[1][0]
+      logits.append(fc_out(torch.cat([s, context, y], 1)))
+  want = torch.stack(logits, 1).numpy()
+  np.testing.assert_allclose(model.apply({"params": params}, src, tgt), want, rtol=1e-5,
+                             atol=1e-5)
