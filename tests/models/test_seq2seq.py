@@ -75,9 +75,13 @@ def test_attention_type(name):
   @jax.jit
   def forward(variables):
     apply = functools.partial(model.apply, variables, return_attention=attending)
-    return apply(src, tgt), apply(garbage, tgt, src_lengths=lengths), apply(garbage, tgt)
+    maps = None
+    if attending:  # decode(..., return_weights=True): the transformer's layout, one head.
+      encoded = model.apply(variables, src, method="encode")
+      maps = model.apply(variables, encoded, tgt, return_weights=True, method="decode")[1]
+    return apply(src, tgt), apply(garbage, tgt, src_lengths=lengths), apply(garbage, tgt), maps
 
-  out, masked, unmasked = forward(variables)
+  out, masked, unmasked, maps = forward(variables)
   logits = out[0] if attending else out
   assert logits.shape == (3, 6, 11) and np.isfinite(logits).all()
   np.testing.assert_array_equal(masked[0] if attending else masked, logits)
@@ -88,6 +92,7 @@ def test_attention_type(name):
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
     pad = np.broadcast_to(np.asarray(src == 0)[:, None, :], weights.shape)
     assert np.all(weights[pad] == 0) and np.all(weights[~pad] > 0)
+    np.testing.assert_allclose(maps["cross"][:, 0], weights, rtol=1e-6, atol=1e-7)
   else:
     with pytest.raises(ValueError, match="has no attention weights"):
       model.apply(variables, src, tgt, return_attention=True)
@@ -104,9 +109,6 @@ def test_attention_type(name):
   for t in range(tgt.shape[1]):
     step_logits, cache = step(cache, tgt[:, t])
     np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
-  if attending:  # decode(..., return_weights=True): the transformer's layout, one head.
-    _, maps = model.apply(variables, encoded, tgt, return_weights=True, method="decode")
-    np.testing.assert_allclose(maps["cross"][:, 0], out[1], rtol=1e-6, atol=1e-7)
 
 
 def test_generate_beam_one_equals_greedy():
