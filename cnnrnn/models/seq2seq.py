@@ -36,7 +36,7 @@ and overridable field by field:
   ptseq2seq_bahdanau     tutorial 3/4: BiGRU encoder 512, GRU decoder 512, Bahdanau
                          attention (width 512), embedding 256, dropout 0.5
   luong                  Luong et al. 2015's global attention (general score, input feeding)
-                         on a 2-layer LSTM, source reversed; sizes as tutorial 1
+                         on a 2-layer LSTM, source reversed; sizes and dropout as tutorial 1
   sutskever              Sutskever et al. 2014: 4-layer LSTM, 1000 units, embedding 1000,
                          source reversed, no dropout
 
