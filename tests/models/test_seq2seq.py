@@ -287,3 +287,26 @@ def test_bahdanau_variant_matches_the_pytorch_seq2seq_model():
   want = torch.stack(logits, 1).numpy()
   np.testing.assert_allclose(model.apply({"params": params}, src, tgt), want, rtol=1e-5,
                              atol=1e-5)
+
+
+def test_batch_sharded_forward_and_greedy_decoding_need_no_gathers():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  P = PartitionSpec  # pylint: disable=invalid-name
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 devices (tests/conftest.py fakes 8 CPU devices)")
+  model = _model("bahdanau_bigru")
+  rng = np.random.default_rng(4)
+  src, tgt = (jnp.asarray(rng.integers(4, V, (8, n))) for n in (7, 5))
+  src = src.at[::2, 4:].set(0)
+  variables = jax.jit(model.init)(jax.random.key(0), src, tgt)
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  forward = jax.jit(model.apply, in_shardings=(replicated, rows, rows), out_shardings=rows)
+  assert "all-gather" not in forward.lower(variables, src, tgt).compile().as_text()
+  np.testing.assert_allclose(forward(variables, src, tgt),
+                             jax.jit(model.apply)(variables, src, tgt), rtol=1e-5, atol=1e-6)
+  greedy = jax.jit(functools.partial(decode.generate, model, max_len=6),
+                   in_shardings=(replicated, rows))
+  assert "all-gather" not in greedy.lower(variables, src).compile().as_text()
+  tokens, _ = greedy(variables, src)
+  assert tokens.sharding.spec == P("data")
