@@ -1,9 +1,18 @@
 """Command line: python -m cnnrnn.main --config=configs/NAME.py[:ARG] --workdir=DIR [--config.FIELD=VALUE ...]
 
 Running the same command again on the same workdir resumes from its last checkpoint.
+
+Exit codes: 0 done; 1 an error, explained in one line (`--traceback` for the traceback);
+75 (`PREEMPTED_EXIT_CODE`, EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a
+checkpoint: run the same command again (launch/ scripts requeue on it); 128 + N killed
+by signal N (a second SIGTERM/SIGINT aborts at once: 143 / 130).
 """
 
+import difflib
+import errno
+import importlib.util
 import os
+import re
 import sys
 
 from absl import app
@@ -23,7 +32,15 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of configuration/data errors.")
+_ALLOW_CHANGE = flags.DEFINE_list(
+    "allow_change", [], "Config fields (or blocks, e.g. optimizer) a resume may change from the "
+    "run's saved config.json, e.g. --allow_change=num_train_steps to extend a run.")
+_START_OVER = flags.DEFINE_bool(
+    "start_over", False, "When the workdir has checkpoints but none passes its checks (they are "
+    "set aside), train from step 0 instead of refusing.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+PREEMPTED_EXIT_CODE = 75  # Equal to cnnrnn.train.preemption.PREEMPTED_EXIT_CODE (not imported: jax).
 
 
 class _QuietLibraries:
@@ -39,7 +56,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value
+    config.keys()  # The config loads lazily: a missing or broken file fails here.
+  except Exception as e:  # pylint: disable=broad-except
+    if _TRACEBACK.value:
+      raise
+    sys.exit(f"error: {_config_file_error(sys.argv, e)}\n(--traceback shows where it was raised)")
   if config.get("xla_flags"):
     # Read by XLA when the backend starts, which is below: importing jax does not start it.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
@@ -58,18 +81,104 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from cnnrnn.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
+  # pylint: disable-next=g-import-not-at-top
+  from cnnrnn.train import checkpoint, preemption, workdir_lock
+
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
-    train_and_evaluate(config, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value,
+                       start_over=_START_OVER.value)
+  except preemption.Preempted as e:
+    print(f"{e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except (ValueError, FileNotFoundError, FloatingPointError, workdir_lock.WorkdirLocked,
+          checkpoint.NoUsableCheckpoint) as e:
     # Configuration and data errors carry their own explanation; a traceback adds noise.
     if _TRACEBACK.value:
       raise
+    if _DISK_FULL.search(str(e)):  # Tensorstore's own wording, deep in Orbax's threads.
+      sys.exit(f"error: the disk is full: a checkpoint could not be written in "
+               f"{os.path.join(_WORKDIR.value, 'checkpoints')}; the ones before it are intact. "
+               f"Free some space and run the same command again.")
     sys.exit(f"error: {e}\n(--traceback shows where it was raised)")
+  except Exception as e:  # pylint: disable=broad-except
+    cause = _os_error(e)
+    if cause is None or _TRACEBACK.value:
+      raise
+    sys.exit(f"error: {_describe_os_error(cause)}\n(--traceback shows where it was raised)")
+
+
+def _os_error(e: BaseException) -> OSError | None:
+  """The OSError behind `e` (a disk, a path, a permission), following causes and contexts."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError) and (e.errno or e.filename):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+_DISK_FULL = re.compile(r"No space left on device|os_error_code='28'|Disk quota exceeded")
+
+
+def _describe_os_error(e: OSError) -> str:
+  """E.g. "the disk is full: ... (/path)"."""
+  what = {errno.ENOSPC: "the disk is full", errno.EROFS: "the filesystem is read-only",
+          errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
+          errno.ENOTDIR: "a path component is a file, not a directory"}.get(e.errno)
+  detail = e.strerror or str(e)
+  if what and detail == os.strerror(e.errno or 0):
+    detail = what
+  elif what and not detail.startswith(what):
+    detail = f"{what}: {detail}"
+  return f"{detail} ({e.filename})" if e.filename else detail
+
+
+def _config_file_error(argv: list[str], e: Exception) -> str:
+  """One line for a config file or --config.FIELD override that cannot be loaded."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return f"--config is required ({e})"
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    return f"--config={spec}: no such config file {os.path.abspath(path)}"
+  try:
+    module_spec = importlib.util.spec_from_file_location("_cnnrnn_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as load_error:  # pylint: disable=broad-except
+    return f"--config={spec} failed to load: {type(load_error).__name__}: {load_error}"
+  from cnnrnn.train import config_schema  # pylint: disable=g-import-not-at-top
+
+  known = set(config_schema.flat_fields(config))
+  for a in argv:
+    if a.startswith("--config."):
+      field = a[len("--config."):].split("=", 1)[0]
+      if field not in known:
+        close = difflib.get_close_matches(field, sorted(known), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join('--config.' + c for c in close)}?" if close else ""
+        return f"--config.{field}: {path} has no field {field!r}{hint}"
+  first = str(e).strip().splitlines()
+  return f"--config={spec}: {type(e).__name__}: {first[0] if first else ''}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config-file and override errors as one line."""
+  try:
+    return app.parse_flags_with_usage(argv)  # absl's own errors: one line and exit 1.
+  except Exception as e:  # pylint: disable=broad-except
+    if any(a in ("--traceback", "--traceback=true") for a in argv):
+      raise
+    sys.exit(f"error: {_config_file_error(argv, e)}\n(--traceback shows where it was raised)")
 
 
 def run():
-  app.run(main)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except KeyboardInterrupt:  # Ctrl-C before training started (during it, a checkpoint is saved).
+    sys.exit(130)
 
 
 if __name__ == "__main__":

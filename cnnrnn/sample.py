@@ -23,6 +23,7 @@ from cnnrnn import data
 from cnnrnn import models
 from cnnrnn.data import text
 from cnnrnn.models import rnn_lm
+from cnnrnn.train.checkpoint import step_directory
 from cnnrnn.train.trainer import model_kwargs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a language-model run.")
@@ -32,20 +33,6 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Independent samples.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
-
-
-def _checkpoint_dir(workdir: str, which: str) -> str:
-  root = os.path.join(workdir, "checkpoints")
-  if which == "best":
-    root = os.path.join(root, "best")
-  steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
-  if not steps:
-    raise FileNotFoundError(f"No checkpoints in {root}")
-  if which in ("latest", "best"):
-    return os.path.join(root, str(steps[-1]))
-  if not which.isdigit() or int(which) not in steps:
-    raise ValueError(f"--checkpoint={which!r}; allowed: latest, best or one of the steps {steps}")
-  return os.path.join(root, which)
 
 
 def load_language_model(workdir: str, checkpoint: str = "latest"):
@@ -70,7 +57,7 @@ def load_language_model(workdir: str, checkpoint: str = "latest"):
   kwargs.setdefault("vocab_size", len(vocab))
   model = models.create(config.model.name, **kwargs)
   with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(os.path.join(_checkpoint_dir(workdir, checkpoint), "state"))
+    state = ckptr.restore(os.path.join(step_directory(workdir, checkpoint), "state"))
   return model, {"params": state["params"]}, vocab
 
 

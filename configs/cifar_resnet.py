@@ -54,7 +54,7 @@ def get_config(arg: str = "20"):
   if int(depth) == 110:
     c.optimizer.warmup_steps = 400
   # Dots through Eigen rather than YNNPACK: 1.18x on ResNet-20 on CPU with XLA's convolutions;
-  # about neutral with the native ones (cnnrnn.nn.native; experiments/benchmarks).
+  # about neutral with the native ones (cnnrnn.accel; experiments/benchmarks).
   c.xla_flags = "--xla_cpu_experimental_ynn_fusion_type="
   c.log_every_steps = 100
   c.eval_every_steps = min(2000, max(total // 12, 1))

@@ -17,14 +17,20 @@ import re
 import flax.linen as nn
 import jax
 from jax import export
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from cnnrnn import accel
 from cnnrnn import models
 from cnnrnn import nn as cnn
+from cnnrnn import tasks
+from cnnrnn.models import stateful
+from cnnrnn.train import sharding
+from cnnrnn.train import steps
+from cnnrnn.train.state import TrainState
 
 _TINY_VGG = dict(widths=(4, 4, 8, 8, 8))
 _TINY_RESNET = dict(widths=(4, 8, 8, 8), stem_width=4)
@@ -33,35 +39,11 @@ _TINY_CIFAR = dict(widths=(4, 4, 8), stem_width=4)
 # name -> (kwargs, input maker(batch) -> (inputs, apply kwargs))
 _IMAGE = lambda hw, c=3: (lambda b: (jax.random.normal(jax.random.key(1), (b, hw, hw, c)), {}))
 _TOKENS = lambda v, t: (lambda b: (jax.random.randint(jax.random.key(1), (b, t), 0, v), {}))
-_PAIR = lambda v, s, t: (lambda b: (_source_target_ids(b, v, s, t), {}))
+_TRANSLATION = lambda v, s, t: (lambda b: ((
+    jax.random.randint(jax.random.key(1), (b, s), 4, v),
+    jax.random.randint(jax.random.key(2), (b, t), 4, v)), {}))
 _SEQ = lambda t, f: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, f)),
                                 {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
-
-
-
-def _source_target_ids(b, v, s, t):
-  """[B, S + T] ids: sources of lengths S, S-1, ... (pad 0 after), then targets (BOS first)."""
-  ids = jax.random.randint(jax.random.key(1), (b, s + t), 4, v)
-  src_len = s - jnp.arange(b) % (s - 1)
-  ids = jnp.where(jnp.arange(s + t)[None] < src_len[:, None], ids, 0)
-  ids = jnp.where(jnp.arange(s + t)[None] >= s, jax.random.randint(jax.random.key(2), (b, s + t),
-                                                                   4, v), ids)
-  return ids.at[:, s].set(2)
-
-
-class _SourceTarget(nn.Module):
-  """An encoder-decoder called on one [B, S + T] id array (source, then target inputs), so
-  that the checks below, written for one input, slice and vmap it like any other model."""
-
-  model: nn.Module
-  src_len: int
-
-  def __call__(self, inputs, train=False):
-    return self.model(inputs[:, :self.src_len], inputs[:, self.src_len:], train=train)
-
-
-# Models taking (source, target inputs): name -> wrapper taking one array.
-TWO_INPUTS = {"seq2seq": lambda model: _SourceTarget(model, 5)}
 
 MODEL_CASES = {
     "lenet5": (dict(), _IMAGE(32, 1)),
@@ -73,14 +55,24 @@ MODEL_CASES = {
        for d in (18, 34, 50, 101, 152)},
     **{f"cifar_resnet{d}": (dict(**_TINY_CIFAR), _IMAGE(8)) for d in (20, 32, 44, 56, 110)},
     "rnn_lm": (dict(vocab_size=11, hidden_size=6, num_layers=2), _TOKENS(11, 5)),
+    "vit": (dict(num_classes=5, patch_size=4, hidden_dim=8, depth=2, num_heads=2, mlp_dim=16,
+                 image_size=8), _IMAGE(8)),
+    # The named ViTs at a tiny width and depth (their patch size and pooling kept).
+    **{name: (dict(num_classes=5, hidden_dim=8, depth=1, num_heads=2, mlp_dim=16,
+                   image_size=28 if name == "vit_h14" else 32),
+              _IMAGE(28 if name == "vit_h14" else 32))
+       for name in ("vit_ti16", "vit_s16", "vit_b16", "vit_b32", "vit_l16", "vit_h14")},
+    "transformer": (dict(variant="tiny", vocab_size=13, num_layers=1, d_model=8,
+                         num_heads=2, mlp_dim=16, dropout_rate=0.0), _TRANSLATION(13, 5, 4)),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=6, cell="gru", bidirectional=True),
                        _SEQ(5, 4)),
     "seq2seq": (dict(vocab_size=11, embed_dim=4, hidden_size=6, cell="gru", bidirectional=True,
-                     attention="bahdanau"), _PAIR(11, 5, 4)),
+                     attention="bahdanau"), _TRANSLATION(11, 5, 4)),
 }
 # One member of each family (and each block type) gets every check in both modes.
 FULL = {"lenet5", "conv_stack", "alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50",
-        "cifar_resnet20", "rnn_lm", "rnn_classifier", "seq2seq"}
+        "cifar_resnet20", "rnn_lm", "rnn_classifier", "vit", "transformer",
+        "seq2seq"}
 COVERED = set(MODEL_CASES)
 
 
@@ -93,12 +85,18 @@ def _scalar(out):
   return sum(jnp.sum(jnp.sin(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(out))
 
 
+def _as_tuple(inputs):
+  return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
 def _loss_fn(module, extra_kwargs, train: bool):
-  """(variables, inputs) -> scalar, updating nothing (batch statistics are discarded)."""
+  """(variables, inputs) -> scalar, updating nothing (batch statistics are discarded).
+  `inputs` is an array or a tuple of the model's positional inputs."""
 
   def loss(variables, inputs):
     mutable = [k for k in variables if k != "params"] if train else False
-    out = module.apply(variables, inputs, train, mutable=mutable, **extra_kwargs)
+    out = module.apply(variables, *_as_tuple(inputs), train=train, mutable=mutable,
+                       **extra_kwargs)
     return _scalar(out[0] if mutable else out)
 
   return loss
@@ -128,7 +126,7 @@ def check_transformations(loss, variables, inputs, batched_inputs, *, mode: str,
   """
   params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
   f = lambda p, x: loss({"params": p, **rest}, x)
-  float_x = jnp.issubdtype(inputs.dtype, jnp.floating)
+  float_x = all(jnp.issubdtype(x.dtype, jnp.floating) for x in jax.tree.leaves(inputs))
   fx = accel.accelerate(f, mode=mode)
   v = _float_tangent(params, 3)
   tx = _float_tangent(inputs, 4) if float_x else None
@@ -145,11 +143,13 @@ def check_transformations(loss, variables, inputs, batched_inputs, *, mode: str,
         "hvp_fr": jax.jvp(lambda p: jax.grad(fx)(p, inputs), (params,), (v,))[1],
         "hvp_rf": jax.grad(lambda p: jax.jvp(lambda p: fx(p, inputs), (p,), (v,))[1])(params),
         "remat_grad": jax.grad(jax.checkpoint(fx))(params, inputs),
-        "vmap": jax.vmap(lambda x: fx(params, x[None]))(batched),
-        "loop": jnp.stack([fx(params, batched[i:i + 1]) for i in range(batched.shape[0])])}
+        "vmap": jax.vmap(lambda x: fx(params, jax.tree.map(lambda a: a[None], x)))(batched),
+        "loop": jnp.stack([fx(params, jax.tree.map(lambda a: a[i:i + 1], batched))
+                           for i in range(jax.tree.leaves(batched)[0].shape[0])])}
     if tx is not None:
       out["grad_x"] = jax.grad(fx, argnums=1)(params, inputs)
       out["jvp_x"] = jax.jvp(lambda x: fx(params, x), (inputs,), (tx,))[1]
+      out["grad_x_dot"] = _dot(out["grad_x"], tx)
     return out
 
   r = everything(params, inputs, batched_inputs, v, tx)
@@ -164,7 +164,7 @@ def check_transformations(loss, variables, inputs, batched_inputs, *, mode: str,
 
 def _check_the_rest(r, v, tx, rtol):
   if tx is not None:
-    np.testing.assert_allclose(r["jvp_x"], jnp.vdot(r["grad_x"], tx), rtol=rtol, atol=1e-4)
+    np.testing.assert_allclose(r["jvp_x"], r["grad_x_dot"], rtol=rtol, atol=1e-4)
   _tree_close(r["hvp_fr"], r["hvp_rf"], 1e-2, 1e-3)
   assert any(np.abs(np.asarray(h)).max() > 0 for h in jax.tree.leaves(r["hvp_fr"]))
   np.testing.assert_allclose(r["vmap"], r["loop"], rtol=rtol, atol=1e-5)  # vmap == a loop.
@@ -194,23 +194,30 @@ KNOWN_FAILURES = {"seq2seq": _REMAT_LEAK}
 def test_registry_model(name, mode):
   kwargs, make_inputs = MODEL_CASES[name]
   model = models.create(name, **kwargs)
-  if name in TWO_INPUTS:
-    model = TWO_INPUTS[name](model)
   inputs, extra = make_inputs(2)
   batched, _ = make_inputs(3)
-  variables = model.init(jax.random.key(0), inputs, False, **extra)
+  variables = model.init(jax.random.key(0), *_as_tuple(inputs), train=False, **extra)
   has_state = len(variables) > 1  # BatchNorm: exercise training-mode statistics.
   if "seq_lengths" in extra:  # Lengths per example for the vmap check come from the batch.
     extra = {}
   loss = _loss_fn(model, extra, train=has_state)
   check_transformations(loss, variables, inputs, batched, mode=mode, quick=name not in FULL)
-  if name not in FULL:
+  if name not in FULL or isinstance(inputs, tuple):
     return
   # nn.remat of the whole model class, `train` positional as Flax expects.
   remat = nn.remat(type(model), static_argnums=(2,))(**{
       f: getattr(model, f) for f in model.__dataclass_fields__ if f not in ("parent", "name")})
-  _tree_close(jax.grad(_loss_fn(remat, extra, has_state))(variables, inputs),
-              jax.grad(loss)(variables, inputs), 2e-3, 1e-5)
+  def positional(module):  # `train` passed positionally, as nn.remat's static_argnums needs.
+    mutable = [k for k in variables if k != "params"] if has_state else False
+
+    def f(v, x):
+      out = module.apply(v, x, has_state, mutable=mutable, **extra)
+      return _scalar(out[0] if mutable else out)
+
+    return f
+
+  _tree_close(jax.grad(positional(remat))(variables, inputs),
+              jax.grad(positional(model))(variables, inputs), 2e-3, 1e-5)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -220,6 +227,11 @@ B, T, F, H = 2, 5, 3, 4
 
 def _rnn_inputs(b):
   return jax.random.normal(jax.random.key(2), (b, T, F))
+
+
+def _query_keys(b):
+  """(queries [B, 2, F], keys [B, T, F])."""
+  return (jax.random.normal(jax.random.key(3), (b, 2, F)), _rnn_inputs(b))
 
 
 def _image(b, c=4, hw=6):
@@ -244,6 +256,19 @@ LAYER_CASES = {
     "MaxPool": (lambda: cnn.MaxPool((2, 2)), _image),
     "AvgPool": (lambda: cnn.AvgPool((3, 3), (2, 2), "SAME"), _image),
     "AdaptiveAvgPool": (lambda: cnn.AdaptiveAvgPool(4), _image),
+    "MultiHeadAttention": (lambda: cnn.MultiHeadAttention(num_heads=2, qkv_features=4),
+                           _rnn_inputs),
+    "MultiHeadAttention(fused)": (lambda: cnn.MultiHeadAttention(num_heads=1, fused_qkv=True),
+                                  _rnn_inputs),
+    "AdditiveAttention": (lambda: cnn.AdditiveAttention(features=4), _query_keys),
+    "LuongAttention(general)": (lambda: cnn.LuongAttention(score="general"), _query_keys),
+    "LuongAttention(concat)": (lambda: cnn.LuongAttention(score="concat", features=4),
+                               _query_keys),
+    "Mlp": (lambda: cnn.Mlp(hidden_dim=6, activation="gelu"), _rnn_inputs),
+    "TransformerEncoderBlock": (lambda: cnn.TransformerEncoderBlock(num_heads=1, mlp_dim=6),
+                                _rnn_inputs),
+    "TransformerDecoderBlock": (lambda: cnn.TransformerDecoderBlock(num_heads=1, mlp_dim=6),
+                                _query_keys),
 }
 
 
@@ -255,7 +280,8 @@ def _layer_call(layer, variables, x):
   elif isinstance(layer, cnn.StackedRNN):
     out = layer.apply(variables, x, True, rngs={"dropout": jax.random.key(0)})
   else:
-    out = layer.apply(variables, x, mutable=mutable) if mutable else layer.apply(variables, x)
+    x = _as_tuple(x)
+    out = layer.apply(variables, *x, mutable=mutable) if mutable else layer.apply(variables, *x)
   return out[0] if mutable else out
 
 
@@ -265,7 +291,7 @@ def test_layer(name, mode):
   make, inputs = LAYER_CASES[name]
   layer = make()
   x = inputs(B)
-  variables = layer.init(jax.random.key(0), x)
+  variables = layer.init(jax.random.key(0), *_as_tuple(x))
   if "params" not in variables:  # Parameter-free layers: differentiate w.r.t. the input.
     f = lambda v, x: _scalar(_layer_call(layer, {}, v["params"]["x"]))
     check_transformations(f, {"params": {"x": x}}, x, inputs(3), mode=mode)
@@ -294,43 +320,53 @@ def _mesh():
 
 
 SHARDED_CASES = {
-    # name: (kwargs, inputs [B=16], per-device rows the time loop must run on)
-    "rnn_lm": (dict(vocab_size=13, hidden_size=8, num_layers=2),
-               lambda: jax.random.randint(jax.random.key(1), (16, 7), 0, 13)),
+    # name: (model kwargs, task, batch of 16 rows)
+    "rnn_lm": (dict(vocab_size=13, hidden_size=8, num_layers=2), tasks.LanguageModel(),
+               lambda: {"inputs": jax.random.randint(jax.random.key(1), (16, 7), 0, 13),
+                        "targets": jax.random.randint(jax.random.key(2), (16, 7), 0, 13),
+                        "reset": jnp.zeros((16,), bool)}),
     "rnn_classifier": (dict(num_outputs=3, hidden_size=8, cell="gru"),
-                       lambda: jax.random.normal(jax.random.key(1), (16, 7, 4))),
-    "cifar_resnet20": (dict(**_TINY_CIFAR), lambda: jax.random.normal(jax.random.key(1),
-                                                                       (16, 8, 8, 3))),
+                       tasks.Classification(num_classes=3, input_key="inputs"),
+                       lambda: {"inputs": jax.random.normal(jax.random.key(1), (16, 7, 4)),
+                                "label": jnp.arange(16) % 3,
+                                "seq_lengths": jnp.arange(16) % 7 + 1}),
+    "cifar_resnet20": (dict(**_TINY_CIFAR), tasks.Classification(num_classes=10),
+                       lambda: {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
+                                "label": jnp.arange(16) % 10}),
 }
 
 
 @pytest.mark.parametrize("mode", ["xla", "cpu_native"])
 @pytest.mark.parametrize("name", sorted(SHARDED_CASES))
-def test_sharded_gradient_keeps_the_batch_sharded(name, mode):
-  """The compiled gradient on 8 devices, batch split over them: no all-gather (parameters
-  are replicated here, so any all-gather would be of activations), and recurrent loops run
-  on 16 / 8 = 2 rows per device."""
+def test_sharded_train_step_keeps_the_batch_sharded(name, mode):
+  """The trainer's compiled train step on 8 devices, laid out as the trainer lays it out
+  (parameters replicated, batch and carry split over "data"): no all-gather (any would be
+  of activations), recurrent loops run on 16 / 8 = 2 rows per device, and one step gives
+  the same new parameters as the step on one device."""
   mesh = _mesh()
-  kwargs, make_inputs = SHARDED_CASES[name]
+  kwargs, task, make_batch = SHARDED_CASES[name]
   model = models.create(name, **kwargs)
-  x = make_inputs()
-  variables = model.init(jax.random.key(0), x[:1], False)
-  has_state = len(variables) > 1
-  loss = _loss_fn(model, {}, train=has_state)
-  batch = NamedSharding(mesh, P("data"))
-  replicated = NamedSharding(mesh, P())
-  x = jax.device_put(x, batch)
-  variables = jax.device_put(variables, replicated)
-  grad = jax.jit(jax.grad(accel.accelerate(loss, mode=mode)), in_shardings=(replicated, batch),
-                 out_shardings=replicated)
-  hlo = grad.lower(variables, x).compile().as_text()
+  batch = make_batch()
+  tx = optax.sgd(0.1)
+  args, kw = task.model_inputs(jax.tree.map(lambda a: a[:1], batch))
+  variables = model.init(jax.random.key(0), *args, train=False, **kw)
+  params = variables.pop("params")
+  carry = model.zero_carry(16) if stateful.is_stateful(model) else None
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
+                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
+                     carry=carry)
+  rows = sharding.batch_sharding(mesh)
+  state_shardings = sharding.tree_shardings(mesh, state).replace(
+      carry=stateful.shardings(carry, rows))
+  step = jax.jit(accel.accelerate(steps.make_train_step(model, task, tx), mode=mode),
+                 in_shardings=(state_shardings, rows),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+  hlo = step.lower(state, batch).compile().as_text()
   assert "all-gather" not in hlo
   if name.startswith("rnn"):
     # The while loops' carries hold per-device rows: [2, H] arrays, never [16, H].
     loop_shapes = set(re.findall(r"f32\[(\d+),8\]", hlo))
     assert "2" in loop_shapes and "16" not in loop_shapes, loop_shapes
-  np.testing.assert_allclose(
-      jax.tree.leaves(grad(variables, x))[0],
-      jax.tree.leaves(jax.grad(loss)(jax.device_get(variables), jax.device_get(x)))[0],
-      rtol=1e-4, atol=1e-5)
-
+  new_state, _ = step(jax.device_put(state, state_shardings), jax.device_put(batch, rows))
+  one_device, _ = jax.jit(steps.make_train_step(model, task, tx))(state, batch)
+  _tree_close(jax.device_get(new_state.params), one_device.params, 1e-4, 1e-5)

@@ -13,8 +13,9 @@ Modes (`MODES`):
 
 - "xla": nothing substituted (what a Flax model computes without cnnrnn.accel).
 - "cpu_native": every `flax.linen.Conv` (Flax's own and `cnnrnn.nn.Conv`, which is Flax's)
-  whose convolution the native kernels compute, and `cnnrnn.nn.BatchNorm` in training mode,
-  are traced as primitives of this package (conv.py, batch_norm.py).
+  whose convolution the native kernels compute, and `cnnrnn.nn.BatchNorm` and
+  `flax.linen.BatchNorm` (last axis, no mask) in training mode, are traced as primitives of
+  this package (conv.py, batch_norm.py).
 - "auto": "cpu_native" when JAX computes on the CPU with one device and the kernels are
   available (this builds them: one line says so), else "xla"; decided once, by the caller
   (`resolve`), when `accelerate` or `mode` is called, not inside the layers.

@@ -30,15 +30,15 @@ from cnnrnn.accel import primitives
 
 def _reference_moments(x):
   mean = x.mean(0)
-  return jnp.stack([mean, lax.square(x - mean).mean(0)])
+  return jnp.stack([mean, lax.square(x - mean[None]).mean(0)])
 
 
 def _reference_channel_sums(u, v, shift):
-  return jnp.stack([u.sum(0), (u * (v - shift)).sum(0)])
+  return jnp.stack([u.sum(0), (u * (v - shift[None])).sum(0)])
 
 
 def _reference_affine(ab, v, shift):
-  return ab[0] + ab[1] * (v - shift)
+  return ab[0][None] + ab[1][None] * (v - shift[None])
 
 
 def _kernel_moments(x):
@@ -86,7 +86,7 @@ def _channel_sums_jvp(primals, tangents):
 def _affine_jvp(primals, tangents):
   (ab, v, shift), (dab, dv, dshift) = primals, tangents
   out = affine_p.bind(ab, v, shift)
-  t = ab[1] * (ad.instantiate_zeros(dv) - ad.instantiate_zeros(dshift))
+  t = ab[1][None] * (ad.instantiate_zeros(dv) - ad.instantiate_zeros(dshift)[None])
   if type(dab) is not ad.Zero:
     t = t + affine_p.bind(dab, v, shift)
   return out, t

@@ -30,7 +30,8 @@ from cnnrnn.accel import native
 from cnnrnn.accel import primitives
 
 _LANES = 16  # float32 lanes of an AVX-512 vector; kernels take output channels padded to this.
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                 out_spec=(0, 3, 1, 2))
 
 
 def _pads(padding):

@@ -4,7 +4,9 @@ The substitution goes through Flax's own mechanism, `flax.linen.intercept_method
 mode other than "xla" is active, an interceptor gives every `flax.linen.Conv` that has no
 convolution of its own (`conv_general_dilated` and `conv_general_dilated_cls` unset) the
 accelerated `conv_general_dilated` hook, and computes `cnnrnn.nn.BatchNorm.batch_normalize`
-(training-mode normalisation) with `batch_norm_train`. The active mode is a
+(training-mode normalisation) with `batch_norm_train`. `flax.linen.BatchNorm` in training
+mode over the last axis (no mask, no axis_index_groups) runs as `cnnrnn.nn.BatchNorm` on the
+same variables, so it is accelerated too. The active mode is a
 `jax.make_user_context`, part of `jax.jit`'s cache key.
 """
 
@@ -70,7 +72,14 @@ def accelerate(fn: Callable, mode: str = "auto") -> Callable:
   """`fn`, traced with the implementations of `mode` whenever it is called or traced.
 
   `jax.jit(accelerate(loss))` bakes the choice into what it traces; unrelated functions
-  are unaffected. "auto" is resolved once, here.
+  are unaffected.
+
+  Args:
+    fn: any function (a loss, a train step, `model.apply`, ...).
+    mode: one of `MODES`; "auto" is resolved once, here (`resolve`).
+
+  Returns:
+    A function with `fn`'s signature and results (to float32 rounding).
   """
   resolved = resolve(mode)
 
@@ -91,6 +100,10 @@ def _intercept(next_fun, args, kwargs, context):
     # The same module on the same variables, with the accelerated convolution hook.
     fast = module.clone(parent=module.scope, conv_general_dilated=conv.conv_general_dilated)
     return fast(*args, **kwargs)
+  if method == "__call__" and isinstance(module, nn.BatchNorm):
+    ours = _as_cnnrnn_batch_norm(module, args, kwargs)
+    if ours is not None:
+      return ours(args[0])
   if method == "batch_normalize" and isinstance(module, cnn.BatchNorm):
     x, scale, bias = jax.tree.leaves((args, kwargs))
     if ((module.axis_name is None or module.is_initializing())
@@ -98,3 +111,23 @@ def _intercept(next_fun, args, kwargs, context):
         and not primitives.explicitly_sharded(x, scale, bias)):
       return batch_norm.batch_norm_train(x, scale, bias, module.epsilon)
   return next_fun(*args, **kwargs)
+
+
+def _as_cnnrnn_batch_norm(module: nn.BatchNorm, args, kwargs) -> cnn.BatchNorm | None:
+  """`cnnrnn.nn.BatchNorm` on the scope of Flax's `module` in training mode, if it has the
+  same variables and results there (else None: Flax's own code runs)."""
+  x = args[0]
+  use_running_average = args[1] if len(args) > 1 else kwargs.get("use_running_average")
+  if module.use_running_average is not None and use_running_average is not None:
+    return None  # Flax's merge_param raises the error.
+  if module.use_running_average if use_running_average is None else use_running_average:
+    return None
+  if (kwargs.get("mask") is not None or module.axis not in (-1, x.ndim - 1)
+      or module.axis_index_groups is not None or not module.force_float32_reductions):
+    return None
+  return cnn.BatchNorm(use_running_average=False, momentum=module.momentum,
+                       epsilon=module.epsilon, dtype=module.dtype,
+                       param_dtype=module.param_dtype, use_bias=module.use_bias,
+                       use_scale=module.use_scale, bias_init=module.bias_init,
+                       scale_init=module.scale_init, axis_name=module.axis_name,
+                       parent=module.scope)

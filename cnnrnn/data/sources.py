@@ -1,6 +1,7 @@
 """Finding, preparing and opening TFDS datasets (ArrayRecord) without TensorFlow."""
 
 import dataclasses
+import difflib
 import os
 from typing import Any
 
@@ -120,10 +121,14 @@ def load(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   try:
     sources = tfds.data_source(name, data_dir=data_dir)
   except Exception as e:
+    # TFDS's message goes on to list its whole catalogue (~260 lines): keep its first line.
+    first = (str(e).strip().splitlines() or [""])[0]
+    close = difflib.get_close_matches(name, [*builders.BUILDERS, *synthetic.TASKS], n=2)
     raise ValueError(
         f"dataset.name={name!r} is neither a cnnrnn builder ({', '.join(sorted(builders.BUILDERS))}), "
         f"a synthetic task ({', '.join(sorted(synthetic.TASKS))}) "
-        f"nor a TFDS dataset prepared as ArrayRecord in {data_dir} ({type(e).__name__}: {e})"
+        f"nor a TFDS dataset prepared as ArrayRecord in {data_dir} ({type(e).__name__}: {first})"
+        + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
     ) from e
   info = next(iter(sources.values())).dataset_info
   image = _feature(info, "image")

@@ -4,7 +4,9 @@ Examples datasets (images, synthetic sequences) give shuffled batches of example
 (`pipeline.train_dataset` / `pipeline.eval_batches`); text datasets trained as language
 models give truncated-BPTT windows over contiguous streams (`text.training_stream` over
 `text.LanguageModelBatches` / `text.lm_eval_batches`), with a vocabulary built from the
-training split.
+training split; translation datasets (a `config.dataset` with `source_lang`) give
+bucketed batches of sentence pairs (`translation.TrainBatches` / `translation.eval_batches`)
+with tokenisers trained on the training split.
 """
 
 from collections.abc import Callable, Iterable
@@ -15,6 +17,7 @@ import grain
 from cnnrnn.data import pipeline
 from cnnrnn.data import subsets
 from cnnrnn.data import text
+from cnnrnn.data import translation
 from cnnrnn.data.image import ImagePreprocess
 from cnnrnn.data.sources import Dataset
 
@@ -27,6 +30,8 @@ class Streams:
     steps_per_epoch: training batches per pass over the training split.
     model_defaults: model fields the data determines (`num_classes` or `vocab_size`).
     vocab: the vocabulary of a text dataset, else None.
+    pairs: a translation dataset's tokenisers and sentences (for decoding and BLEU),
+      else None.
   """
 
   train: grain.IterDataset
@@ -34,6 +39,7 @@ class Streams:
   steps_per_epoch: int
   model_defaults: dict
   vocab: text.Vocabulary | None = None
+  pairs: translation.TranslationData | None = None
 
 
 def _as_is(batch: dict, rng=None) -> dict:
@@ -97,6 +103,10 @@ def make_streams(dataset_config, dataset: Dataset, *, batch_size: int, eval_batc
     return Streams(text.training_stream(batches), lm_eval, len(batches),
                    {"vocab_size": len(corpus.vocab)}, corpus.vocab)
 
+  if dataset_config.get("source_lang") is not None:
+    return _translation_streams(dataset_config, dataset, batch_size=batch_size,
+                                eval_batch_size=eval_batch_size, seed=seed, **shard)
+
   classes = tuple(dataset_config.get("classes") or ())
   if not classes and dataset_config.get("examples_per_class") and dataset.num_classes:
     classes = tuple(range(dataset.num_classes))  # N per class of every class
@@ -120,3 +130,25 @@ def make_streams(dataset_config, dataset: Dataset, *, batch_size: int, eval_batc
   num_classes = len(classes) if classes else dataset.num_classes
   defaults = {"num_classes": num_classes} if num_classes else {}
   return Streams(train, eval_batches, len(train_source) // batch_size, defaults)
+
+
+def _translation_streams(dataset_config, dataset: Dataset, *, batch_size: int,
+                         eval_batch_size: int, seed: int, process_index: int,
+                         process_count: int) -> Streams:
+  """Sentence pairs (fields of `translation.load_pairs`, plus bucket_width, bucket_pool)."""
+  if dataset.is_image:
+    raise ValueError(f"dataset.source_lang is set but {dataset.name!r} is images")
+  pairs = translation.load_pairs(dataset_config, dataset)
+  shard = dict(process_index=process_index, process_count=process_count)
+  width = dataset_config.get("bucket_width", 8)
+  batches = translation.TrainBatches(
+      pairs.split(dataset_config.get("train_split", "train")), global_batch_size=batch_size,
+      seed=seed, max_length=pairs.max_length, bucket_width=width,
+      bucket_pool=dataset_config.get("bucket_pool", 100), **shard)
+
+  def eval_batches(split):
+    return translation.eval_batches(pairs.split(split), global_batch_size=eval_batch_size,
+                                    max_length=pairs.max_length, bucket_width=width, **shard)
+
+  return Streams(translation.training_stream(batches, dataset_config.get("read_threads", 1)),
+                 eval_batches, len(batches), pairs.model_defaults, pairs=pairs)

@@ -185,8 +185,8 @@ class Transformer(nn.Module):
       return self._logits(out[0]), out[1]
     return self._logits(out)
 
-  def __call__(self, src: Array, tgt_in: Array, *, src_lengths: Array | None = None,
-               train: bool = False) -> Array:
+  def __call__(self, src: Array, tgt_in: Array, train: bool = False, *,
+               src_lengths: Array | None = None) -> Array:
     """Teacher-forced forward pass.
 
     Args:
@@ -235,3 +235,6 @@ def transformer(variant: str | None = None, **kwargs) -> Transformer:
   if variant not in VARIANTS:
     raise ValueError(f"model.variant={variant!r}; known: {', '.join(VARIANTS)}")
   return Transformer(**{**VARIANTS[variant], **kwargs})
+
+
+transformer.module_class = Transformer  # What the variant constructor builds (config checks).

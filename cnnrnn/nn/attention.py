@@ -17,7 +17,9 @@ H, Dh], `cache_index` []). The first call, with the collection mutable, sizes th
 from its input (pass a dummy [B, L_max, D] sequence); each later call appends its queries'
 keys and values at `cache_index` and attends to everything cached so far, so one token
 costs O(L) instead of recomputing the whole prefix. Cross-attention (`inputs_kv` given)
-caches the projected memory on the first call and reuses it afterwards.
+caches the projected memory on the first call and reuses it afterwards, and so do
+`AdditiveAttention` and `LuongAttention(score="concat")` with `decode=True` for their key
+projection.
 """
 
 from collections.abc import Callable
@@ -231,6 +233,19 @@ def _vector_query(query: Array, mask: Array | None):
   return query, mask, squeeze
 
 
+def _project_keys(module: nn.Module, dense: nn.Module, keys: Array, decode: bool) -> Array:
+  """dense(keys), kept in the "cache" collection (`projected_keys`) in decode mode.
+
+  A decoder attends to the same encoder outputs at every step; in decode mode the first
+  call (with "cache" mutable) projects them once and later calls reuse the projection.
+  """
+  if not decode:
+    return dense(keys)
+  if module.has_variable("cache", "projected_keys"):
+    return module.get_variable("cache", "projected_keys")
+  return module.variable("cache", "projected_keys", lambda: dense(keys)).value
+
+
 def _finish(scores, values, mask, squeeze):
   weights = masked_softmax(scores, mask)  # [B, Tq, Tk]
   context = jnp.einsum("bqk,bkd->bqd", weights.astype(values.dtype), values)
@@ -251,12 +266,15 @@ class AdditiveAttention(nn.Module):
     use_bias: the bias b.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    decode: keep U k + b in the "cache" collection after the first call (`projected_keys`
+      [B, Tk, A]), for step-by-step decoding over fixed encoder outputs.
   """
 
   features: int | None = None
   use_bias: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  decode: bool = False
 
   @nn.compact
   def __call__(self, query: Array, keys: Array, values: Array | None = None,
@@ -277,7 +295,8 @@ class AdditiveAttention(nn.Module):
     units = self.features or keys.shape[-1]
     dense = functools.partial(nn.Dense, units, dtype=self.dtype, param_dtype=self.param_dtype)
     q = dense(use_bias=False, name="query")(query)  # [B, Tq, A]
-    k = dense(use_bias=self.use_bias, name="key")(keys)  # [B, Tk, A]
+    k = _project_keys(self, dense(use_bias=self.use_bias, name="key"), keys,
+                      self.decode)  # [B, Tk, A]
     hidden = jnp.tanh(q[:, :, None, :] + k[:, None, :, :])  # [B, Tq, Tk, A]
     scores = nn.Dense(1, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="energy")(hidden)[..., 0]  # [B, Tq, Tk]
@@ -301,12 +320,15 @@ class LuongAttention(nn.Module):
     features: A for "concat" (default: Dk).
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    decode: "concat" keeps its key projection in the "cache" collection after the first
+      call, as `AdditiveAttention` does.
   """
 
   score: str = "general"
   features: int | None = None
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  decode: bool = False
 
   @nn.compact
   def __call__(self, query: Array, keys: Array, values: Array | None = None,
@@ -333,7 +355,7 @@ class LuongAttention(nn.Module):
     else:
       units = self.features or keys.shape[-1]
       q = dense(units, name="query")(query)  # [B, Tq, A]
-      k = dense(units, name="key")(keys)  # [B, Tk, A]
+      k = _project_keys(self, dense(units, name="key"), keys, self.decode)  # [B, Tk, A]
       hidden = jnp.tanh(q[:, :, None, :] + k[:, None, :, :])  # [B, Tq, Tk, A]
       scores = dense(1, name="energy")(hidden)[..., 0]
     return _finish(scores, values, mask, squeeze)

@@ -4,7 +4,9 @@ A task has `model_inputs(batch) -> (args, kwargs)` and
 `loss_and_metrics(outputs, batch) -> (loss, metric sums incl. "count")`; optionally
 `derived_metrics(means) -> more means` (e.g. perplexity from the mean loss) and
 `stateful = True` when batches are contiguous streams and the model carries a recurrent
-state across them (language models; the model then follows `cnnrnn.models.stateful`).
+state across them (language models; the model then follows `cnnrnn.models.stateful`);
+`generation_evaluator(model, pairs, mesh) -> evaluate(state, batches, split) -> metrics`
+for tasks scored on generated outputs (translation: decoding and BLEU).
 """
 
 import dataclasses
@@ -12,9 +14,10 @@ import dataclasses
 from cnnrnn.tasks.classification import Classification
 from cnnrnn.tasks.language_model import LanguageModel
 from cnnrnn.tasks.regression import Regression
+from cnnrnn.tasks.translation import Translation
 
 _TASKS = {"classification": Classification, "language_model": LanguageModel,
-          "regression": Regression}
+          "regression": Regression, "translation": Translation}
 
 
 def names() -> list[str]:

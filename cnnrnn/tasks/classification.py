@@ -1,10 +1,25 @@
-"""Image (or any) classification: softmax cross-entropy, accuracy, top-5."""
+"""Image (or any) classification: softmax cross-entropy, accuracy, top-5 (ties count as wrong)."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import optax
+
+
+def label_rank(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """How many other classes score at least as high as the label: [B, C], [B] -> [B] int.
+
+  Top-k accuracy counts an example as correct when its rank is below k. A tie counts
+  against the label (all-equal logits, as from a dead model, score accuracy 0, not 1), and
+  so does a NaN logit anywhere in the row: a NaN score is never a correct prediction.
+  """
+  num_classes = logits.shape[-1]
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  others = jnp.arange(num_classes)[None, :] != labels[:, None]
+  at_least_as_high = (logits >= label_logit) | jnp.isnan(logits)
+  rank = (at_least_as_high & others).sum(axis=-1)
+  return jnp.where(jnp.isnan(label_logit[:, 0]), num_classes, rank)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +68,7 @@ class Classification:
     per_example = optax.softmax_cross_entropy(logits, target)
     count = mask.sum()
     loss = (per_example * mask).sum() / jnp.maximum(count, 1.0)
-    # Top-k by rank: the label's logit beaten by fewer than k others.
-    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    rank = (logits > label_logit).sum(axis=-1)
+    rank = label_rank(logits, labels)
     metrics = {
         "loss": (per_example * mask).sum(),
         "accuracy": ((rank == 0) * mask).sum(),

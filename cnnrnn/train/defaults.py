@@ -15,6 +15,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "lenet5"  # cnnrnn.models.names(); other fields are the model's kwargs.
+  c.model.dtype = "float32"  # Computation: float32 | bfloat16 | float16 (params stay float32).
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "classification"
@@ -67,6 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_metric = "accuracy"
   c.checkpoint.best_mode = "max"
   c.checkpoint.async_save = True
+  # Also save when this many seconds have passed since the last save (0: only by steps),
+  # so that a kill -9 loses at most this much work whatever checkpoint_every_steps is.
+  c.checkpoint.every_secs = 1800.0
 
   c.mesh = (("data", -1),)  # (axis, size) pairs; see cnnrnn.train.sharding.
   # Extra XLA_FLAGS, applied by the command line before the backend starts (e.g. CPU

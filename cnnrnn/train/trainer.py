@@ -24,11 +24,15 @@ from cnnrnn import models
 from cnnrnn.models import stateful
 from cnnrnn import tasks
 from cnnrnn import transfer
+from cnnrnn.train import config_schema
 from cnnrnn.train import optim
+from cnnrnn.train import preemption
+from cnnrnn.train import run_identity
 from cnnrnn.train import sharding
 from cnnrnn.train import steps
-from cnnrnn.train.checkpoint import Checkpointer
+from cnnrnn.train.checkpoint import Checkpointer, SaveTimer
 from cnnrnn.train.state import TrainState
+from cnnrnn.train.workdir_lock import WorkdirLock
 from cnnrnn.train.writers import MetricWriter, Progress
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -54,10 +58,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   Raises:
     ValueError: naming the bad field and the allowed values.
   """
-  try:
-    models.get_constructor(config.model.name)
-  except ValueError as e:
-    raise ValueError(f"model.name={config.model.name!r}: {e}") from None
+  config_schema.validate(config)
   accel.validate(config.accel)
   if config.task.name not in tasks.names():
     raise ValueError(f"task.name={config.task.name!r}; known tasks: {', '.join(tasks.names())}")
@@ -108,16 +109,42 @@ def evaluate(eval_step, state, mesh, batches, carry=None) -> dict:
   return _means({k: float(v) for k, v in sums.items()})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_changes=(), start_over: bool = False) -> dict:
   """Trains and evaluates the model of `config`; resumes from `workdir` if possible.
+
+  The whole config is validated before anything is written, read or compiled. The run
+  then holds `workdir` exclusively (`workdir_lock`), and a resume must keep the saved
+  config's computation (`run_identity`). SIGTERM/SIGINT save the current step and raise
+  `preemption.Preempted`; a damaged checkpoint is set aside and the previous one used.
 
   Args:
     config: an experiment config (see configs/*.py).
     workdir: receives config.json, metrics.jsonl, TensorBoard events and checkpoints.
+    allow_changes: config fields (or blocks) a resume may change (`run_identity.check`).
+    start_over: when checkpoints exist but none is usable, train from step 0 anyway.
 
   Returns:
     The final test-split metrics (e.g. {"loss": ..., "accuracy": ..., "num_examples": ...}).
+
+  Raises:
+    ValueError: a bad config field, or a resume that changes the computation.
+    workdir_lock.WorkdirLocked: another run holds `workdir`.
+    checkpoint.NoUsableCheckpoint: checkpoints exist, none is usable, and not `start_over`.
+    preemption.Preempted: stopped by a signal after saving.
   """
+  validate_config(config, sharding.batch_partitions(sharding.make_mesh(config.mesh)))
+  is_main = jax.process_index() == 0
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file, not a directory")
+  os.makedirs(workdir, exist_ok=True)
+  with WorkdirLock(workdir, enabled=is_main), preemption.PreemptionWatcher() as watcher:
+    run_identity.check(config, workdir, allow_changes, write=is_main)
+    return _train_and_evaluate(config, workdir, watcher, start_over)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        watcher: preemption.PreemptionWatcher, start_over: bool) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   validate_config(config, sharding.batch_partitions(mesh))
   is_main = jax.process_index() == 0
@@ -145,7 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if field in kwargs and kwargs[field] != value:
       raise ValueError(f"model.{field}={kwargs[field]} but dataset {dataset.name!r} has {value} "
                        f"{'classes' if field == 'num_classes' else 'tokens in its vocabulary'}")
-    if field in accepted:
+    # A variant constructor (`transformer(variant, **kwargs)`) passes its kwargs on.
+    if field in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
       kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
   model = models.create(config.model.name, **kwargs)
   transfer_plan = transfer.plan(config, kwargs)  # None unless config.transfer.source is set
@@ -207,32 +235,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       in_shardings=(state_shardings, batch_sharding, carry_sharding),
                       out_shardings=(metrics_sharding, carry_sharding))
 
+  # Tasks scored on generated outputs (translation: BLEU) decode after the loss pass.
+  generation_eval = (task.generation_evaluator(model, streams.pairs, mesh)
+                     if hasattr(task, "generation_evaluator") else None)
+
   def run_eval(split):
     means = evaluate(eval_step, state, mesh, eval_batches(split), eval_carry)
-    return means | (task.derived_metrics(means) if hasattr(task, "derived_metrics") else {})
+    means |= task.derived_metrics(means) if hasattr(task, "derived_metrics") else {}
+    return means | (generation_eval(state, eval_batches(split), split) if generation_eval else {})
 
   ckpt_cfg = config.get("checkpoint", ml_collections.ConfigDict())
   checkpointer = Checkpointer(
       os.path.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.get("max_to_keep", 3),
       keep_best=ckpt_cfg.get("keep_best", False), best_metric=ckpt_cfg.get("best_metric", "accuracy"),
-      best_mode=ckpt_cfg.get("best_mode", "max"), async_save=ckpt_cfg.get("async_save", True))
+      best_mode=ckpt_cfg.get("best_mode", "max"), async_save=ckpt_cfg.get("async_save", True),
+      batch_size=config.batch_size, state_sharding=state_shardings)
+  save_timer = SaveTimer(ckpt_cfg.get("every_secs", 0))
   train_iter = iter(train_ds)
-  start = checkpointer.latest_step()
-  if start is not None:
-    abstract_sharded = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
-    state, data_state = checkpointer.restore(start, abstract_sharded)
+  abstract_sharded = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+  restored = checkpointer.restore_latest(abstract_sharded, start_over=start_over)
+  start = 0
+  if restored is not None:
+    start, state, data_state = restored
     train_iter.set_state(data_state)
+    if start > total_steps:
+      raise ValueError(f"num_train_steps: the run in {workdir} is at step {start}, past the "
+                       f"{total_steps} steps this config trains for")
     if is_main:
       logging.info("Resumed from %s at step %d", workdir, start)
   elif transfer_plan is not None:
     state = transfer_plan.initial_state(state, tx, state_shardings)
-  start = start or 0
 
   writer = MetricWriter(workdir, enabled=is_main)
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   progress = Progress(total_steps, start, enabled=is_main and config.get("progress_bar", True))
   log_every = config.get("log_every_steps", 100) or total_steps
   eval_every = config.get("eval_every_steps", 0)
@@ -279,16 +314,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         jax.profiler.stop_trace()
       progress.update(step)
       is_last = step == total_steps
-      if step % log_every == 0 or is_last or (ckpt_every and step % ckpt_every == 0):
+      preempted = watcher.reached(step)
+      save_now = ((ckpt_every and step % ckpt_every == 0) or is_last or preempted
+                  or save_timer.due(sync=step % log_every == 0))
+      if step % log_every == 0 or save_now:
         flush_train_metrics(step)
-      if eval_every and step % eval_every == 0 and not is_last:
+      if eval_every and step % eval_every == 0 and not is_last and not preempted:
         eval_metrics = run_eval(eval_split)
         writer.write(step, "eval", eval_metrics)
         progress.write(f"step {step}: eval " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_metrics.items()))
         checkpointer.save_best(step, state, train_iter.get_state(), eval_metrics)
-      if (ckpt_every and step % ckpt_every == 0) or is_last:
+      if save_now:
         checkpointer.save(step, state, train_iter.get_state())
+        save_timer.saved()
+      if preempted:
+        checkpointer.wait()
+        raise preemption.Preempted(step, workdir, watcher.signal_name or "a preemption notice")
     progress.close()
     test_metrics = run_eval(test_split)
     final_step = int(jax.device_get(state.step))

@@ -9,8 +9,9 @@ from other processes hits both alike; the table reports medians over all timed s
     python experiments/benchmarks/bench_cifar_resnet.py --xla_flags=--xla_cpu_experimental_ynn_fusion_type=
 
 XLA flags must be set before JAX starts, hence the flag (it is appended to $XLA_FLAGS).
-`cnnrnn (jax)` is what the trainer runs on one CPU device: native convolution and
-BatchNorm kernels (cnnrnn.nn.native). `--xla_convs` adds the same step traced without them.
+`cnnrnn (jax)` is what the trainer runs on one CPU device: its step under `accel="auto"`
+(the native convolution and BatchNorm kernels of cnnrnn.accel). `--xla_convs` adds the same
+step traced with `accel="xla"`.
 """
 
 import argparse
@@ -47,14 +48,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from cnnrnn import accel  # noqa: E402
 from cnnrnn import models  # noqa: E402
-from cnnrnn.nn import native  # noqa: E402
 
 LR, MOMENTUM = 0.1, 0.9
 
 
-def jax_step_fn(depth: int, batch: int):
-  """A jitted, donating train step of cnnrnn's CIFAR ResNet and its initial state."""
+def jax_step_fn(depth: int, batch: int, mode: str = "auto"):
+  """A jitted, donating train step of cnnrnn's CIFAR ResNet under accel `mode`, and its state."""
   model = models.create(f"cifar_resnet{depth}")
   x = jnp.zeros((batch, 32, 32, 3), jnp.float32)
   variables = jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))(x)
@@ -67,7 +68,6 @@ def jax_step_fn(depth: int, batch: int):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, updates["batch_stats"]
 
-  @jax.jit
   def step(state, images, labels):
     params, batch_stats, opt_state = state
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -75,7 +75,8 @@ def jax_step_fn(depth: int, batch: int):
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
-  step = jax.jit(step.__wrapped__, donate_argnums=(0,))
+  # As the trainer builds it: the accel mode resolved once, applied to the traced step.
+  step = jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=(0,))
   return step, state
 
 
@@ -164,9 +165,8 @@ def main():
 
   runners = {"cnnrnn (jax)": runner(jstep, state)}
   if ARGS.xla_convs:
-    xstep, xla_state = jax_step_fn(ARGS.depth, ARGS.batch)
-    with native.override(False):  # Traced (and compiled) without the native kernels here.
-      xla_state, _ = xstep(xla_state, jimages, jlabels)
+    xstep, xla_state = jax_step_fn(ARGS.depth, ARGS.batch, "xla")
+    xla_state, _ = xstep(xla_state, jimages, jlabels)  # Traced and compiled here.
     runners["cnnrnn, XLA convolutions"] = runner(xstep, xla_state)
   if not ARGS.skip_torch:
     tstep, n_torch, torch = torch_step_fn(ARGS.depth, ARGS.batch)

@@ -2,7 +2,7 @@
 
 For each shape (the 3x3 layers of the CIFAR ResNets at batch 128, LeNet-5's two layers at
 batch 256) times, interleaved, the forward convolution, its input gradient and its weight
-gradient: `cnnrnn.nn.native.conv2d` (jit), `lax.conv_general_dilated` and its VJP (jit),
+gradient: `cnnrnn.accel.conv2d` (jit), `lax.conv_general_dilated` and its VJP (jit),
 and `torch.nn.functional.conv2d` with `torch.autograd.grad` (eager, NCHW). Medians; GFLOP/s
 counts 2 * B * Ho * Wo * K * K * Cin * Cout per operation. Not a test.
 
@@ -25,7 +25,7 @@ from jax import lax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cnnrnn.nn import native  # noqa: E402
+from cnnrnn import accel  # noqa: E402
 
 # (name, batch, height=width, cin, cout, kernel, padding)
 SHAPES = [
@@ -72,7 +72,7 @@ def main():
   p.add_argument("--xla_flags", default="")
   args = p.parse_args()
   import torch  # pylint: disable=g-import-not-at-top
-  ok, why = native.available()
+  ok, why = accel.available()
   if not ok:
     raise SystemExit(f"native kernels unavailable: {why}")
 
@@ -86,7 +86,7 @@ def main():
     gflop = 2 * b * ho * ho * k * k * cin * cout / 1e9
     xla = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), [(pad, pad)] * 2,
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    mine = lambda x, w: native.conv2d(x, w, (pad, pad))
+    mine = lambda x, w: accel.conv2d(x, w, (pad, pad))
     args_j = (jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy))
     sides = {"cnnrnn native": jax_ops(mine, *args_j), "XLA": jax_ops(xla, *args_j),
              "pytorch": torch_ops(torch, x, w, dy, pad)}

@@ -9,8 +9,9 @@ dense 120, 84, 10, ReLU). Interleaved A B A B; medians. Not a test.
     python experiments/benchmarks/bench_lenet.py --flax_pool   # flax.linen.max_pool instead
     python experiments/benchmarks/bench_lenet.py --xla_convs   # also XLA's convolutions
 
-`cnnrnn (jax)` is what the trainer runs on one CPU device: native convolution kernels
-(cnnrnn.nn.native). `--xla_convs` adds the same step traced with XLA's convolutions.
+`cnnrnn (jax)` is what the trainer runs on one CPU device: its step under `accel="auto"`
+(the native convolution kernels of cnnrnn.accel). `--xla_convs` adds the same step traced
+with `accel="xla"` (XLA's convolutions).
 """
 
 import argparse
@@ -29,16 +30,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cnnrnn import models, tasks  # noqa: E402
+from cnnrnn import accel, models, tasks  # noqa: E402
 from cnnrnn.models import lenet  # noqa: E402
-from cnnrnn.nn import native  # noqa: E402
 from cnnrnn.train import steps  # noqa: E402
 from cnnrnn.train.state import TrainState  # noqa: E402
 
 LR, MOMENTUM = 0.05, 0.9
 
 
-def jax_competitor(batch: int, flax_pool: bool, use_native: bool | None = None):
+def jax_competitor(batch: int, flax_pool: bool, mode: str = "auto"):
   if flax_pool:  # The straightforward version, for the record.
     lenet._POOLS["max"] = lambda x, w: nn.max_pool(x, w, strides=w)
   model = models.create("lenet5")
@@ -47,7 +47,9 @@ def jax_competitor(batch: int, flax_pool: bool, use_native: bool | None = None):
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
                      opt_state=tx.init(params), rng=jax.random.PRNGKey(1))
-  step = jax.jit(steps.make_train_step(model, task, tx), donate_argnums=0)
+  # As the trainer builds it: the accel mode resolved once, applied to the traced step.
+  step = jax.jit(accel.accelerate(steps.make_train_step(model, task, tx), accel.resolve(mode)),
+                 donate_argnums=0)
   rng = np.random.default_rng(0)
   data = {"image": jnp.asarray(rng.normal(size=(batch, 32, 32, 1)), jnp.float32),
           "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
@@ -57,8 +59,7 @@ def jax_competitor(batch: int, flax_pool: bool, use_native: bool | None = None):
     box[0], metrics = step(box[0], data)
     jax.block_until_ready(metrics)
 
-  with native.override(use_native):  # Traced (and compiled) here, by the first call.
-    run()
+  run()  # Traced and compiled here.
   return run
 
 
@@ -100,7 +101,7 @@ def main():
   competitors = {"pytorch eager": torch_competitor(args.batch),
                  "cnnrnn (jax)": jax_competitor(args.batch, args.flax_pool)}
   if args.xla_convs:
-    competitors["cnnrnn, XLA convolutions"] = jax_competitor(args.batch, args.flax_pool, False)
+    competitors["cnnrnn, XLA convolutions"] = jax_competitor(args.batch, args.flax_pool, "xla")
   times = harness.interleave(competitors, rounds=args.rounds, steps=args.steps)
   title = (f"LeNet-5 train step, batch {args.batch} (torch {torch.__version__}, jax {jax.__version__}, "
            f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}{', flax max_pool' if args.flax_pool else ''})")

@@ -17,7 +17,8 @@ CONFIGS = [
     ("cifar_resnet", "110"), ("cifar_resnet", "56,6000"), ("adding_problem", "lstm,100"),
     ("char_rnn_shakespeare", None), ("ptb_lstm", "small"), ("ptb_lstm", "medium"),
     ("ptb_lstm", "large"), ("resnet50_imagenet", None), ("vgg16_imagenet", None),
-    ("alexnet_imagenet", None),
+    ("alexnet_imagenet", None), ("multi30k_transformer", "small"),
+    ("multi30k_transformer", "tiny"), ("multi30k_transformer", "small,sentencepiece"),
 ]
 
 

@@ -76,3 +76,42 @@ def test_only_image_datasets_get_image_preprocessing(data_dir):
   assert not text.is_image
   batch = {"text": np.array([b"a b"])}
   assert data.preprocessor({}, text, train=True)(batch) is batch
+
+
+def _copy(src: str, dst) -> str:
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  shutil.copytree(src, dst)
+  return str(dst)
+
+
+def test_source_files_are_checked_before_preparing(tmp_path):
+  # Fashion-MNIST's file names holding MNIST's files: refused by size, naming the file.
+  with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz has 9,912,422 bytes, but "
+                     r"train-images-idx3-ubyte.gz of dataset 'fashion_mnist' has 26,421,880"):
+    data.load("fashion_mnist", str(tmp_path / "tfds"), shared_dataset("mnist"))
+  # A truncated file (an EOFError deep in gzip before): refused by size, naming it.
+  manual = _copy(shared_dataset("mnist"), tmp_path / "mnist")
+  with open(f"{manual}/t10k-labels-idx1-ubyte.gz", "r+b") as f:
+    f.truncate(1000)
+  with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz has 1,000 bytes"):
+    data.load("mnist", str(tmp_path / "tfds"), manual)
+  # The same size, one byte changed: refused by sha256.
+  manual = _copy(shared_dataset("tinyshakespeare"), tmp_path / "shakespeare")
+  text = (tmp_path / "shakespeare" / "input.txt").read_bytes()
+  (tmp_path / "shakespeare" / "input.txt").write_bytes(text[:-2] + b"?\n")
+  with pytest.raises(ValueError, match=r"input.txt has sha256 [0-9a-f]{64}, not that of"):
+    data.load("tiny_shakespeare", str(tmp_path / "tfds"), manual)
+
+
+def test_prepared_copy_remembers_its_source_files(tmp_path, monkeypatch):
+  tfds_dir = str(tmp_path / "tfds")
+  data.load("tiny_shakespeare", tfds_dir, shared_dataset("tinyshakespeare"))
+  data.load("tiny_shakespeare", tfds_dir, shared_dataset("tinyshakespeare"))  # Same files: reused.
+  # Other files (allowed here by clearing the known checksums) do not reuse that copy.
+  monkeypatch.setattr(builders.TinyShakespeare, "CHECKSUMS", {})
+  manual = _copy(shared_dataset("tinyshakespeare"), tmp_path / "other")
+  (tmp_path / "other" / "input.txt").write_text("To be, or not to be\n" * 1000)
+  with pytest.raises(ValueError, match=r"was made from other files than those in .*other "
+                     r"\(sha256 differs for input.txt\)"):
+    data.load("tiny_shakespeare", tfds_dir, manual)

@@ -37,3 +37,10 @@ def test_registry_errors_list_known_names():
   with pytest.raises(ValueError, match="bad keyword"):
     models.create("lenet5", num_clases=10)
   assert {"lenet5", "conv_stack"} <= set(models.names())
+
+
+def test_lenet5_rejects_inputs_that_are_not_32x32():
+  # 28x28 would silently build a 44,426-parameter network (a 4x4 map before the dense layers).
+  model = models.create("lenet5")
+  with pytest.raises(ValueError, match=r"lenet5 takes 32x32 images, got 28x28.*pad_to=32"):
+    model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))

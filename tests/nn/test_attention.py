@@ -280,3 +280,21 @@ def test_flax_multi_head_attention_checkpoints_load_unchanged():
   ours = cnn.MultiHeadAttention(H, qkv_features=6, out_features=5)
   np.testing.assert_allclose(ours.apply(variables, q, kv, mask),
                              flax_mha.apply(variables, q, kv, mask=mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["additive", "concat"])
+def test_decode_mode_projects_the_keys_once(layer):
+  make = (lambda **kw: cnn.AdditiveAttention(features=7, **kw)) if layer == "additive" else (
+      lambda **kw: cnn.LuongAttention(score="concat", features=7, **kw))
+  q, k = _x(3, B, D), _x(B, TK, D)
+  mask = np.arange(TK)[None] < np.array([[6], [2]])
+  variables = make().init(jax.random.key(10), q[0], k, mask=mask)
+  stepper = make(decode=True)
+  _, cache = stepper.apply(variables, q[0], k, mask=mask, mutable=["cache"])
+  assert cache["cache"]["projected_keys"].shape == (B, TK, 7)
+  for t in range(3):  # keys are read from the cache: the argument is only the values' default
+    (ctx, w), _ = stepper.apply({**variables, **cache}, q[t], jnp.zeros_like(k), k, mask,
+                                mutable=["cache"])
+    want_ctx, want_w = make().apply(variables, q[t], k, mask=mask)
+    np.testing.assert_allclose(w, want_w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ctx, want_ctx, rtol=1e-6, atol=1e-7)

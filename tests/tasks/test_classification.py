@@ -36,3 +36,23 @@ def test_bad_task_fields():
     tasks.create("segmentation", num_classes=3)
   with pytest.raises(ValueError, match="label_smoothing"):
     tasks.create("classification", num_classes=3, label_smoothing=1.5)
+
+
+def test_ties_and_nan_logits_count_as_wrong():
+  task = tasks.create("classification", num_classes=10)
+  labels = jnp.array([0, 3, 9])
+  equal = jnp.zeros((3, 10))
+  _, m = task.loss_and_metrics(equal, {"label": labels})
+  assert (m["accuracy"], m["top5_accuracy"]) == (0, 0)
+  nan = jnp.full((3, 10), jnp.nan)
+  _, m = task.loss_and_metrics(nan, {"label": labels})
+  assert (m["accuracy"], m["top5_accuracy"]) == (0, 0)
+  # One NaN elsewhere in a row that would otherwise be right, and a NaN label logit.
+  logits = jax.nn.one_hot(labels, 10) * 5.0
+  logits = logits.at[0, 4].set(jnp.nan).at[1, 3].set(jnp.nan)
+  _, m = task.loss_and_metrics(logits, {"label": labels})
+  assert m["accuracy"] == 1  # Only the third row, untouched, is right.
+  # A tie between the label and one other class: wrong for top-1, right for top-5.
+  tie = jnp.zeros((1, 10)).at[0, 2].set(1.0).at[0, 7].set(1.0)
+  _, m = task.loss_and_metrics(tie, {"label": jnp.array([2])})
+  assert (m["accuracy"], m["top5_accuracy"]) == (0, 1)

@@ -36,7 +36,7 @@ def _quick(data_dir, **overrides):
     ("model.name", "lenet7", r"model.name='lenet7': Unknown model name 'lenet7'; known models: .*lenet5"),
     ("accel", "gpu", r"accel='gpu'; allowed: auto, xla, cpu_native"),
     ("optimizer.name", "adagrad", r"optimizer.name='adagrad'; allowed: sgd, momentum, nesterov, adam, adamw"),
-    ("optimizer.learning_rate", -1e-3, r"optimizer.learning_rate=-0.001; allowed: a number >= 0"),
+    ("optimizer.learning_rate", -1e-3, r"optimizer.learning_rate=-0.001; allowed: a finite number in \(0, inf\)"),
     ("batch_size", 60, r"batch_size=60 does not divide over the 8 devices"),
     ("eval_batch_size", 12, r"eval_batch_size=12 does not divide over the 8 devices"),
     ("dataset.name", "mnistt", r"dataset.name='mnistt' is neither a cnnrnn builder \(.*mnist"),
@@ -67,8 +67,13 @@ def test_outputs_and_resume_of_a_finished_run(data_dir, tmp_path):
 
 def test_checkpoint_that_does_not_fit_the_model(data_dir, tmp_path):
   train.train_and_evaluate(_quick(data_dir, **{"model.features": (8, 16)}), str(tmp_path))
+  changed = _quick(data_dir, **{"model.features": (8, 32)})
+  with pytest.raises(ValueError, match=r"model.features: \[8, 16\] -> \[8, 32\]"):
+    train.train_and_evaluate(changed, str(tmp_path))
+  # Allowed to change, the model still cannot load the checkpoint: named, nothing set aside.
   with pytest.raises(ValueError, match=r"has shape .* but the model needs"):
-    train.train_and_evaluate(_quick(data_dir, **{"model.features": (8, 32)}), str(tmp_path))
+    train.train_and_evaluate(changed, str(tmp_path), allow_changes=["model"])
+  assert not (tmp_path / "checkpoints" / "set_aside").exists()
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_dir, tmp_path):

@@ -4,6 +4,7 @@ from cnnrnn.data.builders.base import RawFilesBuilder
 from cnnrnn.data.builders.cifar import Cifar10, Cifar10Folder
 from cnnrnn.data.builders.digits import Digits
 from cnnrnn.data.builders.mnist import FashionMnist, Mnist
+from cnnrnn.data.builders.multi30k import Multi30k
 from cnnrnn.data.builders.text import Ptb, TinyShakespeare
 
 BUILDERS: dict[str, type[RawFilesBuilder]] = {
@@ -14,4 +15,5 @@ BUILDERS: dict[str, type[RawFilesBuilder]] = {
     "cifar10_folder": Cifar10Folder,
     "ptb": Ptb,
     "tiny_shakespeare": TinyShakespeare,
+    "multi30k": Multi30k,
 }

@@ -74,6 +74,16 @@ class Mnist(_IdxImages, skip_registration=True):
   MEAN, STD = (0.1307,), (0.3081,)
   URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
   HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
+  CHECKSUMS = {
+      "train-images-idx3-ubyte.gz":
+          (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+      "train-labels-idx1-ubyte.gz":
+          (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+      "t10k-images-idx3-ubyte.gz":
+          (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+      "t10k-labels-idx1-ubyte.gz":
+          (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+  }
 
 
 class FashionMnist(_IdxImages, skip_registration=True):
@@ -83,6 +93,16 @@ class FashionMnist(_IdxImages, skip_registration=True):
   MEAN, STD = (0.2860,), (0.3530,)
   URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
   HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
+  CHECKSUMS = {
+      "train-images-idx3-ubyte.gz":
+          (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+      "train-labels-idx1-ubyte.gz":
+          (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+      "t10k-images-idx3-ubyte.gz":
+          (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+      "t10k-labels-idx1-ubyte.gz":
+          (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+  }
   CLASS_NAMES = (
       "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",

