@@ -401,3 +401,6 @@ def seq2seq(variant: str | None = None, **kwargs) -> Seq2Seq:
   if variant not in VARIANTS:
     raise ValueError(f"model.variant={variant!r}; known: {', '.join(VARIANTS)}")
   return Seq2Seq(**{**VARIANTS[variant], **kwargs})
+
+
+seq2seq.module_class = Seq2Seq  # What the variant constructor builds (config checks).
