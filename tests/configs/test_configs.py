@@ -19,6 +19,8 @@ CONFIGS = [
     ("ptb_lstm", "large"), ("resnet50_imagenet", None), ("vgg16_imagenet", None),
     ("alexnet_imagenet", None), ("multi30k_transformer", "small"),
     ("multi30k_transformer", "tiny"), ("multi30k_transformer", "small,sentencepiece"),
+    *[("multi30k_seq2seq", v) for v in ("ptseq2seq_lstm", "ptseq2seq_gru_context",
+                                        "ptseq2seq_bahdanau", "luong")],
 ]
 
 
