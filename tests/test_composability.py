@@ -77,12 +77,14 @@ MODEL_CASES = {
                          _CLIPS(4, 6)),
     "captioner": (dict(vocab_size=7, embed_size=4, hidden_size=6, attention_size=4,
                        encoder_kwargs=dict(features=(4,), dense=())), _CAPTION(8, 7, 4)),
+    "seq2seq": (dict(vocab_size=11, embed_dim=4, hidden_size=6, cell="gru", bidirectional=True,
+                     attention="bahdanau"), _TRANSLATION(11, 5, 4)),
 }
 
 # One member of each family (and each block type) gets every check in both modes.
 FULL = {"lenet5", "conv_stack", "alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet50",
         "cifar_resnet20", "rnn_lm", "rnn_classifier", "vit", "transformer",
-        "video_classifier", "captioner"}
+        "video_classifier", "captioner", "seq2seq"}
 COVERED = set(MODEL_CASES)
 
 

@@ -16,6 +16,7 @@ from cnnrnn.models.rnn_classifier import RNNClassifier
 from cnnrnn.models.rnn_lm import RNNLM
 from cnnrnn.models.alexnet import AlexNet
 from cnnrnn.models.resnet import CIFAR_DEPTHS, IMAGENET_STAGES, ResNet, cifar_resnet, resnet
+from cnnrnn.models.seq2seq import Seq2Seq, seq2seq
 from cnnrnn.models.transformer import Transformer, transformer
 from cnnrnn.models.video_classifier import VideoClassifier
 from cnnrnn.models.vgg import VGG, VGG_STAGES, vgg
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "transformer": transformer,
     "video_classifier": VideoClassifier,
     "captioner": Captioner,
+    "seq2seq": seq2seq,
 }
 
 

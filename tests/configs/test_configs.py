@@ -22,6 +22,8 @@ CONFIGS = [
     ("moving_mnist_video", "single_frame"),
     ("moving_mnist_video", "lstm,direction"), ("moving_mnist_video", "bilstm,identity"),
     ("mnist_captions", "attention"), ("mnist_captions", "no_attention"),
+    *[("multi30k_seq2seq", v) for v in ("ptseq2seq_lstm", "ptseq2seq_gru_context",
+                                        "ptseq2seq_bahdanau", "luong")],
 ]
 
 

@@ -61,6 +61,19 @@ def test_transformer_trains_and_reports_bleu(whole_run):
   assert result["bleu"] == test["bleu"]
 
 
+def test_seq2seq_trains_and_reports_bleu(data_dir, tmp_path):
+  """The recurrent seq2seq (tutorial 3's BiGRU + Bahdanau, narrow) through the same task."""
+  c = tiny_config(data_dir, str(tmp_path / "tokenizers"))
+  c.model = c.model.__class__(dict(name="seq2seq", variant="ptseq2seq_bahdanau", embed_dim=16,
+                                   hidden_size=32, dropout_rate=0.0))
+  result = train.train_and_evaluate(c, str(tmp_path / "run"))
+  records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  train_losses = [r["loss"] for r in records if r["split"] == "train"]
+  assert train_losses[-1] < 0.95 * train_losses[0]  # Learns.
+  assert records[-1]["split"] == "test" and 0.0 <= result["bleu"] <= 100.0
+  assert "bleu_tok" in result
+
+
 def test_resumed_run_equals_an_uninterrupted_one(whole_run, tmp_path):
   config, whole, _ = whole_run
   parts = tmp_path / "parts"
