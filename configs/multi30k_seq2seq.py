@@ -39,7 +39,7 @@ Result: not yet measured here.
 """
 
 from cnnrnn.models.seq2seq import VARIANTS
-from cnnrnn.train import default_config
+from configs import multi30k_transformer
 
 CONFIG_VARIANTS = ("ptseq2seq_lstm", "ptseq2seq_gru_context", "ptseq2seq_bahdanau", "luong")
 
@@ -47,38 +47,9 @@ CONFIG_VARIANTS = ("ptseq2seq_lstm", "ptseq2seq_gru_context", "ptseq2seq_bahdana
 def get_config(arg: str = "ptseq2seq_bahdanau"):
   if arg not in CONFIG_VARIANTS or arg not in VARIANTS:
     raise ValueError(f"configs/multi30k_seq2seq.py:{arg}; allowed: {', '.join(CONFIG_VARIANTS)}")
-  c = default_config()
-  c.model.name = "seq2seq"
+  c = multi30k_transformer.translation_config("seq2seq")
   c.model.variant = arg
-  c.task.name = "translation"
-  c.task.label_smoothing = 0.0
-  c.task.beam_size = 1
-  c.task.max_decode_len = 64
-  c.task.length_penalty = 0.6
-  c.dataset.name = "multi30k"
-  c.dataset.train_split = "train"
-  c.dataset.eval_split = "validation"
-  c.dataset.test_split = "test"
-  c.dataset.source_lang = "de"
-  c.dataset.target_lang = "en"
-  c.dataset.tokenizer = "moses_words"
-  c.dataset.vocab_size = 0  # Moses words: no cap; the min frequency decides.
-  c.dataset.min_frequency = 2
-  c.dataset.shared_vocab = False
-  c.dataset.sentencepiece_model = "bpe"
-  c.dataset.max_length = 64
-  c.dataset.bucket_width = 8
-  c.dataset.bucket_pool = 100
-  c.batch_size = 128
-  c.eval_batch_size = 256
   c.num_epochs = 10
-  c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.optimizer.clip_norm = 1.0
-  c.checkpoint.best_metric = "bleu"
-  c.checkpoint.best_mode = "max"
-  steps_per_epoch = -(-29_000 // c.batch_size)
-  c.log_every_steps = 50
-  c.eval_every_steps = steps_per_epoch
-  c.checkpoint_every_steps = steps_per_epoch
   return c

@@ -33,15 +33,12 @@ from cnnrnn.train import default_config
 VARIANTS = ("small", "tiny")
 
 
-def get_config(arg: str = "small"):
-  variant, *rest = arg.split(",")
-  if variant not in VARIANTS or len(rest) > 1 or (rest and rest[0] not in tokenizers.TOKENIZERS):
-    raise ValueError(f"configs/multi30k_transformer.py:{arg}; allowed: one of "
-                     f"{', '.join(VARIANTS)}, optionally followed by ,"
-                     f"{' or ,'.join(tokenizers.TOKENIZERS)}")
+def translation_config(model_name: str):
+  """The Multi30k De->En setting every translation config shares (pytorch-seq2seq's:
+  lowercased Moses words, min frequency 2, greedy decoding, BLEU kept best), for `model_name`;
+  derived configs override a few fields."""
   c = default_config()
-  c.model.name = "transformer"
-  c.model.variant = variant
+  c.model.name = model_name
   c.task.name = "translation"
   c.task.label_smoothing = 0.0
   c.task.beam_size = 1
@@ -66,6 +63,21 @@ def get_config(arg: str = "small"):
   c.optimizer.name = "adam"
   c.checkpoint.best_metric = "bleu"
   c.checkpoint.best_mode = "max"
+  steps_per_epoch = -(-29_000 // c.batch_size)
+  c.log_every_steps = 50
+  c.eval_every_steps = steps_per_epoch
+  c.checkpoint_every_steps = steps_per_epoch
+  return c
+
+
+def get_config(arg: str = "small"):
+  variant, *rest = arg.split(",")
+  if variant not in VARIANTS or len(rest) > 1 or (rest and rest[0] not in tokenizers.TOKENIZERS):
+    raise ValueError(f"configs/multi30k_transformer.py:{arg}; allowed: one of "
+                     f"{', '.join(VARIANTS)}, optionally followed by ,"
+                     f"{' or ,'.join(tokenizers.TOKENIZERS)}")
+  c = translation_config("transformer")
+  c.model.variant = variant
   if variant == "small":
     c.num_epochs = 10
     c.optimizer.learning_rate = 5e-4
@@ -89,8 +101,4 @@ def get_config(arg: str = "small"):
     c.dataset.vocab_size = 8000 if sentencepiece else 0
     c.dataset.shared_vocab = sentencepiece
     c.model.share_embeddings = sentencepiece
-  steps_per_epoch = -(-29_000 // c.batch_size)
-  c.log_every_steps = 50
-  c.eval_every_steps = steps_per_epoch
-  c.checkpoint_every_steps = steps_per_epoch
   return c
