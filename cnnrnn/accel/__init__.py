@@ -15,7 +15,8 @@ Modes (`MODES`):
 - "cpu_native": every `flax.linen.Conv` (Flax's own and `cnnrnn.nn.Conv`, which is Flax's)
   whose convolution the native kernels compute, and `cnnrnn.nn.BatchNorm` and
   `flax.linen.BatchNorm` (last axis, no mask) in training mode, are traced as primitives of
-  this package (conv.py, batch_norm.py).
+  this package (conv.py, batch_norm.py), and so is the time loop of `cnnrnn.nn.RNN` over a
+  `cnnrnn.nn.LSTMCell` (float32, no `seq_lengths`; recurrent.py).
 - "auto": "cpu_native" when JAX computes on the CPU with one device and the kernels are
   available (this builds them: one line says so), else "xla"; decided once, by the caller
   (`resolve`), when `accelerate` or `mode` is called, not inside the layers.
@@ -37,7 +38,8 @@ first time an accelerated program is lowered (or by `resolve("auto")`).
 from cnnrnn.accel.batch_norm import batch_norm_train
 from cnnrnn.accel.conv import conv2d, conv_general_dilated
 from cnnrnn.accel.native import available
+from cnnrnn.accel.recurrent import time_loop
 from cnnrnn.accel.switch import MODES, accelerate, current_mode, mode, resolve, validate
 
 __all__ = ["MODES", "accelerate", "available", "batch_norm_train", "conv2d",
-           "conv_general_dilated", "current_mode", "mode", "resolve", "validate"]
+           "conv_general_dilated", "current_mode", "mode", "resolve", "time_loop", "validate"]

@@ -19,6 +19,7 @@ from jax.interpreters import mlir
 import jax.numpy as jnp
 
 from cnnrnn.accel import native
+from cnnrnn.nn import recurrence
 
 
 def kernel_may_run(ctx: mlir.LoweringRuleContext) -> bool:
@@ -55,6 +56,14 @@ def explicitly_sharded(*arrays: jax.Array) -> bool:
   return any(any(s is not None for s in jax.typeof(a).sharding.spec) for a in arrays)
 
 
+class _Primitive(core.Primitive):
+  """A primitive whose operands are cast to vary over the same manual mesh axes when bound
+  (`recurrence.vary_together`), as JAX's own primitives do inside `shard_map`."""
+
+  def bind(self, *args, **params):
+    return super().bind(*recurrence.vary_together(*args), **params)
+
+
 def define(name: str, reference: Callable, kernel: Callable | None,
            multiple_results: bool = False) -> core.Primitive:
   """A primitive that means `reference(*args, **params)` and may run `kernel` on the CPU.
@@ -70,7 +79,7 @@ def define(name: str, reference: Callable, kernel: Callable | None,
     The primitive, with an implementation (a jit of itself), an abstract evaluation and
     lowerings; its differentiation and batching rules are the caller's to define.
   """
-  prim = core.Primitive(name)
+  prim = _Primitive(name)
   prim.multiple_results = multiple_results
 
   @functools.cache
@@ -80,11 +89,13 @@ def define(name: str, reference: Callable, kernel: Callable | None,
   prim.def_impl(lambda *args, **params: jitted(**params)(*args))
 
   def abstract_eval(*avals, **params):
-    # Unsharded avals: the seams call these primitives only on operands whose types carry
-    # no explicit sharding (`explicitly_sharded`).
-    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
-    out = jax.eval_shape(functools.partial(reference, **params), *avals)
-    to_aval = lambda s: jax.core.ShapedArray(s.shape, s.dtype)
+    # The seams call these primitives only on operands whose types carry no explicit
+    # sharding (`explicitly_sharded`); inside shard_map the operands vary over the same
+    # manual axes (`_Primitive.bind`), and so do the results.
+    like = avals[0]
+    structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+    out = jax.eval_shape(functools.partial(reference, **params), *structs)
+    to_aval = lambda s: like.update(shape=s.shape, dtype=s.dtype, weak_type=False)
     return [to_aval(s) for s in out] if multiple_results else to_aval(out)
 
   prim.def_abstract_eval(abstract_eval)

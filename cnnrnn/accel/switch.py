@@ -6,7 +6,9 @@ convolution of its own (`conv_general_dilated` and `conv_general_dilated_cls` un
 accelerated `conv_general_dilated` hook, and computes `cnnrnn.nn.BatchNorm.batch_normalize`
 (training-mode normalisation) with `batch_norm_train`. `flax.linen.BatchNorm` in training
 mode over the last axis (no mask, no axis_index_groups) runs as `cnnrnn.nn.BatchNorm` on the
-same variables, so it is accelerated too. The active mode is a
+same variables, so it is accelerated too. Every `cnnrnn.nn.RNN` without a time loop of its
+own gets the `time_loop` hook of recurrent.py (the LSTM loop on the native kernels). The
+active mode is a
 `jax.make_user_context`, part of `jax.jit`'s cache key.
 """
 
@@ -23,6 +25,7 @@ from cnnrnn.accel import batch_norm
 from cnnrnn.accel import conv
 from cnnrnn.accel import native
 from cnnrnn.accel import primitives
+from cnnrnn.accel import recurrent
 
 MODES = ("auto", "xla", "cpu_native")
 _active = jax.make_user_context("xla")  # The resolved mode of what is being traced.
@@ -99,6 +102,10 @@ def _intercept(next_fun, args, kwargs, context):
       and module.conv_general_dilated_cls is None):
     # The same module on the same variables, with the accelerated convolution hook.
     fast = module.clone(parent=module.scope, conv_general_dilated=conv.conv_general_dilated)
+    return fast(*args, **kwargs)
+  if method == "__call__" and isinstance(module, cnn.RNN) and module.time_loop is None:
+    # The same RNN (same cell, same variables) with the accelerated time-loop hook.
+    fast = module.clone(parent=module.scope, time_loop=recurrent.time_loop)
     return fast(*args, **kwargs)
   if method == "__call__" and isinstance(module, nn.BatchNorm):
     ours = _as_cnnrnn_batch_norm(module, args, kwargs)

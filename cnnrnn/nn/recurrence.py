@@ -51,7 +51,10 @@ def _rowwise_dot_impl(a, w):
 
 
 def _rowwise_dot_abstract(a, w):
-  return jax.core.ShapedArray(a.shape[:-1] + w.shape[1:], jnp.result_type(a.dtype, w.dtype))
+  # `a`'s type with the result's shape: inside shard_map it keeps the manual axes over which
+  # the operands vary (`vary_together` made them the same).
+  return a.update(shape=a.shape[:-1] + w.shape[1:], dtype=jnp.result_type(a.dtype, w.dtype),
+                  weak_type=False)
 
 
 def _rowwise_dot_transpose_a(ct, a, w):
@@ -84,6 +87,34 @@ def _rowwise_dot_batch(args, dims):
 batching.primitive_batchers[rowwise_dot_p] = _rowwise_dot_batch
 
 
+def _varying_axes(x: Array) -> frozenset[str]:
+  manual = getattr(jax.typeof(x), "manual_axis_type", None)
+  return frozenset(getattr(manual, "varying", ()))
+
+
+def vary_together(*arrays: Array) -> tuple[Array, ...]:
+  """The arrays, each cast (`jax.lax.pcast`) to vary over every manual mesh axis any of them
+  varies over (inside `shard_map`; elsewhere unchanged).
+
+  What JAX's own primitives do to their operands: a primitive of cnnrnn's then has one
+  type for its operands and results, and the transpose of the cast (a `psum`) sums the
+  cotangent of, e.g., a replicated weight over the shards.
+  """
+  axes = frozenset().union(*(_varying_axes(a) for a in arrays))
+  if not axes:
+    return arrays
+  return tuple(a if _varying_axes(a) == axes
+               else jax.lax.pcast(a, tuple(sorted(axes - _varying_axes(a))), to="varying")
+               for a in arrays)
+
+
+def _vary_tree_together(*trees):
+  """`vary_together` over every array of `trees` (a scan's carry must have the type of what
+  the step makes of it: an initial carry of zeros varies as the inputs do)."""
+  leaves, treedef = jax.tree.flatten(trees)
+  return jax.tree.unflatten(treedef, vary_together(*leaves))
+
+
 def _explicitly_sharded(*arrays: Array) -> bool:
   """Whether an array's type carries a sharding (a mesh with `AxisType.Explicit` axes)."""
   return any(any(s is not None for s in jax.typeof(a).sharding.spec) for a in arrays)
@@ -98,7 +129,7 @@ def rowwise_dot(a: Array, w: Array) -> Array:
     raise ValueError(f"rowwise_dot takes [..., K] and [K, N], got {a.shape} and {w.shape}")
   if _explicitly_sharded(a, w):
     return _rowwise_dot_impl(a, w)
-  return rowwise_dot_p.bind(a, w)
+  return rowwise_dot_p.bind(*vary_together(a, w))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -158,6 +189,8 @@ def time_loop(cell: RecurrentCell, kernel: Array, bias: Array | None, carry: Car
   Returns:
     (final carry, outputs [T, B, H]).
   """
+  kernel, bias, carry, xp, input_bias = _vary_tree_together(kernel, bias, carry, xp, input_bias)
+
   def primal(kernel, bias, carry, xp, input_bias, lengths, save: bool):
     """The forward loop; with `save`, also what the tangent loop needs, and the static
     layout of the step's recurrent products (recorded while tracing the step once)."""
@@ -254,6 +287,8 @@ def reference_loop(cell: RecurrentCell, kernel: Array, bias: Array | None, carry
     hidden_delta: optional [T, B, H] added to each step's hidden state (in the output and
       the carry): a zero perturbation whose gradient is dL/dh_t (`cnnrnn.analysis`).
   """
+  kernel, bias, carry, xp, input_bias, hidden_delta = _vary_tree_together(
+      kernel, bias, carry, xp, input_bias, hidden_delta)
   steps = jnp.arange(xp.shape[0], dtype=jnp.int32)
 
   def body(state, xs):

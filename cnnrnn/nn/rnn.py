@@ -63,6 +63,10 @@ class RNN(nn.Module):
     keep_order: with reverse, return outputs in input order.
     unroll: `lax.scan` unroll factor.
     fast_path: use the cell's fast path when it declares one.
+    time_loop: the fast path's time loop, a function with the signature and results of
+      `cnnrnn.nn.recurrence.time_loop` (None: that function). A hook, as
+      `flax.linen.Conv.conv_general_dilated` is for the convolution: `cnnrnn.accel` sets it
+      to run the loop on other kernels.
   """
 
   cell: nn.Module
@@ -72,6 +76,7 @@ class RNN(nn.Module):
   keep_order: bool = False
   unroll: int = 1
   fast_path: bool = True
+  time_loop: Callable[..., tuple[Carry, Array]] | None = None
 
   @nn.compact
   def __call__(self, inputs: Array, *, initial_carry: Carry | None = None,
@@ -168,7 +173,7 @@ class RNN(nn.Module):
       else:
         xp = recurrence.rowwise_dot(jnp.take(table, x, axis=0), kernel)
     rec_kernel, rec_bias = cell.recurrent_weights()
-    loop = recurrence.time_loop if delta is None else functools.partial(
+    loop = (self.time_loop or recurrence.time_loop) if delta is None else functools.partial(
         recurrence.reference_loop, hidden_delta=delta)
     carry, ys = loop(cell, rec_kernel, rec_bias, carry, xp, input_bias, seq_lengths,
                      unroll=self.unroll)

@@ -443,3 +443,28 @@ def test_fast_path_under_checkpoint_with_lengths():
       v, x, seq_lengths=lengths, return_carry=True)[0] ** 2)
   _assert_tree_close(jax.grad(jax.checkpoint(loss(True)))(variables),
                      jax.grad(loss(False))(variables), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["lstm", "gru_cho"])
+def test_fast_path_in_shard_map_equals_the_whole_batch(spec):
+  """Inside shard_map the fast path types its loop like JAX's own operations (the zero
+  initial carry varies over the batch axis as the inputs do): per-shard outputs are the
+  rows of the whole batch's, and the gradient w.r.t. the replicated parameters is the whole
+  batch's (JAX sums it over the shards)."""
+  devices = jax.devices()
+  if len(devices) < 4:
+    pytest.skip("needs 4 devices (tests/conftest.py fakes 8 CPU devices)")
+  mesh = jax.sharding.Mesh(np.asarray(devices[:4]), ("data",))
+  spec_ = jax.sharding.PartitionSpec
+  rnn = cnn.RNN(_cell(spec))
+  x = _inputs(shape=(8, T, F))
+  params = _init(rnn, x)["params"]
+  loss = lambda p, x: jnp.sum(jnp.sin(rnn.apply({"params": p}, x)))
+  apply = lambda p, x: rnn.apply({"params": p}, x)
+  sharded = lambda f, out: jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(spec_(), spec_("data")),
+                                                 out_specs=out))
+  np.testing.assert_allclose(sharded(apply, spec_("data"))(params, x), apply(params, x),
+                             rtol=1e-5, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(sharded(jax.grad(loss), spec_())(params, x)),
+                       jax.tree.leaves(jax.grad(loss)(params, x)), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
