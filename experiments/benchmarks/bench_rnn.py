@@ -3,11 +3,14 @@
 A step is forward + backward + SGD update, float32, no dropout, the same architecture on
 every side (embedding -> L recurrent layers -> dense to the vocabulary, softmax
 cross-entropy). Competitors:
-  ours        cnnrnn RNNLM on the driver's fast path: input projection hoisted out of the
-              loop, the loop's JVP rule (cnnrnn.nn.recurrence) transposed by JAX, so the
-              recurrent-weight gradient is one matmul after the backward loop; jit, donate.
-              This is also what a plain jax.jit(jax.grad(...)) of the model gets: nothing
-              to switch on.
+  ours        cnnrnn RNNLM as `python -m cnnrnn.main` runs it (accel="auto"): on one CPU
+              device with the native kernels, `cnnrnn.accel` runs the LSTM's time loop on
+              them (forward kernel; backward kernel as the transpose of the loop's JVP),
+              recurrent-weight gradient one matmul after the backward loop; jit, donate.
+              GRU layers have no kernel: same as ours-xla for the GRU LM.
+  ours-xla    the same step without acceleration: what a plain jax.jit(jax.grad(...)) of
+              the model gets. The driver's fast path: input projection hoisted out of the
+              loop, the loop's JVP rule (cnnrnn.nn.recurrence) transposed by JAX.
   ours-generic the same model with fast_path=False: Flax's generic scan over our cells,
               plain autodiff.
   ours-gather cnnrnn's StackedRNN fed embedded inputs table[ids] (as torch's nn.LSTM is),
@@ -48,6 +51,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
+from cnnrnn import accel  # noqa: E402
 from cnnrnn.models.rnn_lm import RNNLM  # noqa: E402
 from cnnrnn.nn import StackedRNN  # noqa: E402
 
@@ -87,20 +91,20 @@ class GatheredLM(NaiveLM):
     return nn.Dense(self.vocab_size)(x)
 
 
-def jax_step_fn(model, lr=0.1):
-  """A jitted SGD step (params, tokens, targets) -> (params, loss), params donated."""
+def jax_step_fn(model, lr=0.1, mode="xla"):
+  """A jitted SGD step (params, tokens, targets) -> (params, loss), params donated, traced
+  under `cnnrnn.accel` mode `mode` (resolved once, as the trainer does)."""
 
   def loss_fn(params, tokens, targets):
     out = model.apply({"params": params}, tokens)
     logits = out[1] if isinstance(out, tuple) else out  # RNNLM returns (carry, logits).
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(params, tokens, targets):
     loss, grads = jax.value_and_grad(loss_fn)(params, tokens, targets)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
 
-  return step
+  return jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=0)
 
 
 class TorchLM(torch.nn.Module):
@@ -125,9 +129,9 @@ def make_competitors(cfg, seed=0):
   tok_j, tgt_j = jnp.asarray(tokens), jnp.asarray(targets)
   competitors = {}
 
-  def jax_runner(model):
+  def jax_runner(model, mode="xla"):
     params = model.init(jax.random.key(seed), tok_j)["params"]
-    step = jax_step_fn(model)
+    step = jax_step_fn(model, mode=mode)
     state = {"params": params}
 
     def run():
@@ -138,7 +142,8 @@ def make_competitors(cfg, seed=0):
 
   lm = dict(vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], num_layers=cfg["layers"],
             cell=cfg["cell"])
-  competitors["ours"] = jax_runner(RNNLM(**lm))
+  competitors["ours"] = jax_runner(RNNLM(**lm), mode="auto")
+  competitors["ours-xla"] = jax_runner(RNNLM(**lm))
   competitors["ours-generic"] = jax_runner(RNNLM(**lm, fast_path=False))
   competitors["ours-gather"] = jax_runner(GatheredLM(**lm))
   competitors["flax-naive"] = jax_runner(NaiveLM(**lm))
