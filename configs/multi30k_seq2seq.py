@@ -49,6 +49,9 @@ def get_config(arg: str = "ptseq2seq_bahdanau"):
     raise ValueError(f"configs/multi30k_seq2seq.py:{arg}; allowed: {', '.join(CONFIG_VARIANTS)}")
   c = multi30k_transformer.translation_config("seq2seq")
   c.model.variant = arg
+  # The widths as config fields, so that a run can override them (--config.model.hidden_size).
+  c.model.embed_dim = VARIANTS[arg]["embed_dim"]
+  c.model.hidden_size = VARIANTS[arg]["hidden_size"]
   c.num_epochs = 10
   c.optimizer.learning_rate = 1e-3
   c.optimizer.clip_norm = 1.0
