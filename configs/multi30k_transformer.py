@@ -24,7 +24,9 @@ Metrics: `bleu` (sacreBLEU, detokenised and cased, 13a) and `bleu_tok` (BLEU on
 lowercased Moses tokens, the published numbers' protocol) on the test split at the end,
 on the validation split at every evaluation.
 
-Result: not yet measured.
+Result (reduced: 400 updates of batch 64, 0.88 epoch, on one shared CPU core; see
+experiments/translation/README.md): small, test2016 bleu_tok 12.97 / sacreBLEU 9.24 greedy,
+13.38 / 10.31 with beam 4. The full 10-epoch run and `tiny` are not measured yet.
 """
 
 from cnnrnn.data import tokenizers

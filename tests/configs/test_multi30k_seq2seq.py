@@ -36,6 +36,14 @@ def test_variant_builds_and_runs_forward(variant):
   assert logits.shape == (2, 3, 20) and bool(jnp.isfinite(logits).all())
 
 
+def test_widths_are_overridable_fields():
+  c = multi30k_seq2seq.get_config("ptseq2seq_bahdanau")
+  c.model.hidden_size, c.model.embed_dim = 256, 128
+  kwargs = {k: v for k, v in c.model.items() if k != "name"}
+  model = models.create(c.model.name, **kwargs, vocab_size=30, tgt_vocab_size=20)
+  assert (model.embed_dim, model.hidden_size, model.attention) == (128, 256, "bahdanau")
+
+
 def test_unknown_variant():
   with pytest.raises(ValueError, match="allowed: ptseq2seq_lstm, ptseq2seq_gru_context"):
     multi30k_seq2seq.get_config("sutskever_big")

@@ -1,0 +1,60 @@
+"""Greedy vs beam BLEU of trained translation runs on Multi30k test2016, and examples.
+
+  python experiments/translation/evaluate.py --workdirs=/work/runs/14/transformer,... \
+      --beam_sizes=1,4 --out=/work/runs/14/beam.json
+
+Decodes the raw test2016 source sentences with `cnnrnn.translate.load_translator` (the run's
+model, tokenisers and decoding settings; only the beam size changes) and scores them with
+the translation task's own `translation_metrics` (sacreBLEU 13a detokenised cased, and BLEU
+on lowercased Moses tokens), so the beam-1 row must equal the run's own test evaluation.
+"""
+
+import gzip
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+
+from cnnrnn import translate
+from cnnrnn.tasks.translation import translation_metrics
+
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Translation workdirs.", required=True)
+_BEAM_SIZES = flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1: greedy).")
+_DATA = flags.DEFINE_string("data", "/work/shared/datasets/multi30k", "Multi30k raw files.")
+_OUT = flags.DEFINE_string("out", None, "JSON lines file to append results to.", required=True)
+_EXAMPLES = flags.DEFINE_list("examples", ["0", "10", "100", "500", "999"],
+                              "Test sentence indices printed with their translations.")
+
+
+def _lines(path: str) -> list[str]:
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    return f.read().splitlines()
+
+
+def main(argv):
+  del argv
+  source = _lines(os.path.join(_DATA.value, "test_2016_flickr.de.gz"))
+  reference = _lines(os.path.join(_DATA.value, "test_2016_flickr.en.gz"))
+  for workdir in _WORKDIRS.value:
+    for beam in map(int, _BEAM_SIZES.value):
+      translator = translate.load_translator(workdir, beam_size=beam)
+      start = time.perf_counter()
+      ids = translator.translate_ids(source, batch_size=100)
+      seconds = time.perf_counter() - start
+      metrics = translation_metrics(ids, reference, translator.target_tokenizer, "en")
+      hyps = [translator.target_tokenizer.decode(i) for i in ids]
+      row = {"workdir": workdir, "beam_size": beam,
+             "length_penalty": translator.task.length_penalty, "decode_seconds": seconds,
+             **metrics,
+             "examples": [{"index": int(k), "source": source[int(k)],
+                           "reference": reference[int(k)], "translation": hyps[int(k)]}
+                          for k in _EXAMPLES.value]}
+      print(json.dumps(row, ensure_ascii=False), flush=True)
+      with open(_OUT.value, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
