@@ -53,6 +53,7 @@ def get_config(arg: str = "lstm"):
   c.dataset.num_frames = 20
   c.dataset.size = 64
   c.dataset.num_digits = 1
+  c.dataset.speed = 3  # pixels a frame along each axis
   c.dataset.num_train = 5000
   c.dataset.num_test = 1000
   c.batch_size = 32
