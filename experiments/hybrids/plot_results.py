@@ -17,7 +17,8 @@ _RUNS = flags.DEFINE_string("runs", "/work/runs/16", "Folder of the run_reduced.
 _OUT = flags.DEFINE_string("out", "experiments/hybrids", "Folder for the PNGs.")
 
 VIDEO = {"single frame": "single_frame", "CNN + LSTM": "lstm", "CNN + BiLSTM": "bilstm"}
-CAPTIONS = {"no attention": "no_attention", "soft attention": "attention"}
+CAPTIONS = {"no attention": "no_attention", "soft attention": "attention",
+            "soft attention, lambda 0": "attention_lambda0"}
 
 
 def _test(workdir: str) -> dict:
@@ -29,17 +30,20 @@ def _test(workdir: str) -> dict:
 def main(argv):
   del argv
   runs, out = _RUNS.value, _OUT.value
-  for label, chance in (("direction", 0.25), ("identity", 0.1)):
+  for label, chance in (("direction", 0.25), ("identity_6ep", 0.1)):
     curves.plot_runs({k: os.path.join(runs, f"mm_{v}_{label}") for k, v in VIDEO.items()},
                      os.path.join(out, f"video_{label}.png"), metric="accuracy",
                      log_y=False, baseline=chance,
-                     title=f"Moving MNIST, {label}: test accuracy while training")
+                     title=f"Moving MNIST, {label.replace('_6ep', ' (6 epochs)')}: test accuracy "
+                     "while training")
   curves.plot_runs({k: os.path.join(runs, f"captions_{v}") for k, v in CAPTIONS.items()},
                    os.path.join(out, "captions_exact_match.png"), metric="exact_match",
                    log_y=False, title="MNIST captions: greedy exact match while training")
   for label, v in VIDEO.items():
-    for task in ("identity", "direction"):
-      print(f"video {label:14s} {task:9s}", json.dumps(_test(os.path.join(runs, f"mm_{v}_{task}"))))
+    for task in ("identity", "identity_6ep", "direction"):
+      print(f"video {label:14s} {task:12s}", json.dumps(_test(os.path.join(runs, f"mm_{v}_{task}"))))
+  print("video single frame, direction at 3 pixels a frame",
+        json.dumps(_test(os.path.join(runs, "mm_single_frame_direction_speed3"))))
   for label, v in CAPTIONS.items():
     for suffix in ("", "_beam4"):
       print(f"captions {label:14s} {suffix or 'greedy'}",
