@@ -48,11 +48,14 @@ def main(argv):
     for suffix in ("", "_beam4"):
       print(f"captions {label:14s} {suffix or 'greedy'}",
             json.dumps(_test(os.path.join(runs, f"captions_{v}{suffix}"))))
-  # Strips: three captions with their attention, one clip of each video model on direction.
+  # Strips: the first two test captions with the attention of lambda 0 and the first with
+  # lambda 1; one clip of the single-frame and the LSTM model on direction.
   strips = os.path.join(runs, "strips")
-  for path in hybrids.plot_workdir_strips(os.path.join(runs, "captions_attention"),
-                                          os.path.join(strips, "captions"), num_examples=3):
-    shutil.copy(path, os.path.join(out, f"attention_{os.path.basename(path)}"))
+  for run, keep in (("attention_lambda0", 2), ("attention", 1)):
+    paths = hybrids.plot_workdir_strips(os.path.join(runs, f"captions_{run}"),
+                                        os.path.join(strips, run), num_examples=keep)
+    for path in paths:
+      shutil.copy(path, os.path.join(out, f"{run}_{os.path.basename(path)}"))
   for v in ("single_frame", "lstm"):
     paths = hybrids.plot_workdir_strips(os.path.join(runs, f"mm_{v}_direction"),
                                         os.path.join(strips, v), num_examples=1)
