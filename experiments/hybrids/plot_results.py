@@ -49,17 +49,17 @@ def main(argv):
       print(f"captions {label:14s} {suffix or 'greedy'}",
             json.dumps(_test(os.path.join(runs, f"captions_{v}{suffix}"))))
   # Strips: the first two test captions with the attention of lambda 0 and the first with
-  # lambda 1; one clip of the single-frame and the LSTM model on direction.
+  # lambda 1; a clip of the single-frame and the LSTM model on direction.
   strips = os.path.join(runs, "strips")
   for run, keep in (("attention_lambda0", 2), ("attention", 1)):
     paths = hybrids.plot_workdir_strips(os.path.join(runs, f"captions_{run}"),
                                         os.path.join(strips, run), num_examples=keep)
     for path in paths:
       shutil.copy(path, os.path.join(out, f"{run}_{os.path.basename(path)}"))
-  for v in ("single_frame", "lstm"):
+  for v in ("single_frame", "lstm"):  # The third test clip: the single frame gets it wrong.
     paths = hybrids.plot_workdir_strips(os.path.join(runs, f"mm_{v}_direction"),
-                                        os.path.join(strips, v), num_examples=1)
-    shutil.copy(paths[0], os.path.join(out, f"clip_{v}_direction.png"))
+                                        os.path.join(strips, v), num_examples=3)
+    shutil.copy(paths[2], os.path.join(out, f"clip_{v}_direction.png"))
 
 
 if __name__ == "__main__":
