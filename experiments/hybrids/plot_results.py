@@ -41,7 +41,8 @@ def main(argv):
                    log_y=False, title="MNIST captions: greedy exact match while training")
   for label, v in VIDEO.items():
     for task in ("identity", "identity_6ep", "direction"):
-      print(f"video {label:14s} {task:12s}", json.dumps(_test(os.path.join(runs, f"mm_{v}_{task}"))))
+      record = _test(os.path.join(runs, f"mm_{v}_{task}"))
+      print(f"video {label:14s} {task:12s}", json.dumps(record))
   print("video single frame, direction at 3 pixels a frame",
         json.dumps(_test(os.path.join(runs, "mm_single_frame_direction_speed3"))))
   for label, v in CAPTIONS.items():

@@ -12,13 +12,14 @@ run() {  # run NAME CONFIG ARGS...: one pinned, single-threaded cnnrnn.main, tim
   local name=$1 config=$2; shift 2
   local t0=$(date +%s)
   echo "$(date -u +%T) start $name" >> "$RUNS/log.txt"
-  taskset -c "$CORE" env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD $PY -m cnnrnn.main --config="$config" --workdir="$RUNS/$name" \
-    --config.dataset.manual_dir="$MNIST" --config.dataset.data_dir="$RUNS/tfds" "$@" \
-    > "$RUNS/$name.out" 2>&1
-  local rc=$?
-  echo "$(date -u +%T) end $name rc=$rc wall=$(( $(date +%s) - t0 ))s: $(grep '^Test' "$RUNS/$name.out")" \
-    >> "$RUNS/log.txt"
+  taskset -c "$CORE" env \
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD $PY -m cnnrnn.main --config="$config" \
+    --workdir="$RUNS/$name" --config.dataset.manual_dir="$MNIST" \
+    --config.dataset.data_dir="$RUNS/tfds" "$@" > "$RUNS/$name.out" 2>&1
+  local rc=$? test
+  test=$(grep '^Test' "$RUNS/$name.out")
+  echo "$(date -u +%T) end $name rc=$rc wall=$(( $(date +%s) - t0 ))s: $test" >> "$RUNS/log.txt"
 }
 CAPTIONS=(--config.dataset.num_train=20000 --config.dataset.num_test=1000
           --config.num_train_steps=800 --config.eval_every_steps=200 --config.log_every_steps=50

@@ -11,13 +11,14 @@ run() {  # run NAME CONFIG ARGS...: one pinned, single-threaded cnnrnn.main, tim
   local name=$1 config=$2; shift 2
   local t0=$(date +%s)
   echo "$(date -u +%T) start $name" >> "$RUNS/log.txt"
-  taskset -c "$CORE" env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD $PY -m cnnrnn.main --config="$config" --workdir="$RUNS/$name" \
-    --config.dataset.manual_dir="$MNIST" --config.dataset.data_dir="$RUNS/tfds" "$@" \
-    > "$RUNS/$name.out" 2>&1
-  local rc=$?
-  echo "$(date -u +%T) end $name rc=$rc wall=$(( $(date +%s) - t0 ))s: $(grep '^Test' "$RUNS/$name.out")" \
-    >> "$RUNS/log.txt"
+  taskset -c "$CORE" env \
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD $PY -m cnnrnn.main --config="$config" \
+    --workdir="$RUNS/$name" --config.dataset.manual_dir="$MNIST" \
+    --config.dataset.data_dir="$RUNS/tfds" "$@" > "$RUNS/$name.out" 2>&1
+  local rc=$? test
+  test=$(grep '^Test' "$RUNS/$name.out")
+  echo "$(date -u +%T) end $name rc=$rc wall=$(( $(date +%s) - t0 ))s: $test" >> "$RUNS/log.txt"
 }
 # 10 frames at 8 pixels a frame on a 64x64 canvas: the digit's range is 36 pixels, so a clip
 # is exactly one bounce period (9 steps of 8 = 72 = 2 x 36): the clip's frames, as an
