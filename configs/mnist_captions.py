@@ -16,7 +16,10 @@ the LSTM's initial state; no context vector, no regulariser).
 Evaluation decodes greedily (--config.task.beam_size=4 for beam search) and logs
 exact_match and bleu beside the teacher-forced loss, accuracy and perplexity.
 
-Result: not yet measured here (experiments/hybrids/README.md, issue 16).
+Result (experiments/hybrids/README.md; 800 steps, one CPU core, greedy): exact match 0.1% /
+5.2% / 8.8%, BLEU 35.7 / 55.8 / 60.8 (no attention / attention / attention with
+task.attention_penalty=0); beam 4 within a point. Exact match is at most ~50%: each canvas
+has two true captions and the reference is one of them by a coin flip.
 """
 
 from cnnrnn.data.builders.mnist_generated import CAPTION_VOCAB

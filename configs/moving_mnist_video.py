@@ -7,8 +7,10 @@ Moving MNIST, Srivastava, Mansimov & Salakhutdinov 2015, "Unsupervised learning 
 representations using LSTMs" (ICML): digits bouncing in a 64x64 frame, 20 frames.
 
 Argument `VARIANT[,LABEL]`: VARIANT single_frame | lstm | bilstm, LABEL identity (the
-digit, default) | direction (the direction of motion at the start, which no single frame
-shows: the single-frame model must stay at chance, 25%, there).
+digit, default) | direction (the direction of motion at the start, which frame 0 alone does
+not show; the single-frame model averages its frames' logits, so it sees the clip as an
+unordered set of frames, which shows the path: at 3 px/frame with 10 frames it reads the
+direction for 89.5% of clips, at 8 px/frame (one bounce period) at most 50%).
 
   python -m cnnrnn.main --config=configs/moving_mnist_video.py:lstm,direction \
       --workdir=workdirs/moving_mnist_lstm_direction \
@@ -18,7 +20,9 @@ A pretrained frame encoder (a conv_stack trained on MNIST with the same widths):
   --config.transfer.source=WORKDIR --config.transfer.target_module=encoder
   [--config.model.freeze_encoder=True]
 
-Result: not yet measured here (experiments/hybrids/README.md, issue 16).
+Result (experiments/hybrids/README.md; reduced to 10 frames at 8 px/frame, 3000 clips, one
+CPU core): direction CNN + LSTM and CNN + BiLSTM 100.0%, single frame 48.6% (3 epochs);
+identity 87.9% / 89.2% / 90.1% (single frame / LSTM / BiLSTM, 6 epochs).
 """
 
 from cnnrnn.train import default_config
@@ -53,6 +57,7 @@ def get_config(arg: str = "lstm"):
   c.dataset.num_frames = 20
   c.dataset.size = 64
   c.dataset.num_digits = 1
+  c.dataset.speed = 3  # pixels a frame along each axis
   c.dataset.num_train = 5000
   c.dataset.num_test = 1000
   c.batch_size = 32
