@@ -1,7 +1,7 @@
 """Transfer on CIFAR-10 (the course's "fine-tuning needs 10-100x less data"), as configs:
 pretrain a CIFAR ResNet-20 on classes 0-4, then learn classes 5-9 from N labels per class,
-from scratch or from the pretrained network. SKELETON: the configs are tested, the
-experiment (experiments/transfer/, several seeds per cell) has not been run yet.
+from scratch or from the pretrained network. experiments/transfer/ ran it with shortened
+schedules (STEPS below) and one or two seeds per cell; the full sizes have not been run.
 
 ARG is one of
   pretrain[,STEPS]         ResNet-20 on classes 0-4, all 5,000 images per class
