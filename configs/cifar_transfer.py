@@ -1,12 +1,12 @@
 """Transfer on CIFAR-10 (the course's "fine-tuning needs 10-100x less data"), as configs:
 pretrain a CIFAR ResNet-20 on classes 0-4, then learn classes 5-9 from N labels per class,
-from scratch or from the pretrained network. SKELETON: the configs are tested, the
-experiment (experiments/transfer/, several seeds per cell) has not been run yet.
+from scratch or from the pretrained network. experiments/transfer/ ran it with shortened
+schedules (STEPS below) and one or two seeds per cell; the full sizes have not been run.
 
 ARG is one of
-  pretrain                 ResNet-20 on classes 0-4, all 5,000 images per class
-                           (the cifar_resnet schedule shrunk to 20k steps);
-  STRATEGY,N               classes 5-9 (relabelled 0-4) with N training images per class
+  pretrain[,STEPS]         ResNet-20 on classes 0-4, all 5,000 images per class
+                           (the cifar_resnet schedule shrunk to 20k steps, or STEPS);
+  STRATEGY,N[,STEPS]       classes 5-9 (relabelled 0-4) with N training images per class
                            (0: all 5,000), STRATEGY one of
                              scratch       random initialisation, lr 0.1;
                              linear_probe  pretrained backbone frozen, new head, lr 0.1;
@@ -24,6 +24,8 @@ ARG is one of
 Fine-tuning runs take the pretrained workdir as --config.transfer.source (required for all
 strategies but scratch). Runs with N < 5,000 train for a fixed number of steps (3,000),
 so small N means many epochs; the test split is all 1,000 test images of each class.
+A STEPS argument shrinks a run and everything timed by it (learning-rate decays, unfreezing
+steps) with it; overriding --config.num_train_steps would leave those where they were.
 """
 
 from cnnrnn import transfer
@@ -37,17 +39,21 @@ FINETUNE_STEPS = 3_000
 
 
 def get_config(arg: str = "pretrain"):
-  if arg == "pretrain":
-    c = cifar_resnet.get_config(f"20,{PRETRAIN_STEPS}")
+  fields = arg.split(",")
+  if fields[0] == "pretrain" and len(fields) <= 2:
+    steps = fields[1] if len(fields) == 2 else str(PRETRAIN_STEPS)
+    c = cifar_resnet.get_config(f"20,{steps}")
     c.model.num_classes = len(PRETRAIN_CLASSES)
     c.dataset.classes = PRETRAIN_CLASSES
     return c
-  strategy, _, n = arg.partition(",")
-  if strategy not in STRATEGIES or not n.isdigit():
-    raise ValueError(f"configs/cifar_transfer.py:{arg}; allowed: pretrain, or STRATEGY,N with "
-                     f"STRATEGY in {', '.join(STRATEGIES)} and N labels per class (0: all)")
+  strategy, n, steps = (fields + [""])[:3] if len(fields) in (2, 3) else ("", "", "")
+  if (strategy not in STRATEGIES or not n.isdigit()
+      or (steps and not (steps.isdigit() and int(steps) > 0))):
+    raise ValueError(f"configs/cifar_transfer.py:{arg}; allowed: pretrain[,STEPS], or "
+                     f"STRATEGY,N[,STEPS] with STRATEGY in {', '.join(STRATEGIES)}, N labels "
+                     f"per class (0: all) and STEPS > 0")
   n = int(n)
-  c = cifar_resnet.get_config(f"20,{FINETUNE_STEPS if n else 10_000}")
+  c = cifar_resnet.get_config(f"20,{steps or (FINETUNE_STEPS if n else 10_000)}")
   c.model.num_classes = len(TARGET_CLASSES)
   c.dataset.classes = TARGET_CLASSES
   c.dataset.examples_per_class = n

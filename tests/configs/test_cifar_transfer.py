@@ -7,8 +7,9 @@ from cnnrnn.train import validate_config
 from configs import cifar_transfer
 
 
-@pytest.mark.parametrize("arg", ["pretrain", "scratch,10", "scratch,0", "linear_probe,100",
-                                 "full,1000", "discriminative,100", "progressive,10"])
+@pytest.mark.parametrize("arg", ["pretrain", "pretrain,1200", "scratch,10", "scratch,0",
+                                 "linear_probe,100", "full,1000", "discriminative,100",
+                                 "progressive,10", "progressive,1000,400"])
 def test_configs_validate(arg):
   c = cifar_transfer.get_config(arg)
   validate_config(c, num_devices=1)
@@ -29,3 +30,15 @@ def test_fields():
   assert not cifar_transfer.get_config("scratch,100").transfer.source
   with pytest.raises(ValueError, match=r"configs/cifar_transfer.py:probe,10; allowed: pretrain"):
     cifar_transfer.get_config("probe,10")
+
+
+def test_steps_shrink_the_schedule_and_the_unfreezing():
+  pre = cifar_transfer.get_config("pretrain,1200")
+  assert (pre.num_train_steps, tuple(pre.optimizer.decay_boundaries)) == (1200, (600, 900))
+  prog = cifar_transfer.get_config("progressive,100,300")
+  assert (prog.num_train_steps, tuple(prog.transfer.unfreeze_steps),
+          tuple(prog.optimizer.decay_boundaries)) == (300, (60, 120, 180, 240), (150, 225))
+  assert cifar_transfer.get_config("scratch,0,500").num_train_steps == 500
+  for bad in ("full,10,0", "full,10,x", "full,10,5,1", "pretrain,1,2"):
+    with pytest.raises(ValueError, match="configs/cifar_transfer.py"):
+      cifar_transfer.get_config(bad)
