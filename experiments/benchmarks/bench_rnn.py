@@ -33,8 +33,6 @@ PyTorch's OpenMP threads degrade badly when another process holds a core (a 2-th
 LSTM LM step went from ~0.7 s to 1-4 s); on a shared machine compare the one-core run too.
 """
 
-import argparse
-import functools
 import os
 import sys
 
@@ -165,20 +163,11 @@ def make_competitors(cfg, seed=0):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--rounds", type=int, default=6)
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per turn")
+  parser = harness.torch_comparison_parser(__doc__, tiny=False)
   parser.add_argument("--configs", default=",".join(CONFIGS))
-  parser.add_argument("--torch_threads", type=int, default=None)
-  parser.add_argument("--xla_flags", default="", help="appended to $XLA_FLAGS")
-  harness.add_malloc_flag(parser)
   args = parser.parse_args()
-  harness.apply_malloc(args.malloc)
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
   affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-  print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"{affinity} usable cores, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+  harness.setup_torch_comparison(args, f"{affinity} usable cores, ")
   for name in args.configs.split(","):
     cfg = CONFIGS[name]
     times = harness.interleave(make_competitors(cfg), rounds=args.rounds, steps=args.steps,

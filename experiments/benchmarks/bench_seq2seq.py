@@ -20,7 +20,6 @@ torch median over ours (above 1: faster than PyTorch). Not a test. Smoke run:
     python experiments/benchmarks/bench_seq2seq.py [--rounds=6] [--torch_threads=N]
 """
 
-import argparse
 import functools
 import os
 import sys
@@ -178,20 +177,10 @@ def _torch_train_step(cfg, seed):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--rounds", type=int, default=6)
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per turn")
-  parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run, not a timing")
-  parser.add_argument("--torch_threads", type=int, default=None)
-  parser.add_argument("--xla_flags", default="", help="appended to $XLA_FLAGS")
-  harness.add_malloc_flag(parser)
+  parser = harness.torch_comparison_parser(__doc__)
   args = parser.parse_args()
-  harness.apply_malloc(args.malloc)
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
   cfg = TINY if args.tiny else FULL
-  print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+  harness.setup_torch_comparison(args)
   ours, ours_params = _jax_train_step(cfg, 0)
   theirs, torch_params = _torch_train_step(cfg, 0)
   # The same architecture: the attention's query/key kernels are the halves of torch's

@@ -25,7 +25,6 @@ torch median over ours (above 1: faster than PyTorch). Not a test. Smoke run:
     python experiments/benchmarks/bench_transformer.py [--rounds=6] [--parts=train,decode]
 """
 
-import argparse
 import functools
 import os
 import sys
@@ -224,21 +223,11 @@ def decode_competitors(cfg, alpha=0.6, seed=0):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--rounds", type=int, default=6)
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per turn")
+  parser = harness.torch_comparison_parser(__doc__)
   parser.add_argument("--parts", default="train,decode")
-  parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run, not a timing")
-  parser.add_argument("--torch_threads", type=int, default=None)
-  parser.add_argument("--xla_flags", default="", help="appended to $XLA_FLAGS")
-  harness.add_malloc_flag(parser)
   args = parser.parse_args()
-  harness.apply_malloc(args.malloc)
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
   cfg = TINY if args.tiny else FULL
-  print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+  harness.setup_torch_comparison(args)
   shape = (f"{cfg['layers']}+{cfg['layers']} layers, D={cfg['d']}, H={cfg['heads']}, "
            f"FF={cfg['ff']}, V={cfg['vocab']}")
   for part in args.parts.split(","):

@@ -17,7 +17,6 @@ torch median over ours (above 1: faster than PyTorch). Not a test.
     python experiments/benchmarks/bench_vit.py --tiny     # a smoke run, not a timing
 """
 
-import argparse
 import functools
 import os
 import sys
@@ -113,20 +112,10 @@ def make_competitors(cfg, seed=0):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--rounds", type=int, default=6)
-  parser.add_argument("--steps", type=int, default=3, help="timed steps per turn")
+  parser = harness.torch_comparison_parser(__doc__)
   parser.add_argument("--configs", default=",".join(CONFIGS))
-  parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run, not a timing")
-  parser.add_argument("--torch_threads", type=int, default=None)
-  parser.add_argument("--xla_flags", default="", help="appended to $XLA_FLAGS")
-  harness.add_malloc_flag(parser)
   args = parser.parse_args()
-  harness.apply_malloc(args.malloc)
-  if args.torch_threads:
-    torch.set_num_threads(args.torch_threads)
-  print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"timm {timm.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+  harness.setup_torch_comparison(args, f"timm {timm.__version__}, ")
   configs = {"tiny": TINY} if args.tiny else {k: CONFIGS[k] for k in args.configs.split(",")}
   for name, cfg in configs.items():
     kw = cfg["kwargs"]

@@ -31,6 +31,34 @@ def add_malloc_flag(parser: argparse.ArgumentParser) -> None:
                            "default: glibc's defaults")
 
 
+def torch_comparison_parser(doc: str, *, tiny: bool = True) -> argparse.ArgumentParser:
+  """A parser with the flags every comparison with PyTorch shares: --rounds, --steps,
+  --tiny (if `tiny`), --torch_threads, --xla_flags (read by `xla_flags_from_argv`) and
+  --malloc; the description is the first line of `doc`."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per turn")
+  if tiny:
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes: a smoke run, not a timing")
+  parser.add_argument("--torch_threads", type=int, default=None)
+  parser.add_argument("--xla_flags", default="", help="appended to $XLA_FLAGS")
+  add_malloc_flag(parser)
+  return parser
+
+
+def setup_torch_comparison(args: argparse.Namespace, extra: str = "") -> None:
+  """Applies --malloc and --torch_threads, then prints the versions line (`extra` before
+  the XLA flags). Call before JAX's backend starts."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  apply_malloc(args.malloc)
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{extra}XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
+
+
 def apply_malloc(mode: str) -> None:
   """Applies `--malloc`; call before JAX's backend starts (the first computation)."""
   global _malloc
