@@ -20,7 +20,6 @@ torch median over ours (above 1: faster than PyTorch). Not a test. Smoke run:
     python experiments/benchmarks/bench_seq2seq.py [--rounds=6] [--torch_threads=N]
 """
 
-import functools
 import os
 import sys
 
@@ -129,25 +128,9 @@ def _jax_train_step(cfg, seed):
                         embed_dim=cfg["emb"], hidden_size=cfg["hid"],
                         dropout_rate=cfg["dropout"])
   tx = optax.adam(1e-3)
-  params = jax.jit(model.init)(jax.random.key(seed), src, tgt[:, :-1])["params"]
-  state = {"params": params, "opt": tx.init(params), "key": jax.random.key(seed)}
-
-  def loss_fn(params, key, src, tgt):
-    logits = model.apply({"params": params}, src, tgt[:, :-1], train=True,
-                         rngs={"dropout": key})
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, tgt[:, 1:])
-    weights = (tgt[:, 1:] != PAD).astype(losses.dtype)
-    return (losses * weights).sum() / weights.sum()
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(state, src, tgt):
-    key, sub = jax.random.split(state["key"])
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], sub, src, tgt)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "opt": opt, "key": key}, loss
-
+  step, state = harness.translation_train_step(model, tx, src, tgt, jax.random.key(seed), PAD)
   src_j, tgt_j = jnp.asarray(src), jnp.asarray(tgt)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
 
   def ours():
     nonlocal state

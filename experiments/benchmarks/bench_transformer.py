@@ -151,23 +151,7 @@ def _jax_train_step(cfg, seed, impl):
   src, tgt = _data(cfg, np.random.default_rng(seed), cfg["batch"])
   model = _model(cfg, 0.1)
   tx = optax.adam(5e-4)
-  params = jax.jit(model.init)(jax.random.key(seed), src, tgt[:, :-1])["params"]
-  state = {"params": params, "opt": tx.init(params), "key": jax.random.key(seed, impl=impl)}
-
-  def loss_fn(params, key, src, tgt):
-    logits = model.apply({"params": params}, src, tgt[:, :-1], train=True,
-                         rngs={"dropout": key})
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, tgt[:, 1:])
-    weights = (tgt[:, 1:] != PAD).astype(losses.dtype)
-    return (losses * weights).sum() / weights.sum()
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def step(state, src, tgt):
-    key, sub = jax.random.split(state["key"])
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], sub, src, tgt)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "opt": opt, "key": key}, loss
-
+  step, state = harness.translation_train_step(model, tx, src, tgt, jax.random.key(seed, impl=impl), PAD)
   src_j, tgt_j = jnp.asarray(src), jnp.asarray(tgt)
 
   def ours():

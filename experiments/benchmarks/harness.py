@@ -59,6 +59,31 @@ def setup_torch_comparison(args: argparse.Namespace, extra: str = "") -> None:
         f"{extra}XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
 
 
+def translation_train_step(model, tx, src, tgt, key, pad: int):
+  """(step, state) for a sequence-to-sequence `model` trained with optimizer `tx`: step(state,
+  src, tgt) -> (state, loss), jitted with the state donated; teacher forcing on tgt[:, :-1],
+  cross-entropy against tgt[:, 1:] ignoring `pad`, dropout keys split from `key`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  params = jax.jit(model.init)(key, src, tgt[:, :-1])["params"]
+  state = {"params": params, "opt": tx.init(params), "key": key}
+
+  def loss_fn(params, key, src, tgt):
+    logits = model.apply({"params": params}, src, tgt[:, :-1], train=True,
+                         rngs={"dropout": key})
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, tgt[:, 1:])
+    weights = (tgt[:, 1:] != pad).astype(losses.dtype)
+    return (losses * weights).sum() / weights.sum()
+
+  def step(state, src, tgt):
+    key, sub = jax.random.split(state["key"])
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], sub, src, tgt)
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt": opt, "key": key}, loss
+
+  return jax.jit(step, donate_argnums=0), state
+
+
 def apply_malloc(mode: str) -> None:
   """Applies `--malloc`; call before JAX's backend starts (the first computation)."""
   global _malloc
