@@ -97,16 +97,52 @@ def test_fused_equals_separate_with_the_same_weights():
     fused.apply({"params": fp}, x, x)
 
 
-def test_fast_and_written_out_paths_agree_and_dropout_needs_train():
+@pytest.mark.parametrize("fused_qkv", [False, True])
+def test_jax_dot_product_attention_path_agrees_and_dropout_needs_train(fused_qkv):
+  """implementation="xla" runs jax.nn.dot_product_attention (token-major); the default is
+  the head-major attention written out; both give the same outputs and gradients, with an
+  all-masked query row among them."""
   x = _x(B, TK, D)
-  mha = cnn.MultiHeadAttention(H, dropout_rate=0.5)
-  variables = mha.init(jax.random.key(3), x)
-  mask = _padding_mask(q_len=(6, 6))[:, :, :1].repeat(TK, 2)
-  fast = mha.apply(variables, x, mask=mask)
-  slow, _ = mha.apply(variables, x, mask=mask, return_weights=True)
-  np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
-  dropped = mha.apply(variables, x, mask=mask, train=True, rngs={"dropout": jax.random.key(0)})
+  ours = cnn.MultiHeadAttention(H, dropout_rate=0.5, fused_qkv=fused_qkv)
+  jaxs = cnn.MultiHeadAttention(H, dropout_rate=0.5, fused_qkv=fused_qkv, implementation="xla")
+  variables = ours.init(jax.random.key(3), x)
+  mask = _padding_mask(q_len=(6, 6), k_len=(6, 0))[:, :, :1].repeat(TK, 2)
+
+  def loss(module, params, x):
+    return jnp.sum(jnp.sin(module.apply({"params": params}, x, mask=mask)))
+
+  np.testing.assert_allclose(jaxs.apply(variables, x, mask=mask),
+                             ours.apply(variables, x, mask=mask), rtol=1e-5, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(jax.grad(loss, (1, 2))(jaxs, variables["params"], x)),
+                       jax.tree.leaves(jax.grad(loss, (1, 2))(ours, variables["params"], x))):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  fast = jaxs.apply(variables, x, mask=mask)
+  dropped = jaxs.apply(variables, x, mask=mask, train=True, rngs={"dropout": jax.random.key(0)})
   assert not np.allclose(dropped, fast)
+
+
+def test_masked_softmax_derivatives_are_the_softmax_ones():
+  """The custom JVP rule equals differentiating the formula, to second order, masked
+  entries and all-masked rows included (they get exactly zero)."""
+  x = jnp.asarray(_x(3, 5))
+  mask = jnp.asarray(np.array([[1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], bool))
+
+  def formula(x):
+    m = jnp.max(jnp.where(mask, x, jnp.min(x)), -1, keepdims=True)
+    e = jnp.where(mask, jnp.exp(jnp.where(mask, x, m) - m), 0)  # finite in all-masked rows
+    s = jnp.sum(e, -1, keepdims=True)
+    return e / jnp.where(s > 0, s, 1)
+
+  f = lambda x: jnp.sum(jnp.sin(cnn.masked_softmax(x, mask) * jnp.arange(1.0, 6.0)[None]))  # noqa: E731
+  g = lambda x: jnp.sum(jnp.sin(formula(x) * jnp.arange(1.0, 6.0)[None]))  # noqa: E731
+  np.testing.assert_allclose(cnn.masked_softmax(x, mask), formula(x), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(jax.grad(f)(x), jax.grad(g)(x), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(jax.hessian(f)(x), jax.hessian(g)(x), rtol=1e-4, atol=1e-6)
+  tangent = jnp.asarray(_x(3, 5))
+  _, got = jax.jvp(lambda x: cnn.masked_softmax(x, mask), (x,), (tangent,))
+  _, want = jax.jvp(formula, (x,), (tangent,))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert not np.any(jax.grad(f)(x)[~np.asarray(mask)])
 
 
 def test_mha_matches_torch_multihead_attention():
