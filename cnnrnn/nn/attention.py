@@ -8,14 +8,15 @@ zeros keep padded queries harmless under any reduction).
 
 `MultiHeadAttention` keeps Flax's `nn.MultiHeadDotProductAttention` parameter layout, so
 checkpoints map 1:1. By default it computes attention itself, head-major: q, k and v go to
-[B, H, T, Dh] once (a fused `qkv` projection in one transpose) and both batched products run
-over contiguous [T, Dh] blocks. `jax.nn.dot_product_attention` is what `implementation="xla"`
+[B, H, T, Dh] once and both batched products run over contiguous [T, Dh] blocks. (Moving a
+fused [B, T, 3, H, Dh] projection to [3, B, H, T, Dh] in one transpose measured slower on
+the patch-4 ViT than three slices and three transposes.) `jax.nn.dot_product_attention` is what `implementation="xla"`
 or `"cudnn"` selects (its `None` is its XLA path too, written token-major [B, T, H, Dh]);
 use it for cuDNN's kernels when no weights are requested and there is no dropout on them.
 On the CPU the head-major form is the faster one: the attention of one ViT block (B 128,
 65 tokens, 4 heads of 32) took 18.6 ms forward and backward against 36.8 ms through
-`jax.nn.dot_product_attention` (2 threads, this project's development machine); a whole
-ViT-Ti/16 training step gained ~3% (experiments/benchmarks/README.md).
+`jax.nn.dot_product_attention` (2 threads, this project's development machine). Whole
+training steps gained less: see experiments/benchmarks/README.md.
 
 Incremental decoding follows Flax's convention: with `decode=True` the layer keeps its
 projected keys and values in the "cache" collection (`cached_key`, `cached_value` [B, L,
@@ -168,10 +169,7 @@ class MultiHeadAttention(nn.Module):
         raise ValueError("fused_qkv=True projects q, k and v from one input: self-attention "
                          "only (inputs_kv must be None)")
       qkv = dense(features=(3, *heads), name="qkv")(inputs_q)  # [B, Tq, 3, H, Dh]
-      if decode:
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-      else:  # One transpose to head-major [3, B, H, T, Dh] for all three.
-        query, key, value = jnp.transpose(qkv, (2, 0, 3, 1, 4))
+      query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
       query = dense(features=heads, name="query")(inputs_q)  # [B, Tq, H, Dh]
       if decode and not self_attention and self.has_variable("cache", "cached_key"):
@@ -183,8 +181,7 @@ class MultiHeadAttention(nn.Module):
 
     if decode:  # The cache keeps Flax's [B, L, H, Dh] layout.
       key, value, mask = self._use_cache(key, value, mask, query.shape[1], self_attention)
-    if not self.fused_qkv or decode:
-      query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
+    query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
 
     out, weights = self._attend(query, key, value, mask, train, return_weights)
     # out [B, H, Tq, Dh]: contract (H, Dh) in place, as `out/kernel` [H, Dh, out] is laid out.
