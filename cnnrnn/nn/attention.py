@@ -8,9 +8,9 @@ zeros keep padded queries harmless under any reduction).
 
 `MultiHeadAttention` keeps Flax's `nn.MultiHeadDotProductAttention` parameter layout, so
 checkpoints map 1:1. By default it computes attention itself, head-major: q, k and v go to
-[B, H, T, Dh] once and both batched products run over contiguous [T, Dh] blocks. (Moving a
-fused [B, T, 3, H, Dh] projection to [3, B, H, T, Dh] in one transpose measured slower on
-the patch-4 ViT than three slices and three transposes.) `jax.nn.dot_product_attention` is what `implementation="xla"`
+[B, H, T, Dh] once and both batched products run over contiguous [T, Dh] blocks (in decode
+mode the cached keys and values stay in Flax's [B, L, H, Dh] and are read in place, not
+transposed at every step). `jax.nn.dot_product_attention` is what `implementation="xla"`
 or `"cudnn"` selects (its `None` is its XLA path too, written token-major [B, T, H, Dh]);
 use it for cuDNN's kernels when no weights are requested and there is no dropout on them.
 On the CPU the head-major form is the faster one: the attention of one ViT block (B 128,
@@ -179,11 +179,15 @@ class MultiHeadAttention(nn.Module):
         key = dense(features=heads, name="key")(kv)  # [B, Tk, H, Dh]
         value = dense(features=heads, name="value")(kv)
 
-    if decode:  # The cache keeps Flax's [B, L, H, Dh] layout.
-      key, value, mask = self._use_cache(key, value, mask, query.shape[1], self_attention)
-    query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
+    query = jnp.swapaxes(query, 1, 2)  # [B, H, Tq, Dh]
+    if decode:  # The cache keeps Flax's [B, L, H, Dh]; read in place, not transposed per step.
+      key, value, mask = self._use_cache(key, value, mask, query.shape[2], self_attention)
+      kv_layout = "bkhd"
+    else:
+      key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
+      kv_layout = "bhkd"
 
-    out, weights = self._attend(query, key, value, mask, train, return_weights)
+    out, weights = self._attend(query, key, value, mask, train, return_weights, kv_layout)
     # out [B, H, Tq, Dh]: contract (H, Dh) in place, as `out/kernel` [H, Dh, out] is laid out.
     out = nn.DenseGeneral(features=self.out_features or features, axis=(1, 3),
                           use_bias=self.use_bias, kernel_init=self.kernel_init,
@@ -224,14 +228,17 @@ class MultiHeadAttention(nn.Module):
     mask = visible if mask is None else jnp.logical_and(mask, visible)
     return cached_key.value, cached_value.value, mask
 
-  def _attend(self, query, key, value, mask, train, return_weights):
-    """Scaled dot-product attention over head-major [B, H, T, Dh] q, k, v; [B, H, Tq, Dh]
-    out and the weights (or None)."""
+  def _attend(self, query, key, value, mask, train, return_weights, kv_layout):
+    """Scaled dot-product attention of head-major [B, H, Tq, Dh] queries over keys and
+    values laid out as `kv_layout` ("bhkd" or token-major "bkhd"); [B, H, Tq, Dh] out and
+    the weights (or None)."""
     scale = query.shape[-1] ** -0.5
     dropout = train and self.dropout_rate > 0
     if self.implementation is not None and not return_weights and not dropout:
       dtype = jnp.result_type(query, key, value)
-      query, key, value = (jnp.swapaxes(x, 1, 2).astype(dtype) for x in (query, key, value))
+      if kv_layout == "bhkd":
+        key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
+      query, key, value = (x.astype(dtype) for x in (jnp.swapaxes(query, 1, 2), key, value))
       out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale,
                                          implementation=self.implementation)
       if mask is not None:
@@ -240,11 +247,12 @@ class MultiHeadAttention(nn.Module):
         any_visible = jnp.any(mask, axis=-1)  # [B|1, H|1, Tq|1]
         out = jnp.where(jnp.swapaxes(any_visible, 1, 2)[..., None], out, 0)
       return jnp.swapaxes(out, 1, 2), None
-    logits = jnp.einsum("bhqd,bhkd->bhqk", query * jnp.asarray(scale, query.dtype), key)
+    logits = jnp.einsum(f"bhqd,{kv_layout}->bhqk", query * jnp.asarray(scale, query.dtype),
+                        key)
     weights = masked_softmax(logits, mask)  # [B, H, Tq, Tk]
     if dropout:
       weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(value.dtype), value)
+    out = jnp.einsum(f"bhqk,{kv_layout}->bhqd", weights.astype(value.dtype), value)
     return out, (weights if return_weights else None)
 
 

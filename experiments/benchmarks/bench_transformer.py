@@ -151,7 +151,8 @@ def _jax_train_step(cfg, seed, impl):
   src, tgt = _data(cfg, np.random.default_rng(seed), cfg["batch"])
   model = _model(cfg, 0.1)
   tx = optax.adam(5e-4)
-  step, state = harness.translation_train_step(model, tx, src, tgt, jax.random.key(seed, impl=impl), PAD)
+  key = jax.random.key(seed, impl=impl)
+  step, state = harness.translation_train_step(model, tx, src, tgt, key, PAD)
   src_j, tgt_j = jnp.asarray(src), jnp.asarray(tgt)
 
   def ours():

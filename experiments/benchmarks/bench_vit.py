@@ -9,7 +9,8 @@ are compared before timing). Shapes:
             on 32x32 images, 10 classes (timm `VisionTransformer(img_size=32, patch_size=4)`).
 
 ours: the model's step jitted with donated state (what the trainer compiles: its attention
-is cnnrnn's head-major one, see cnnrnn/nn/attention.py); torch: timm's model, `torch.optim.AdamW`, eager.
+is cnnrnn's head-major one, see cnnrnn/nn/attention.py); torch: timm's model,
+`torch.optim.AdamW`, eager.
 Interleaved A B A B (experiments/benchmarks/harness.py), medians; "speed vs torch" is the
 torch median over ours (above 1: faster than PyTorch). Not a test.
 

@@ -133,8 +133,9 @@ def test_masked_softmax_derivatives_are_the_softmax_ones():
     s = jnp.sum(e, -1, keepdims=True)
     return e / jnp.where(s > 0, s, 1)
 
-  f = lambda x: jnp.sum(jnp.sin(cnn.masked_softmax(x, mask) * jnp.arange(1.0, 6.0)[None]))  # noqa: E731
-  g = lambda x: jnp.sum(jnp.sin(formula(x) * jnp.arange(1.0, 6.0)[None]))  # noqa: E731
+  scale = jnp.arange(1.0, 6.0)[None]
+  f = lambda x: jnp.sum(jnp.sin(cnn.masked_softmax(x, mask) * scale))  # noqa: E731
+  g = lambda x: jnp.sum(jnp.sin(formula(x) * scale))  # noqa: E731
   np.testing.assert_allclose(cnn.masked_softmax(x, mask), formula(x), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(jax.grad(f)(x), jax.grad(g)(x), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(jax.hessian(f)(x), jax.hessian(g)(x), rtol=1e-4, atol=1e-6)
