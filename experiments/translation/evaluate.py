@@ -24,6 +24,9 @@ _WORKDIRS = flags.DEFINE_list("workdirs", None, "Translation workdirs.", require
 _BEAM_SIZES = flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1: greedy).")
 _DATA = flags.DEFINE_string("data", "/work/shared/datasets/multi30k", "Multi30k raw files.")
 _OUT = flags.DEFINE_string("out", None, "JSON lines file to append results to.", required=True)
+_CHECKPOINTS = flags.DEFINE_list("checkpoints", ["latest"],
+                                 "Checkpoints to decode: 'latest', 'best' (the best validation "
+                                 "BLEU, runs with checkpoint.keep_best) or step numbers.")
 _EXAMPLES = flags.DEFINE_list("examples", ["0", "10", "100", "500", "999"],
                               "Test sentence indices printed with their translations.")
 
@@ -38,14 +41,14 @@ def main(argv):
   source = _lines(os.path.join(_DATA.value, "test_2016_flickr.de.gz"))
   reference = _lines(os.path.join(_DATA.value, "test_2016_flickr.en.gz"))
   for workdir in _WORKDIRS.value:
-    for beam in map(int, _BEAM_SIZES.value):
-      translator = translate.load_translator(workdir, beam_size=beam)
+    for checkpoint, beam in [(c, int(b)) for c in _CHECKPOINTS.value for b in _BEAM_SIZES.value]:
+      translator = translate.load_translator(workdir, checkpoint, beam_size=beam)
       start = time.perf_counter()
       ids = translator.translate_ids(source, batch_size=100)
       seconds = time.perf_counter() - start
       metrics = translation_metrics(ids, reference, translator.target_tokenizer, "en")
       hyps = [translator.target_tokenizer.decode(i) for i in ids]
-      row = {"workdir": workdir, "beam_size": beam,
+      row = {"workdir": workdir, "checkpoint": checkpoint, "beam_size": beam,
              "length_penalty": translator.task.length_penalty, "decode_seconds": seconds,
              **metrics,
              "examples": [{"index": int(k), "source": source[int(k)],
