@@ -11,8 +11,7 @@ tokeniser (e.g. `small,sentencepiece`).
          4 heads, FFN 256, dropout 0.3, shared embeddings, lr 5e-3 with 2k warm-up steps,
          8k updates, beam 5, label smoothing 0.1; joint BPE of 10k (theirs: on the
          lc.norm.tok text; here SentencePiece BPE on the raw text). Published: 41.0 BLEU.
-         Deviation: fairseq's inverse-square-root decay is not one of cnnrnn's schedules;
-         this uses warm-up then cosine decay.
+         fairseq's schedule: linear warm-up, then inverse-square-root decay.
 
   python -m cnnrnn.main --config=configs/multi30k_transformer.py:small \\
       --workdir=workdirs/multi30k_transformer_small \\
@@ -100,7 +99,7 @@ def get_config(arg: str = "small"):
     c.num_train_steps = 8000
     c.optimizer.learning_rate = 5e-3
     c.optimizer.warmup_steps = 2000
-    c.optimizer.schedule = "cosine"
+    c.optimizer.schedule = "inverse_sqrt"
   if rest:
     c.dataset.tokenizer = rest[0]
     sentencepiece = rest[0] == "sentencepiece"

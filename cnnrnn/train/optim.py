@@ -7,8 +7,12 @@ Fields (all under `config.optimizer`):
   b1, b2, eps: for adam/adamw.
   weight_decay: L2 added to the gradient for sgd/momentum/nesterov/adam (as in PyTorch's
     `weight_decay`), decoupled for adamw (Loshchilov & Hutter).
-  schedule: "constant" | "step" | "cosine" | "linear" | "exponential".
+  schedule: "constant" | "step" | "cosine" | "linear" | "exponential" | "inverse_sqrt".
   warmup_steps: linear warm-up from 0 before the schedule.
+  "inverse_sqrt" (Vaswani et al. 2017, fairseq's `inverse_sqrt`): after the warm-up, the
+    learning rate falls as 1/sqrt(step), learning_rate * sqrt(warmup_steps / step) (without
+    warm-up, learning_rate / sqrt(1 + step)). Vaswani et al.'s d_model^-0.5 * min(step^-0.5,
+    step * warmup^-1.5) is this with learning_rate = (d_model * warmup_steps)^-0.5.
   decay_boundaries + decay_factor: for "step", multiply by decay_factor at each boundary
     (in steps, after warm-up), e.g. He et al.: (32000, 48000), 0.1.
   decay_rate + decay_begin + decay_every: for "exponential", multiply by decay_rate every
@@ -16,10 +20,11 @@ Fields (all under `config.optimizer`):
   clip_norm: clip gradients to this global norm (0/None: no clipping).
 """
 
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "linear", "exponential")
+SCHEDULES = ("constant", "step", "cosine", "linear", "exponential", "inverse_sqrt")
 
 
 def _get(cfg, field, default):
@@ -57,6 +62,9 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
     main = optax.cosine_decay_schedule(lr, decay_steps)
   elif name == "linear":
     main = optax.linear_schedule(lr, 0.0, decay_steps)
+  elif name == "inverse_sqrt":  # optax has no such schedule. Steps here count from the warm-up.
+    start = max(warmup, 1)
+    main = lambda step: lr * jnp.sqrt(start / (step + start))
   else:  # exponential
     main = optax.exponential_decay(
         lr,

@@ -25,6 +25,17 @@ def test_warmup_then_cosine():
   np.testing.assert_allclose([s(0), s(5), s(10), s(60), s(110)], [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-6)
 
 
+def test_inverse_sqrt_is_vaswani_et_al():
+  d_model, warmup = 512, 4000
+  s = optim.make_schedule(_cfg(schedule="inverse_sqrt", warmup_steps=warmup,
+                               learning_rate=(d_model * warmup) ** -0.5), 100_000)
+  steps = np.array([1, 100, 3999, 4000, 4001, 10_000, 99_999])
+  paper = d_model ** -0.5 * np.minimum(steps ** -0.5, steps * warmup ** -1.5)
+  np.testing.assert_allclose([s(int(t)) for t in steps], paper, rtol=1e-4)  # float32
+  s = optim.make_schedule(_cfg(schedule="inverse_sqrt", learning_rate=2.0), 100)
+  np.testing.assert_allclose([s(0), s(3), s(99)], [2.0, 1.0, 0.2], rtol=1e-6)
+
+
 def test_exponential_per_epoch_decay():
   s = optim.make_schedule(_cfg(schedule="exponential", learning_rate=1.0, decay_rate=0.5,
                                decay_begin=100, decay_every=10), 1000)
