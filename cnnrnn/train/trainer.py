@@ -319,7 +319,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   or save_timer.due(sync=step % log_every == 0))
       if step % log_every == 0 or save_now:
         flush_train_metrics(step)
-      if eval_every and step % eval_every == 0 and not is_last and not preempted:
+      # The last step is validated too when the test split is another split, so that the
+      # last checkpoint can be the best one (checkpoint.keep_best).
+      if eval_every and not preempted and (
+          (step % eval_every == 0 and not is_last) or (is_last and eval_split != test_split)):
         eval_metrics = run_eval(eval_split)
         writer.write(step, "eval", eval_metrics)
         progress.write(f"step {step}: eval " + ", ".join(
