@@ -67,7 +67,7 @@ def test_seq2seq_trains_and_reports_bleu(data_dir, tmp_path):
   c.model = c.model.__class__(dict(name="seq2seq", variant="ptseq2seq_bahdanau", embed_dim=16,
                                    hidden_size=32, dropout_rate=0.0))
   c.eval_every_steps = 20
-  c.checkpoint.keep_best = True  # Validation BLEU, the tutorials' checkpoint selection.
+  c.checkpoint.keep_best = True  # The lowest validation loss, the tutorials' selection.
   result = train.train_and_evaluate(c, str(tmp_path / "run"))
   records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   train_losses = [r["loss"] for r in records if r["split"] == "train"]
@@ -76,10 +76,10 @@ def test_seq2seq_trains_and_reports_bleu(data_dir, tmp_path):
   assert "bleu_tok" in result
   # The last step is validated too (the test split is another split), so the last
   # checkpoint competes for the best slot.
-  evals = {r["step"]: r["bleu"] for r in records if r["split"] == "eval"}
+  evals = {r["step"]: r["nll"] for r in records if r["split"] == "eval"}
   assert sorted(evals) == [20, 40]
   best = [int(s) for s in os.listdir(tmp_path / "run" / "checkpoints" / "best") if s.isdigit()]
-  assert len(best) == 1 and evals[best[0]] == max(evals.values()), (best, evals)
+  assert len(best) == 1 and evals[best[0]] == min(evals.values()), (best, evals)
 
 
 def test_resumed_run_equals_an_uninterrupted_one(whole_run, tmp_path):
