@@ -28,7 +28,8 @@ validation split is scored as cnnrnn's trainer scores it:
   task's `nll`: positions < tgt_lengths of rows with mask 1);
 - `bleu_tok`, `bleu`: greedy decoding (at most the task's max_decode_len tokens, EOS
   included) scored by `cnnrnn.tasks.translation.translation_metrics`.
-One JSON line per epoch is appended to `--out`.
+One JSON line per epoch is appended to `--out`. `--deadline` ends the run early, with the
+last epoch evaluated as a partial one (`partial_epoch`, `epoch_updates`).
 """
 
 import json
@@ -60,6 +61,13 @@ _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0,
 _EVAL_SENTENCES = flags.DEFINE_integer("eval_sentences", 0,
                                        "Decode only this many validation sentences (0: all; "
                                        "a smoke test's shortcut, not comparable).")
+_DEADLINE = flags.DEFINE_float("deadline", 0.0,
+                               "Unix time by which the last evaluation must end (0: none): an "
+                               "epoch stops early, and is evaluated as a partial epoch, when "
+                               "its evaluation (the last one's time, else --eval_guess) would "
+                               "end later.")
+_EVAL_GUESS = flags.DEFINE_float("eval_guess", 150.0, "Seconds one evaluation is assumed to "
+                                 "take before one has been timed (--deadline).")
 _THREADS = flags.DEFINE_integer("threads", 1, "torch intra-op threads.")
 _SEED = flags.DEFINE_integer("seed", 0, "torch seed (parameters, dropout).")
 _OUT = flags.DEFINE_string("out", None, "JSON lines file to append per-epoch metrics to.",
@@ -273,11 +281,15 @@ def main(argv):
         f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(train)} batches "
         f"per epoch, {steps} per trained epoch", flush=True)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  start = time.perf_counter()
+  total_steps = 0
+  start, eval_estimate = time.perf_counter(), _EVAL_GUESS.value
   for epoch in range(_EPOCHS.value):
     model.train()
-    epoch_start, loss_sum, token_sum = time.perf_counter(), 0.0, 0
+    epoch_start, loss_sum, token_sum, updates = time.perf_counter(), 0.0, 0, 0
     for j in range(steps):
+      if _DEADLINE.value and time.time() + 1.2 * eval_estimate > _DEADLINE.value:
+        print(f"stopping epoch {epoch + 1} after {j} updates: --deadline", flush=True)
+        break
       # Batch b of cnnrnn's stream is batch b % len of epoch b // len: the run's own order.
       batch = train[epoch * len(train) + j]
       targets = targets_of(batch)
@@ -290,25 +302,31 @@ def main(argv):
       nn.utils.clip_grad_norm_(model.parameters(), CLIP)
       optimizer.step()
       n = int((targets != PAD_ID).sum())
-      loss_sum, token_sum = loss_sum + loss.item() * n, token_sum + n
+      loss_sum, token_sum, updates = loss_sum + loss.item() * n, token_sum + n, j + 1
       if (j + 1) % 50 == 0:
         print(f"epoch {epoch + 1} step {j + 1}/{steps} train loss {loss_sum / token_sum:.4f} "
               f"({time.perf_counter() - epoch_start:.0f}s)", flush=True)
+    if not updates:
+      break
     train_seconds = time.perf_counter() - epoch_start
     eval_start = time.perf_counter()
     nll = validation_nll(model, eval_batches)
     bleu = validation_bleu(model, eval_split, eval_batches, pairs.target_tokenizer,
                            pairs.target_lang, max_decode_len, _EVAL_SENTENCES.value)
-    row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "init": _INIT.value,
-           "split": ds_cfg.eval_split, "partial_epoch": steps < len(train),
-           "train_loss": loss_sum / token_sum, "nll": nll, **bleu,
+    eval_estimate = time.perf_counter() - eval_start
+    total_steps += updates
+    row = {"epoch": epoch + 1, "step": total_steps, "epoch_updates": updates,
+           "init": _INIT.value, "split": ds_cfg.eval_split, "partial_epoch": updates < len(train),
+           "train_loss": loss_sum / max(token_sum, 1), "nll": nll, **bleu,
            "eval_sentences": _EVAL_SENTENCES.value or len(eval_split),
-           "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - eval_start,
+           "train_seconds": train_seconds, "eval_seconds": eval_estimate,
            "wall_seconds": time.perf_counter() - start, "threads": _THREADS.value,
            "config_json": _CONFIG_JSON.value}
     print(json.dumps(row), flush=True)
     with open(_OUT.value, "a", encoding="utf-8") as f:
       f.write(json.dumps(row) + "\n")
+    if updates < steps:
+      break
 
 
 if __name__ == "__main__":
