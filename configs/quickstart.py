@@ -2,7 +2,7 @@
 
   python -m cnnrnn.main --config=configs/quickstart.py --workdir=/tmp/cnnrnn_quickstart
 
-The dataset ships inside scikit-learn (1,797 images; a fixed 1,437/360 split), so nothing
+The dataset ships inside scikit-learn (1,797 images; a fixed 1,433/364 split), so nothing
 is downloaded. Expected: test accuracy ~0.98-0.99 on 2 CPU cores in about a minute.
 """
 

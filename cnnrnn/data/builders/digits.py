@@ -8,7 +8,8 @@ from cnnrnn.data.builders import base
 
 class Digits(base.RawFilesBuilder, skip_registration=True):
   """UCI optical handwritten digits (1,797 images, 8x8, 17 grey levels) shipped inside
-  scikit-learn. A fixed, class-stratified 80/20 split: 1,437 train / 360 test."""
+  scikit-learn. A fixed, class-stratified split (every fifth example of each class goes to
+  test): 1,433 train / 364 test."""
 
   name = "digits"
   MEAN, STD = (0.3052,), (0.3756,)
