@@ -35,6 +35,7 @@ All three are below the published 36.5, and below the half-width ptseq2seq_bahda
 """
 
 from cnnrnn.data import tokenizers
+from cnnrnn.models.transformer import VARIANTS as transformer_variants
 from cnnrnn.train import default_config
 
 VARIANTS = ("small", "tiny")
@@ -91,6 +92,8 @@ def get_config(arg: str = "small"):
     c.num_epochs = 10
     c.optimizer.learning_rate = 5e-4
     c.optimizer.clip_norm = 1.0
+    # The variant's init, as a field so that `--config.model.init_scheme=default` can ablate it.
+    c.model.init_scheme = transformer_variants["small"]["init_scheme"]
   else:  # tiny
     c.dataset.source_lang, c.dataset.target_lang = "en", "de"
     c.dataset.tokenizer = "sentencepiece"

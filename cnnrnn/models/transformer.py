@@ -10,7 +10,8 @@ Variants are data (`VARIANTS`), chosen with `transformer(variant=...)` (registry
   base      6+6 layers, D 512, 8 heads, FFN 2048, dropout 0.1 (the paper's base model)
   big       6+6 layers, D 1024, 16 heads, FFN 4096, dropout 0.3 (the paper's big model, EN-DE)
   small     3+3 layers, D 256, 8 heads, FFN 512, dropout 0.1 on residuals and attention
-            weights, learned positions (bentrevett/pytorch-seq2seq's Multi30k model)
+            weights, learned positions, Glorot-uniform init (bentrevett/pytorch-seq2seq's
+            Multi30k model)
   tiny      4+4 layers, D 128, 4 heads, FFN 256, dropout 0.3 (fairseq `transformer_tiny`)
 
 Token ids: pad 0, unk 1, bos 2, eos 3 (the SentencePiece ids of cnnrnn's translation data).
@@ -38,8 +39,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "base": dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, dropout_rate=0.1),
     "big": dict(num_layers=6, d_model=1024, num_heads=16, mlp_dim=4096, dropout_rate=0.3),
     "small": dict(num_layers=3, d_model=256, num_heads=8, mlp_dim=512, dropout_rate=0.1,
-                  attention_dropout_rate=0.1, positions="learned"),
+                  attention_dropout_rate=0.1, positions="learned",
+                  init_scheme="xavier_uniform"),
     "tiny": dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=256, dropout_rate=0.3),
+}
+
+# Initializers per scheme, as functions of D: token `embedding`, learned `position` table,
+# projection `kernel` (attention, FFN, output head). See `Transformer.init_scheme`.
+INIT_SCHEMES = {
+    "default": lambda d: dict(embedding=nn.initializers.normal(d ** -0.5),
+                              position=nn.initializers.normal(0.02),
+                              kernel=nn.initializers.lecun_normal()),
+    "xavier_uniform": lambda d: dict(embedding=nn.initializers.xavier_uniform(),
+                                     position=nn.initializers.xavier_uniform(),
+                                     kernel=nn.initializers.xavier_uniform()),
 }
 
 
@@ -73,6 +86,17 @@ class Transformer(nn.Module):
     tie_output: the output projection is the target embedding transposed (Press & Wolf).
     scale_embeddings: multiply embeddings by sqrt(D) (the paper).
     layer_norm_epsilon: LayerNorm epsilon.
+    init_scheme: how the matrices are initialised (`INIT_SCHEMES`); biases start at zero
+      and LayerNorms at (1, 0) in every scheme.
+      "default": token embeddings normal(D^-1/2), so that with the sqrt(D) scale embedded
+        tokens have unit variance (fairseq, tensor2tensor); learned positions normal(0.02)
+        (BERT, ViT); projections LeCun normal (Flax's default).
+      "xavier_uniform": Glorot uniform on every matrix, the embeddings and the learned
+        position table included (pytorch-seq2seq's Transformer tutorial; torch keeps its
+        uniform bias init there, here biases are zero). The tokens then start with a
+        standard deviation of about sqrt(2D / (V + D)) after the sqrt(D) scale and the
+        positions about sqrt(2 / (max_len + D)): positions matter from the first step,
+        where "default" starts them 50x weaker than the tokens.
     fused_qkv: fused q/k/v projection in the self-attentions.
     pad_id: the padding token id.
     dtype: compute dtype.
@@ -97,6 +121,7 @@ class Transformer(nn.Module):
   tie_output: bool = False
   scale_embeddings: bool = True
   layer_norm_epsilon: float = 1e-5
+  init_scheme: str = "default"
   fused_qkv: bool = False
   pad_id: int = PAD_ID
   dtype: Any = None
@@ -109,23 +134,24 @@ class Transformer(nn.Module):
                        f"{self.vocab_size} and tgt_vocab_size={tgt_vocab}")
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
-    # Normal(0, D^-1/2): with the sqrt(D) scale the embedded tokens have unit variance
-    # (fairseq, tensor2tensor).
-    embed = functools.partial(nn.Embed, features=self.d_model,
-                              embedding_init=nn.initializers.normal(self.d_model ** -0.5),
+    if self.init_scheme not in INIT_SCHEMES:
+      raise ValueError(f"init_scheme={self.init_scheme!r}; allowed: {', '.join(INIT_SCHEMES)}")
+    init = INIT_SCHEMES[self.init_scheme](self.d_model)
+    embed = functools.partial(nn.Embed, features=self.d_model, embedding_init=init["embedding"],
                               dtype=self.dtype, param_dtype=self.param_dtype)
     if self.share_embeddings:
       self.src_embed = self.tgt_embed = embed(self.vocab_size, name="embed")
     else:
       self.src_embed = embed(self.vocab_size)
       self.tgt_embed = embed(tgt_vocab)
-    self.src_pos = PositionalEncoding(self.positions, self.max_len, param_dtype=self.param_dtype)
-    self.tgt_pos = PositionalEncoding(self.positions, self.max_len, param_dtype=self.param_dtype)
+    pos = functools.partial(PositionalEncoding, self.positions, self.max_len,
+                            embedding_init=init["position"], param_dtype=self.param_dtype)
+    self.src_pos, self.tgt_pos = pos(), pos()
     block = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                  attention_dropout_rate=self.attention_dropout_rate,
                  norm_first=self.norm_first, activation=self.activation,
                  layer_norm_epsilon=self.layer_norm_epsilon, fused_qkv=self.fused_qkv,
-                 dtype=self.dtype, param_dtype=self.param_dtype)
+                 kernel_init=init["kernel"], dtype=self.dtype, param_dtype=self.param_dtype)
     final_norm = self.norm_first if self.final_norm is None else self.final_norm
     self.encoder = TransformerEncoder(self.num_layers, block, final_norm)
     self.decoder = TransformerDecoder(self.num_decoder_layers or self.num_layers, block,
@@ -135,7 +161,8 @@ class Transformer(nn.Module):
       self.head_bias = self.param("head_bias", nn.initializers.zeros_init(), (tgt_vocab,),
                                   self.param_dtype)
     else:
-      self.head = nn.Dense(tgt_vocab, dtype=self.dtype, param_dtype=self.param_dtype)
+      self.head = nn.Dense(tgt_vocab, kernel_init=init["kernel"], dtype=self.dtype,
+                           param_dtype=self.param_dtype)
 
   def _embed(self, embed, pos, tokens, train, decode=False):
     x = embed(tokens)  # [B, T, D]

@@ -64,7 +64,8 @@ POSITIONS = ("sinusoidal", "learned")
 class PositionalEncoding(nn.Module):
   """Adds position encodings to a [B, T, D] sequence.
 
-  `learned` has one parameter, `embedding` [max_len, D] (normal, stddev 0.02). In decode
+  `learned` has one parameter, `embedding` [max_len, D] (`embedding_init`: by default
+  normal with stddev 0.02, as BERT and ViT). In decode
   mode the layer keeps the next position in the "cache" collection (`cache_index`) and adds
   the encodings of positions [i, i + T) to a [B, T, D] chunk.
 
@@ -73,12 +74,14 @@ class PositionalEncoding(nn.Module):
     max_len: the longest sequence (learned: the table size; sinusoidal: any length works
       up to this bound).
     decode: incremental decoding.
+    embedding_init: initializer of the learned table.
     param_dtype: parameter dtype.
   """
 
   kind: str = "sinusoidal"
   max_len: int = 1024
   decode: bool = False
+  embedding_init: Callable[..., Array] = nn.initializers.normal(0.02)
   param_dtype: Any = jnp.float32
 
   @nn.compact
@@ -90,7 +93,7 @@ class PositionalEncoding(nn.Module):
     if length > self.max_len:
       raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
     if self.kind == "learned":
-      table = self.param("embedding", nn.initializers.normal(0.02), (self.max_len, dim),
+      table = self.param("embedding", self.embedding_init, (self.max_len, dim),
                          self.param_dtype)
     else:
       table = jnp.asarray(sinusoidal_positions(self.max_len, dim))

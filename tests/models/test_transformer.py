@@ -28,6 +28,7 @@ def test_registry_variants_and_errors():
   assert "transformer" in models.names()
   m = models.create("transformer", variant="small", vocab_size=100, dropout_rate=0.2)
   assert (m.num_layers, m.d_model, m.num_heads, m.mlp_dim, m.dropout_rate) == (3, 256, 8, 512, 0.2)
+  assert m.init_scheme == "xavier_uniform"  # pytorch-seq2seq's init, as its model
   assert set(VARIANTS) == {"base", "big", "small", "tiny"}
   with pytest.raises(ValueError, match="known: base, big, small, tiny"):
     models.create("transformer", variant="huge", vocab_size=10)
@@ -35,6 +36,47 @@ def test_registry_variants_and_errors():
   with pytest.raises(ValueError, match="share_embeddings needs one vocabulary"):
     models.create("transformer", **TINY, tgt_vocab_size=5, share_embeddings=True).init(
         jax.random.key(0), src, tgt)
+
+
+def test_init_schemes():
+  """"default": tokens normal(D^-1/2), positions normal(0.02), LeCun projections;
+  "xavier_uniform": Glorot uniform on every matrix, each sized by its own fans (attention
+  kernels [D, H, Dh] as [D, H*Dh]); biases zero and LayerNorms (1, 0) in both."""
+  d, v_src, v_tgt, max_len = 64, 300, 200, 40
+  kw = dict(vocab_size=v_src, tgt_vocab_size=v_tgt, num_layers=1, d_model=d, num_heads=4,
+            mlp_dim=128, max_len=max_len, positions="learned")
+  src, tgt = _batch()
+
+  def params(scheme):
+    model = models.create("transformer", **kw, init_scheme=scheme)
+    return model.init(jax.random.key(0), src, tgt)["params"]
+
+  default = params("default")
+  np.testing.assert_allclose(np.std(default["src_embed"]["embedding"]), d ** -0.5, rtol=0.05)
+  np.testing.assert_allclose(np.std(default["src_pos"]["embedding"]), 0.02, rtol=0.05)
+  np.testing.assert_allclose(np.std(default["head"]["kernel"]), d ** -0.5, rtol=0.05)
+
+  xavier = params("xavier_uniform")
+  fans = {  # name: (fan_in, fan_out) of the torch-style 2D matrix
+      ("src_embed", "embedding"): (v_src, d), ("tgt_embed", "embedding"): (v_tgt, d),
+      ("src_pos", "embedding"): (max_len, d), ("head", "kernel"): (d, v_tgt),
+      ("encoder", "layer0", "attn", "query", "kernel"): (d, d),
+      ("encoder", "layer0", "attn", "out", "kernel"): (d, d),
+      ("decoder", "layer0", "cross_attn", "value", "kernel"): (d, d),
+      ("encoder", "layer0", "mlp", "fc1", "kernel"): (d, 128),
+      ("decoder", "layer0", "mlp", "fc2", "kernel"): (128, d),
+  }
+  for path, (fan_in, fan_out) in fans.items():
+    w = np.asarray(functools.reduce(lambda node, k: node[k], path, xavier))
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound, path
+    np.testing.assert_allclose(np.std(w), bound / 3 ** 0.5, rtol=0.1, err_msg=str(path))
+  for scheme in (default, xavier):
+    layer = scheme["decoder"]["layer0"]
+    assert not np.any(layer["self_attn"]["query"]["bias"]) and not np.any(scheme["head"]["bias"])
+    assert np.all(layer["norm1"]["scale"] == 1) and not np.any(layer["norm1"]["bias"])
+  with pytest.raises(ValueError, match="init_scheme='glorot'; allowed: default, xavier_uniform"):
+    params("glorot")
 
 
 @pytest.mark.parametrize("variant", ["base", "big"])
