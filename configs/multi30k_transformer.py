@@ -39,6 +39,7 @@ yet.
 """
 
 from cnnrnn.data import tokenizers
+from cnnrnn.models.transformer import Transformer
 from cnnrnn.models.transformer import VARIANTS as transformer_variants
 from cnnrnn.train import default_config
 
@@ -92,12 +93,12 @@ def get_config(arg: str = "small"):
                      f"{' or ,'.join(tokenizers.TOKENIZERS)}")
   c = translation_config("transformer")
   c.model.variant = variant
+  # The variant's init as a field, so that `--config.model.init_scheme=...` can change it.
+  c.model.init_scheme = transformer_variants[variant].get("init_scheme", Transformer.init_scheme)
   if variant == "small":
     c.num_epochs = 10
     c.optimizer.learning_rate = 5e-4
     c.optimizer.clip_norm = 1.0
-    # The variant's init, as a field so that `--config.model.init_scheme=default` can ablate it.
-    c.model.init_scheme = transformer_variants["small"]["init_scheme"]
   else:  # tiny
     c.dataset.source_lang, c.dataset.target_lang = "en", "de"
     c.dataset.tokenizer = "sentencepiece"

@@ -14,11 +14,14 @@ tokenisers stored beside it are reused).
 Model (written from the tutorial's description, not its text): post-LN encoder-decoder,
 token embeddings scaled by sqrt(D) plus a learned position table (100 rows), dropout on
 their sum, after every sublayer (before the residual sum), on the attention weights and
-after the FFN's ReLU; LayerNorm eps 1e-5; no final LayerNorm after either stack; a separate
-(untied) output Linear. `--init=xavier`: xavier_uniform_ on every parameter with more than
-one dimension (embeddings included; biases and LayerNorms keep torch's defaults), the
-tutorial's init. `--init=default`: torch's own defaults (embeddings N(0, 1), Linear
-kaiming-uniform).
+after the FFN's ReLU; LayerNorm eps 1e-5; no final LayerNorm after either stack; a
+separate (untied) output Linear. The layers are written here rather than taken from
+`torch.nn.Transformer*`: those fuse q/k/v into one [3D, D] `in_proj_weight`, whose xavier
+bound (sqrt(6 / 4D)) is not the tutorial's per-matrix one (sqrt(6 / 2D)), and
+`nn.Transformer` adds a final LayerNorm to each stack. `--init=xavier`: xavier_uniform_ on
+every parameter with more than one dimension (embeddings included; biases and LayerNorms
+keep torch's defaults), the tutorial's init. `--init=default`: torch's own defaults
+(embeddings N(0, 1), Linear kaiming-uniform).
 
 Training: Adam 5e-4 (torch defaults otherwise), gradient norm clipped to 1, cross-entropy
 averaged over real target tokens (padding positions and the padding rows that fill the last
