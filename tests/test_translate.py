@@ -37,7 +37,7 @@ def test_translations_reproduce_the_runs_test_bleu(run, translator):
   sources = [source[i]["de"].decode() for i in range(len(source))]
   references = [source[i]["en"].decode() for i in range(len(source))]
   ids = translator.translate_ids(sources, batch_size=256)
-  metrics = translation.translation_metrics(ids, references, translator.target_tokenizer, "en")
+  metrics = translation.translation_metrics(ids, references, translator.target_tokenizer)
   assert metrics["bleu"] == pytest.approx(test["bleu"], abs=1e-9)
   assert metrics["bleu_tok"] == pytest.approx(test["bleu_tok"], abs=1e-9)
   # In input order, whatever the batching.

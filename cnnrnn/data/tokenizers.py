@@ -1,4 +1,4 @@
-"""Tokenisers for translation, both by well-kept libraries, with one set of special ids.
+"""Tokenisers for translation, all by well-kept libraries, with one set of special ids.
 
 - SentencePiece (`SentencePiece`, `train_sentencepiece`): BPE or unigram,
   `character_coverage=1.0`, trained on the training split, one model for both languages
@@ -10,6 +10,15 @@
   pipeline of Multi30k's own `*.lc.norm.tok.*` files (which do not split hyphenated words),
   and a vocabulary of the training words seen at least `min_frequency` times
   (pytorch-seq2seq uses 2); the other words become `<unk>`. `moses_detokenize` undoes it.
+- Lowercased spaCy words (`SpacyWords`, `spacy_tokens`): the tokens of spaCy's rule-based
+  tokeniser for the language (`spacy.blank(lang)`, no trained model needed), each lowercased,
+  as bentrevett/pytorch-seq2seq tokenises (spaCy's `de`/`en` tokenisers, then torchtext's
+  `lower=True`). Unlike Moses they split hyphenated words (`t - shirt`) and nothing is escaped.
+  Whitespace-only tokens (spaCy's for doubled or trailing spaces) are dropped. Text from the
+  tokens: Moses' detokeniser, without unescaping. Same vocabulary rule as Moses words.
+
+A word tokeniser (`MosesWords`, `SpacyWords`) scores `bleu_tok` on its own tokens; a
+SentencePiece model on lowercased Moses tokens (`reference_tokens`).
 
 Every vocabulary has the same special ids: pad 0, unk 1, bos 2 (`<s>`), eos 3 (`</s>`).
 """
@@ -32,7 +41,7 @@ from cnnrnn.data import text
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
-TOKENIZERS = ("sentencepiece", "moses_words")
+TOKENIZERS = ("sentencepiece", "moses_words", "spacy_words")
 SENTENCEPIECE_MODELS = ("bpe", "unigram")
 
 
@@ -66,6 +75,28 @@ def moses_detokenize(tokens: Sequence[str], lang: str) -> str:
   return _moses(lang)[2].detokenize(list(tokens))
 
 
+# -- spaCy ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _spacy(lang: str):
+  import spacy  # Imported on first use: about a second, and only spaCy-word runs need it.
+  try:
+    return spacy.blank(lang).tokenizer
+  except ImportError as e:  # spaCy's error for a language code it does not have.
+    raise ValueError(f"dataset language {lang!r}: spaCy has no tokeniser for it ({e})") from e
+
+
+def spacy_tokens(sentence: str, lang: str) -> list[str]:
+  """The lowercased tokens of spaCy's rule-based tokeniser for `lang` (whitespace dropped)."""
+  return list(_spacy_tokens(sentence, lang))
+
+
+@functools.lru_cache(maxsize=2**17)
+def _spacy_tokens(sentence: str, lang: str) -> tuple[str, ...]:
+  return tuple(t.text.lower() for t in _spacy(lang)(sentence) if not t.is_space)
+
+
 def content_ids(ids) -> np.ndarray:
   """The ids [L] of a decoded sequence up to its first EOS, without PAD and BOS."""
   ids = np.asarray(ids).reshape(-1)
@@ -91,17 +122,26 @@ def word_vocabulary(token_lists: Sequence[Sequence[str]], min_frequency: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class MosesWords:
-  """Lowercased Moses words of one language and their vocabulary (ids 0-3 special)."""
+class WordTokenizer:
+  """Words of one language and their vocabulary (ids 0-3 special); subclasses say how a
+  sentence becomes words (`words`) and words become text (`detokenize`)."""
 
   lang: str
   vocab: text.Vocabulary
 
+  @staticmethod
+  def words(sentence: str, lang: str) -> list[str]:
+    raise NotImplementedError
+
+  @staticmethod
+  def detokenize(tokens: Sequence[str], lang: str) -> str:
+    raise NotImplementedError
+
   @classmethod
   def build(cls, sentences: Sequence[str], lang: str, min_frequency: int = 2,
-            vocab_size: int = 0) -> "MosesWords":
+            vocab_size: int = 0):
     """The vocabulary of `sentences`' words (see `word_vocabulary`)."""
-    words = [moses_tokens(s, lang) for s in sentences]
+    words = [cls.words(s, lang) for s in sentences]
     return cls(lang, text.Vocabulary(word_vocabulary(words, min_frequency, vocab_size), "word",
                                      unk=SPECIAL_TOKENS[UNK_ID]))
 
@@ -111,7 +151,7 @@ class MosesWords:
 
   def encode(self, sentence: str) -> np.ndarray:
     """Ids [L] int32 of `sentence` (no BOS/EOS)."""
-    return self.vocab.encode_tokens(moses_tokens(sentence, self.lang))
+    return self.vocab.encode_tokens(self.words(sentence, self.lang))
 
   def pieces(self, ids) -> list[str]:
     """The tokens of ids [L] up to the first EOS."""
@@ -119,11 +159,46 @@ class MosesWords:
 
   def decode(self, ids) -> str:
     """Detokenised (still lowercased) text of ids [L] up to the first EOS."""
-    return moses_detokenize(self.pieces(ids), self.lang)
+    return self.detokenize(self.pieces(ids), self.lang)
 
   def bleu_tokens(self, ids) -> str:
-    """The lowercased Moses tokens of ids [L], space-separated (tokenised BLEU's input)."""
+    """The tokens of ids [L], space-separated (tokenised BLEU's input)."""
     return " ".join(self.pieces(ids))
+
+  def reference_tokens(self, sentence: str) -> str:
+    """A reference sentence's tokens, space-separated (tokenised BLEU's reference)."""
+    return " ".join(self.words(sentence, self.lang))
+
+
+@dataclasses.dataclass(frozen=True)
+class MosesWords(WordTokenizer):
+  """Lowercased Moses words of one language and their vocabulary (ids 0-3 special)."""
+
+  @staticmethod
+  def words(sentence: str, lang: str) -> list[str]:
+    """The word tokens of `sentence` (`moses_tokens`)."""
+    return moses_tokens(sentence, lang)
+
+  @staticmethod
+  def detokenize(tokens: Sequence[str], lang: str) -> str:
+    return moses_detokenize(tokens, lang)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpacyWords(WordTokenizer):
+  """Lowercased spaCy words of one language and their vocabulary (ids 0-3 special)."""
+
+  @staticmethod
+  def words(sentence: str, lang: str) -> list[str]:
+    """The word tokens of `sentence` (`spacy_tokens`)."""
+    return spacy_tokens(sentence, lang)
+
+  @staticmethod
+  def detokenize(tokens: Sequence[str], lang: str) -> str:
+    return _moses(lang)[2].detokenize(list(tokens), unescape=False)
+
+
+WORD_TOKENIZERS = {"moses_words": MosesWords, "spacy_words": SpacyWords}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +231,10 @@ class SentencePiece:
   def bleu_tokens(self, ids) -> str:
     """The lowercased Moses tokens of the decoded text, space-separated."""
     return " ".join(moses_tokens(self.decode(ids), self.lang))
+
+  def reference_tokens(self, sentence: str) -> str:
+    """A reference sentence's lowercased Moses tokens, space-separated."""
+    return " ".join(moses_tokens(sentence, self.lang))
 
 
 def train_sentencepiece(sentences: Sequence[str], *, vocab_size: int, model_type: str = "bpe"
@@ -214,9 +293,9 @@ class TokenizerConfig:
   """How to tokenise (the `config.dataset` fields of the same names).
 
   Attributes:
-    tokenizer: "sentencepiece" or "moses_words".
-    vocab_size: SentencePiece's vocabulary size; for Moses words an optional cap (0: none).
-    min_frequency: Moses words: the fewest training occurrences a word needs.
+    tokenizer: "sentencepiece", "moses_words" or "spacy_words".
+    vocab_size: SentencePiece's vocabulary size; for words an optional cap (0: none).
+    min_frequency: words: the fewest training occurrences a word needs.
     shared_vocab: one tokeniser/vocabulary for both languages, trained on both.
     sentencepiece_model: "bpe" or "unigram".
   """
@@ -252,6 +331,9 @@ def build_tokenizers(config: TokenizerConfig, train_text: dict[str, Sequence[str
     settings = dataclasses.asdict(config) | {"languages": list(group)}
     if config.tokenizer == "moses_words":
       settings |= {"sacremoses": sacremoses.__version__}
+    elif config.tokenizer == "spacy_words":
+      import spacy
+      settings |= {"spacy": spacy.__version__}
     else:
       settings |= {"sentencepiece": spm.__version__}
       del settings["min_frequency"]
@@ -262,12 +344,13 @@ def build_tokenizers(config: TokenizerConfig, train_text: dict[str, Sequence[str
           model_type=config.sentencepiece_model))
       built |= {lang: SentencePiece(lang, proto) for lang in group}
     else:
+      words = WORD_TOKENIZERS[config.tokenizer]
       # Each language's sentences tokenised by its own language's rules.
       tokens = _cached(os.path.join(cache_dir, name + ".vocab"), lambda: "".join(
           w + "\n" for w in word_vocabulary(
-              [moses_tokens(s, lang) for t, lang in zip(texts, group) for s in t],
+              [words.words(s, lang) for t, lang in zip(texts, group) for s in t],
               config.min_frequency, config.vocab_size)).encode("utf-8"))
       vocab = text.Vocabulary(tuple(tokens.decode("utf-8").splitlines()), "word",
                               unk=SPECIAL_TOKENS[UNK_ID])
-      built |= {lang: MosesWords(lang, vocab) for lang in group}
+      built |= {lang: words(lang, vocab) for lang in group}
   return built[source_lang], built[target_lang]

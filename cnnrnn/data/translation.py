@@ -1,8 +1,8 @@
 """Sentence pairs for translation: tokenised splits and bucketed batches.
 
-The tokenisers (SentencePiece, or lowercased Moses words; ids pad 0, unk 1, bos 2, eos 3)
-are in `cnnrnn.data.tokenizers`; this module trains or finds them for a `config.dataset`
-block (`load_tokenizers`), storing them in `tokenizers/` beside the prepared data, and
+The tokenisers (SentencePiece, or lowercased Moses or spaCy words; ids pad 0, unk 1, bos 2,
+eos 3) are in `cnnrnn.data.tokenizers`; this module trains or finds them for a
+`config.dataset` block (`load_tokenizers`), storing them in `tokenizers/` beside the prepared data, and
 reads every split as pairs of ids (`load_pairs`).
 
 Batches (dicts of numpy arrays; B rows, padded with 0 to a length L that is a multiple of
@@ -36,7 +36,7 @@ import numpy as np
 
 from cnnrnn.data import pipeline
 from cnnrnn.data import tokenizers
-from cnnrnn.data.tokenizers import BOS_ID, EOS_ID, MosesWords, SentencePiece, TokenizerConfig
+from cnnrnn.data.tokenizers import BOS_ID, EOS_ID, SentencePiece, TokenizerConfig, WordTokenizer
 
 
 # -- Encoded splits ------------------------------------------------------------------------
@@ -202,7 +202,7 @@ class TranslationData:
 
   Attributes:
     source_lang, target_lang: the pair's languages.
-    source_tokenizer, target_tokenizer: `SentencePiece` or `MosesWords` (the same object
+    source_tokenizer, target_tokenizer: `SentencePiece` or a `WordTokenizer` (the same object
       when the vocabulary is shared).
     splits: split name -> `PairedSplit`.
     max_length: the most ids a source, or BOS/EOS + target, holds.
@@ -210,8 +210,8 @@ class TranslationData:
 
   source_lang: str
   target_lang: str
-  source_tokenizer: SentencePiece | MosesWords
-  target_tokenizer: SentencePiece | MosesWords
+  source_tokenizer: SentencePiece | WordTokenizer
+  target_tokenizer: SentencePiece | WordTokenizer
   splits: dict[str, PairedSplit]
   max_length: int
 

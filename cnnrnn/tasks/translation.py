@@ -17,8 +17,10 @@ sacreBLEU against the raw references:
 - `bleu`: sacreBLEU's standard corpus BLEU on detokenised, cased text (tokenizer 13a);
   its signature is returned as `bleu_signature` and logged.
 - `bleu_tok`: the literature's Multi30k number (e.g. bentrevett/pytorch-seq2seq): BLEU on
-  lowercased Moses tokens (`cnnrnn.data.tokenizers.moses_tokens` of the reference, the
-  model's own tokens for a Moses-word model), computed by sacreBLEU with tokenize="none".
+  lowercased word tokens, computed by sacreBLEU with tokenize="none". A word model
+  (`moses_words`, `spacy_words`) is scored on its own tokens, the reference tokenised the
+  same way (the tutorials' protocol); a SentencePiece model's detokenised output and the
+  reference on lowercased Moses tokens (`tokenizer.reference_tokens`).
 """
 
 from collections.abc import Callable, Iterable
@@ -54,13 +56,13 @@ def tokenized_bleu(hypotheses: list[str], references: list[str]
 
 
 def translation_metrics(hypothesis_ids: list, references: list[str],
-                        tokenizer: tokenizers.SentencePiece | tokenizers.MosesWords,
-                        lang: str) -> dict:
+                        tokenizer: tokenizers.SentencePiece | tokenizers.WordTokenizer
+                        ) -> dict:
   """`bleu`, `bleu_tok` and `bleu_signature` of decoded ids (one [L] array per sentence,
   anything after the first EOS ignored) against the raw `references`."""
   hypotheses = [tokenizer.decode(ids) for ids in hypothesis_ids]
   hyp_tokens = [tokenizer.bleu_tokens(ids) for ids in hypothesis_ids]
-  ref_tokens = [" ".join(tokenizers.moses_tokens(r, lang)) for r in references]
+  ref_tokens = [tokenizer.reference_tokens(r) for r in references]
   bleu, signature = corpus_bleu(hypotheses, references)
   return {"bleu": bleu.score, "bleu_tok": tokenized_bleu(hyp_tokens, ref_tokens).score,
           "bleu_signature": signature}
@@ -176,8 +178,7 @@ class Translation:
       if missing:
         raise ValueError(f"{missing} of the {len(references)} sentences of split {split!r} "
                          "were not in its evaluation batches")
-      metrics = translation_metrics(hypotheses, references, pairs.target_tokenizer,
-                                    pairs.target_lang)
+      metrics = translation_metrics(hypotheses, references, pairs.target_tokenizer)
       logging.info("%s: BLEU %.2f (%s), tokenised BLEU %.2f", split, metrics["bleu"],
                    metrics["bleu_signature"], metrics["bleu_tok"])
       return metrics

@@ -121,7 +121,7 @@ CHOICES = {
     "dataset.cache": (True, False, "auto"),
     "dataset.augment": ("none", "crop_flip", "random_resized_crop"),
     "dataset.level": ("word", "char"),
-    "dataset.tokenizer": ("sentencepiece", "moses_words"),
+    "dataset.tokenizer": ("sentencepiece", "moses_words", "spacy_words"),
     "dataset.sentencepiece_model": ("bpe", "unigram"),
 }
 # Model keyword arguments (by name) with ranges other than "an integer >= 1".

@@ -46,7 +46,7 @@ def main(argv):
       start = time.perf_counter()
       ids = translator.translate_ids(source, batch_size=100)
       seconds = time.perf_counter() - start
-      metrics = translation_metrics(ids, reference, translator.target_tokenizer, "en")
+      metrics = translation_metrics(ids, reference, translator.target_tokenizer)
       hyps = [translator.target_tokenizer.decode(i) for i in ids]
       row = {"workdir": workdir, "checkpoint": checkpoint, "beam_size": beam,
              "length_penalty": translator.task.length_penalty, "decode_seconds": seconds,

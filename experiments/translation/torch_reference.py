@@ -231,8 +231,8 @@ def greedy_decode(model, src: torch.Tensor, max_len: int) -> np.ndarray:
   return out
 
 
-def validation_bleu(model, split: tr.PairedSplit, batches, tgt_tokenizer, lang: str,
-                    max_len: int, limit: int) -> dict:
+def validation_bleu(model, split: tr.PairedSplit, batches, tgt_tokenizer, max_len: int,
+                    limit: int) -> dict:
   """`translation_metrics` of greedy translations of the split (or its first `limit`
   sentences by index)."""
   model.eval()
@@ -246,7 +246,7 @@ def validation_bleu(model, split: tr.PairedSplit, batches, tgt_tokenizer, lang: 
       ids = greedy_decode(model, torch.from_numpy(batch["src"][rows]).long(), max_len)
       for row, i in zip(ids, batch["index"][rows]):
         hypotheses[int(i)] = row
-  metrics = translation_metrics(hypotheses, split.references[:keep], tgt_tokenizer, lang)
+  metrics = translation_metrics(hypotheses, split.references[:keep], tgt_tokenizer)
   return {"bleu": metrics["bleu"], "bleu_tok": metrics["bleu_tok"]}
 
 
@@ -315,7 +315,7 @@ def main(argv):
     eval_start = time.perf_counter()
     nll = validation_nll(model, eval_batches)
     bleu = validation_bleu(model, eval_split, eval_batches, pairs.target_tokenizer,
-                           pairs.target_lang, max_decode_len, _EVAL_SENTENCES.value)
+                           max_decode_len, _EVAL_SENTENCES.value)
     eval_estimate = time.perf_counter() - eval_start
     total_steps += updates
     row = {"epoch": epoch + 1, "step": total_steps, "epoch_updates": updates,

@@ -1,4 +1,4 @@
-"""The tokenisers of cnnrnn.data.tokenizers: SentencePiece and lowercased Moses words."""
+"""The tokenisers of cnnrnn.data.tokenizers: SentencePiece, lowercased Moses and spaCy words."""
 
 import collections
 import os
@@ -82,6 +82,40 @@ def test_moses_words_on_multi30k(multi30k, tmp_path):
   assert tgt.bleu_tokens(np.concatenate([ids, [tokenizers.EOS_ID, 7, 7]])) == TOK_EN[30]
   stored = os.listdir(tmp_path)  # One vocabulary per language, beside nothing else.
   assert len(stored) == 2 and all(f.endswith(".vocab") for f in stored)
+
+
+def test_spacy_tokens_lowercased_whitespace_dropped():
+  assert tokenizers.spacy_tokens('A man in a t-shirt isn\'t  "happy".  ', "en") == [
+      "a", "man", "in", "a", "t", "-", "shirt", "is", "n't", '"', "happy", '"', "."]
+  # German's rules keep hyphenated compounds whole.
+  assert tokenizers.spacy_tokens("Ein Boston Terrier läuft über saftig-grünes Gras.", "de") == [
+      "ein", "boston", "terrier", "läuft", "über", "saftig-grünes", "gras", "."]
+  with pytest.raises(ValueError, match="language 'xx-bad'"):
+    tokenizers.spacy_tokens("x", "xx-bad")
+
+
+def test_spacy_words_on_multi30k(multi30k, tmp_path):
+  config = _config(tokenizer="spacy_words", vocab_size=0, min_frequency=2, shared_vocab=False,
+                   tokenizer_dir=str(tmp_path))
+  pairs = translation.load_pairs(config, multi30k)
+  src, tgt = pairs.source_tokenizer, pairs.target_tokenizer
+  assert isinstance(tgt, tokenizers.SpacyWords) and (src.lang, tgt.lang) == ("de", "en")
+  assert tgt.vocab.tokens[:4] == tokenizers.SPECIAL_TOKENS
+  counts = collections.Counter(
+      t for s in pairs.split("train").references for t in tokenizers.spacy_tokens(s, "en"))
+  assert set(tgt.vocab.tokens[4:]) == {w for w, c in counts.items() if c >= 2}
+  assert "shirt" in tgt.vocab.tokens and "t-shirt" not in tgt.vocab.tokens
+  # Test line 82: '... black t-shirt, cap and jeans ... yellow pail.' in spaCy's words.
+  reference = pairs.split("test").references[81]
+  expected = " ".join(tokenizers.spacy_tokens(reference, "en"))
+  assert "black t - shirt , cap" in expected and tgt.reference_tokens(reference) == expected
+  ids = pairs.split("test").tgt[81]
+  assert tgt.bleu_tokens(np.concatenate([ids, [tokenizers.EOS_ID, 7]])) == " ".join(
+      w if w in tgt.vocab.tokens else "<unk>" for w in expected.split())
+  # Text from the words: Moses' detokeniser, nothing unescaped (spaCy escapes nothing).
+  assert tgt.decode(tgt.encode('A man\'s "red" hat.')) == 'a man\'s "red" hat.'
+  stored = sorted(os.listdir(tmp_path))
+  assert len(stored) == 2 and all(f.startswith("spacy_words-") for f in stored)
 
 
 def test_shared_word_vocabulary_holds_both_languages(tmp_path):

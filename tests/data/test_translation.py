@@ -22,7 +22,8 @@ def multi30k(data_dir):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("tokenizer", "bpe", r"dataset.tokenizer='bpe'; allowed: sentencepiece, moses_words"),
+    ("tokenizer", "bpe",
+     r"dataset.tokenizer='bpe'; allowed: sentencepiece, moses_words, spacy_words"),
     ("source_lang", "cs", r"dataset.source_lang='cs'; dataset 'multi30k' has: de, en, fr"),
     ("sentencepiece_model", "char", r"dataset.sentencepiece_model='char'; allowed: bpe, unigram"),
     ("max_length", 1, r"dataset.max_length=1"),

@@ -115,12 +115,15 @@ class _WordTokenizer:
   def bleu_tokens(self, ids):
     return self.decode(ids).lower()
 
+  def reference_tokens(self, sentence):
+    return " ".join(tokenizers.moses_tokens(sentence, "en"))
+
 
 def test_translation_metrics_detokenised_and_tokenised_bleu():
   refs = ["Two young, White males are outside.", "A man's hat."]
   hyps = ["Two young , white males are outside .", "a man 's hat ."]
   tok = _WordTokenizer(sorted({w for h in hyps for w in h.split()}))
-  m = translation.translation_metrics([tok.ids(h) for h in hyps], refs, tok, "en")
+  m = translation.translation_metrics([tok.ids(h) for h in hyps], refs, tok)
   assert m["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
   hyp_tok = ["two young , white males are outside .", "a man 's hat ."]
   ref_tok = ["two young , white males are outside .", "a man &apos;s hat ."]
