@@ -1,13 +1,14 @@
 """Table and plot of the ViT-vs-ResNet-20 experiment from its workdirs.
 
   python experiments/vit_vs_cnn/summarize.py --runs=RUNS [--log=RUNS/../log.txt] \\
-      [--out=experiments/vit_vs_cnn/accuracy.png]
+      [--long=RUNS/long] [--out=experiments/vit_vs_cnn/accuracy.png]
 
 RUNS holds one workdir per run, named MODEL_PERCENT (resnet20_10, vit_100, ...). Prints a
 Markdown table (steps, final test accuracy, and the run's wall time when --log, the run
 script's log with "end NAME rc=0 wall=Ss" lines, is given) and writes a two-panel plot:
 test accuracy against the share of the training set (log x), and the training loss
-against the step.
+against the step. --long: a folder of runs named the same way at a larger budget, drawn
+as stars (accuracy) and dotted lines (loss).
 """
 
 import argparse
@@ -49,21 +50,28 @@ def wall_times(log: str | None, prefix: str) -> dict[str, int]:
   return times
 
 
+def collect(runs: str, walls: dict[str, int]) -> dict:
+  """(model, percent) -> (training rows, final test row, wall seconds or None)."""
+  results = {}
+  for name in sorted(os.listdir(runs)):
+    match = re.fullmatch(r"(resnet20|vit)_(\d+)", name)
+    if match and os.path.exists(os.path.join(runs, name, "metrics.jsonl")):
+      train, test = read(os.path.join(runs, name))
+      if test is not None:
+        results[(match.group(1), int(match.group(2)))] = (train, test, walls.get(name))
+  return results
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", required=True)
   parser.add_argument("--log", default=None)
   parser.add_argument("--prefix", default="vc/", help="run names' prefix in the log")
+  parser.add_argument("--long", default=None, help="runs at a larger budget")
   parser.add_argument("--out", default="experiments/vit_vs_cnn/accuracy.png")
   args = parser.parse_args()
-  walls = wall_times(args.log, args.prefix)
-  results = {}
-  for name in sorted(os.listdir(args.runs)):
-    match = re.fullmatch(r"(resnet20|vit)_(\d+)", name)
-    if match and os.path.exists(os.path.join(args.runs, name, "metrics.jsonl")):
-      train, test = read(os.path.join(args.runs, name))
-      if test is not None:
-        results[(match.group(1), int(match.group(2)))] = (train, test, walls.get(name))
+  results = collect(args.runs, wall_times(args.log, args.prefix))
+  long = collect(args.long, {}) if args.long else {}
   print("| model | training data | steps (batch 128) | epochs | wall (1 core) | test accuracy |")
   print("|---|---:|---:|---:|---:|---:|")
   for (model, pct), (train, test, wall) in sorted(results.items(), key=lambda kv: kv[0][::-1]):
@@ -71,16 +79,30 @@ def main():
     epochs = steps * 128 / (500 * pct)
     print(f"| {MODELS[model]} | {pct}% ({500 * pct:,} images) | {steps} | {epochs:.1f} | "
           f"{f'{wall} s' if wall else '?'} | **{100 * test['accuracy']:.2f}%** |")
+  for (model, pct), (train, test, _) in sorted(long.items(), key=lambda kv: kv[0][::-1]):
+    print(f"| {MODELS[model]}, larger budget | {pct}% | {train[-1]['step']} | "
+          f"{train[-1]['step'] * 128 / (500 * pct):.1f} | | **{100 * test['accuracy']:.2f}%** |")
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2))
-  for model, label in MODELS.items():
+  for k, (model, label) in enumerate(MODELS.items()):
+    color = f"C{k}"
     points = sorted((pct, r[1]["accuracy"]) for (m, pct), r in results.items() if m == model)
     if points:
-      left.plot([p for p, _ in points], [100 * a for _, a in points], "-o", label=label)
+      left.plot([p for p, _ in points], [100 * a for _, a in points], "-o", color=color,
+                label=label)
+    for (m, pct), (train, test, _) in sorted(long.items()):
+      if m == model:
+        left.plot([pct], [100 * test["accuracy"]], "*", color=color, markersize=13,
+                  label=f"{model}, {train[-1]['step']} steps (larger budget)")
     for (m, pct), (train, _, _) in sorted(results.items()):
       if m == model:
         right.plot([r["step"] for r in train], [r["loss"] for r in train],
-                   "-" if pct == 100 else "--", label=f"{model}, {pct}% of the data")
+                   "-" if pct == 100 else "--", color=color, alpha=1.0 if pct == 100 else 0.6,
+                   label=f"{model}, {pct}% of the data")
+    for (m, pct), (train, _, _) in sorted(long.items()):
+      if m == model:
+        right.plot([r["step"] for r in train], [r["loss"] for r in train], ":", color=color,
+                   label=f"{model}, {pct}%, larger budget")
   left.set_xscale("log")
   left.set_xlabel("share of the CIFAR-10 training set (%)")
   left.set_ylabel("test accuracy (%), 10,000 test images")
