@@ -1,6 +1,7 @@
 """Transformer (Vaswani et al. 2017, "Attention is all you need") on Multi30k task 1.
-ARG: a variant, optionally followed by `,sentencepiece` or `,moses_words` to change the
-tokeniser (e.g. `small,sentencepiece`).
+ARG: a variant, optionally followed by `,sentencepiece`, `,moses_words` or `,spacy_words` to
+change the tokeniser (e.g. `small,sentencepiece`; `small,spacy_words` is the tutorial's
+tokens).
 
   small  De->En, bentrevett/pytorch-seq2seq's Transformer tutorial: 3+3 layers, d 256,
          8 heads, FFN 512, dropout 0.1, learned positions, Glorot-uniform init of every

@@ -19,6 +19,7 @@ CONFIGS = [
     ("ptb_lstm", "large"), ("resnet50_imagenet", None), ("vgg16_imagenet", None),
     ("alexnet_imagenet", None), ("multi30k_transformer", "small"),
     ("multi30k_transformer", "tiny"), ("multi30k_transformer", "small,sentencepiece"),
+    ("multi30k_transformer", "small,spacy_words"),
     ("moving_mnist_video", "single_frame"),
     ("moving_mnist_video", "lstm,direction"), ("moving_mnist_video", "bilstm,identity"),
     ("mnist_captions", "attention"), ("mnist_captions", "no_attention"),
