@@ -6,7 +6,12 @@
 Decodes the raw test2016 source sentences with `cnnrnn.translate.load_translator` (the run's
 model, tokenisers and decoding settings; only the beam size changes) and scores them with
 the translation task's own `translation_metrics` (sacreBLEU 13a detokenised cased, and BLEU
-on lowercased Moses tokens), so the beam-1 row must equal the run's own test evaluation.
+on lowercased word tokens), so the beam-1 row must equal the run's own test evaluation.
+
+To compare runs with different tokenisers on one scale, each row also holds BLEU on the
+detokenised translations re-tokenised both ways, against the references tokenised the same
+way: `bleu_tok_moses` (lowercased Moses tokens) and `bleu_tok_spacy` (lowercased spaCy
+tokens, bentrevett/pytorch-seq2seq's protocol).
 """
 
 import gzip
@@ -18,6 +23,8 @@ from absl import app
 from absl import flags
 
 from cnnrnn import translate
+from cnnrnn.data import tokenizers
+from cnnrnn.tasks.translation import tokenized_bleu
 from cnnrnn.tasks.translation import translation_metrics
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Translation workdirs.", required=True)
@@ -48,6 +55,10 @@ def main(argv):
       seconds = time.perf_counter() - start
       metrics = translation_metrics(ids, reference, translator.target_tokenizer)
       hyps = [translator.target_tokenizer.decode(i) for i in ids]
+      for name, words in (("moses", tokenizers.moses_tokens), ("spacy", tokenizers.spacy_tokens)):
+        metrics[f"bleu_tok_{name}"] = tokenized_bleu(
+            [" ".join(words(h, "en")) for h in hyps],
+            [" ".join(words(r, "en")) for r in reference]).score
       row = {"workdir": workdir, "checkpoint": checkpoint, "beam_size": beam,
              "length_penalty": translator.task.length_penalty, "decode_seconds": seconds,
              **metrics,
