@@ -129,3 +129,22 @@ def test_translation_metrics_detokenised_and_tokenised_bleu():
   ref_tok = ["two young , white males are outside .", "a man &apos;s hat ."]
   assert m["bleu_tok"] == sacrebleu.corpus_bleu(hyp_tok, [ref_tok], tokenize="none").score
   assert 0 < m["bleu_tok"] < 100 and m["bleu_signature"].startswith("nrefs:1|case:mixed")
+
+
+def test_word_models_score_bleu_tok_on_their_own_tokens(tmp_path):
+  # The same translations score differently on Moses and on spaCy tokens ("t-shirt" is one
+  # Moses token, three spaCy tokens); each word model is scored on its own.
+  refs = ["A man in a red t-shirt.", "Two dogs play in the snow."]
+  text = {"de": ["x"], "en": refs + ["A man in a blue t-shirt."]}
+  hyps = ["A man in a blue t-shirt.", "Two dogs play in snow."]
+  for name, words in (("moses_words", tokenizers.moses_tokens),
+                      ("spacy_words", tokenizers.spacy_tokens)):
+    config = tokenizers.TokenizerConfig(tokenizer=name, vocab_size=0, min_frequency=1,
+                                        shared_vocab=False)
+    _, tok = tokenizers.build_tokenizers(config, text, "de", "en", str(tmp_path))
+    m = translation.translation_metrics([tok.encode(h) for h in hyps], refs, tok)
+    expected = sacrebleu.corpus_bleu([" ".join(words(h, "en")) for h in hyps],
+                                     [[" ".join(words(r, "en")) for r in refs]], tokenize="none")
+    assert m["bleu_tok"] == pytest.approx(expected.score), name
+  assert tokenizers.moses_tokens(hyps[0], "en")[-2] == "t-shirt"
+  assert tokenizers.spacy_tokens(hyps[0], "en")[-4:-1] == ["t", "-", "shirt"]
