@@ -2,8 +2,8 @@
 
 The tokenisers (SentencePiece, or lowercased Moses or spaCy words; ids pad 0, unk 1, bos 2,
 eos 3) are in `cnnrnn.data.tokenizers`; this module trains or finds them for a
-`config.dataset` block (`load_tokenizers`), storing them in `tokenizers/` beside the prepared data, and
-reads every split as pairs of ids (`load_pairs`).
+`config.dataset` block (`load_tokenizers`), storing them in `tokenizers/` beside the
+prepared data, and reads every split as pairs of ids (`load_pairs`).
 
 Batches (dicts of numpy arrays; B rows, padded with 0 to a length L that is a multiple of
 `bucket_width`, one L for source and target so that each L is one compilation):
