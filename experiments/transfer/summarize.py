@@ -98,7 +98,7 @@ def main():
     print(f"scratch on all 5,000 / class, {args.source2_label}'s budget: "
           + ", ".join(f"seed {k} {100 * v:.2f}%" for k, v in sorted(reference2.items())))
 
-  fig, ax = plt.subplots(figsize=(6.4, 4.4) if not second else (7.2, 5.0))
+  fig, ax = plt.subplots(figsize=(6.4, 4.4) if not second else (10.0, 4.8))
   for k, s in enumerate(STRATEGIES):
     for runs, style, suffix in ((results, "-o", ""), (second, "--s", f", {args.source2_label}")):
       points = [(n, runs[(s, n)]) for n in sizes if (s, n) in runs]
@@ -121,7 +121,10 @@ def main():
   ax.set_ylabel("test accuracy (%), 5 classes")
   ax.set_title("Transfer from a ResNet-20 pretrained on classes 0-4")
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8)
+  if second:  # Beside the axes: eleven entries would cover the points.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  else:
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(args.out, dpi=110)
   print(f"\nwrote {args.out}")
