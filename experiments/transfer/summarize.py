@@ -90,7 +90,7 @@ def main():
     table(second, sizes, [s for s in STRATEGIES if s != "scratch"])
   reference = results.get(("scratch", 5000), {})
   if reference:
-    print(f"\nscratch on all 5,000 / class: "
+    print("\nscratch on all 5,000 / class: "
           + ", ".join(f"seed {k} {100 * v:.2f}%" for k, v in sorted(reference.items())))
   # A scratch run on all 5,000 / class in --source2: the reference at that source's budget.
   reference2 = second.get(("scratch", 5000), {})
