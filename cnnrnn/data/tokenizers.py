@@ -70,9 +70,10 @@ def _moses_tokens(sentence: str, lang: str) -> tuple[str, ...]:
   return tuple(tokenizer.tokenize(normalizer.normalize(sentence.lower()), escape=True))
 
 
-def moses_detokenize(tokens: Sequence[str], lang: str) -> str:
-  """Moses tokens back to text (`detokenizer.perl`, unescaping `&apos;` etc.)."""
-  return _moses(lang)[2].detokenize(list(tokens))
+def moses_detokenize(tokens: Sequence[str], lang: str, unescape: bool = True) -> str:
+  """Moses tokens back to text (`detokenizer.perl`, unescaping `&apos;` etc. unless
+  `unescape=False`)."""
+  return _moses(lang)[2].detokenize(list(tokens), unescape=unescape)
 
 
 # -- spaCy ---------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class SpacyWords(WordTokenizer):
 
   @staticmethod
   def detokenize(tokens: Sequence[str], lang: str) -> str:
-    return _moses(lang)[2].detokenize(list(tokens), unescape=False)
+    return moses_detokenize(tokens, lang, unescape=False)
 
 
 WORD_TOKENIZERS = {"moses_words": MosesWords, "spacy_words": SpacyWords}

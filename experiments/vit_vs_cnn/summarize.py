@@ -74,14 +74,13 @@ def main():
   long = collect(args.long, {}) if args.long else {}
   print("| model | training data | steps (batch 128) | epochs | wall (1 core) | test accuracy |")
   print("|---|---:|---:|---:|---:|---:|")
-  for (model, pct), (train, test, wall) in sorted(results.items(), key=lambda kv: kv[0][::-1]):
-    steps = train[-1]["step"]
-    epochs = steps * 128 / (500 * pct)
-    print(f"| {MODELS[model]} | {pct}% ({500 * pct:,} images) | {steps} | {epochs:.1f} | "
-          f"{f'{wall} s' if wall else '?'} | **{100 * test['accuracy']:.2f}%** |")
-  for (model, pct), (train, test, _) in sorted(long.items(), key=lambda kv: kv[0][::-1]):
-    print(f"| {MODELS[model]}, larger budget | {pct}% | {train[-1]['step']} | "
-          f"{train[-1]['step'] * 128 / (500 * pct):.1f} | | **{100 * test['accuracy']:.2f}%** |")
+  for runs, suffix in ((results, ""), (long, ", larger budget")):
+    for (model, pct), (train, test, wall) in sorted(runs.items(), key=lambda kv: kv[0][::-1]):
+      steps = train[-1]["step"]
+      epochs = steps * 128 / (500 * pct)
+      print(f"| {MODELS[model]}{suffix} | {pct}% ({500 * pct:,} images) | {steps} | "
+            f"{epochs:.1f} | {f'{wall} s' if wall else '?'} | "
+            f"**{100 * test['accuracy']:.2f}%** |")
 
   fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 4.2))
   for k, (model, label) in enumerate(MODELS.items()):
