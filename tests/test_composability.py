@@ -10,7 +10,8 @@ registry runs in seconds; the transformations and the code paths are the full on
 variants of a family share every code path: one member of each family (`FULL`) goes
 through every check with acceleration on, the deeper variants through jit, grad, jvp and
 export. With acceleration off a model is plain JAX code, and the modes differ only in what
-the seam substitutes (`Conv`, `BatchNorm`, the RNN time loop), which the layer checks put
+the seam substitutes (`Conv`, `BatchNorm`, the RNN time loop, Flax's dense layers, the
+attention's products), which the layer checks put
 through every transformation in both modes: in "xla" mode whole models get the quick checks
 (jit, grad, jvp, export).
 """
@@ -353,6 +354,11 @@ SHARDED_CASES = {
     "cifar_resnet20": (dict(**_TINY_CIFAR), tasks.Classification(num_classes=10),
                        lambda: {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
                                 "label": jnp.arange(16) % 10}),
+    # Dense layers and attention products (cnnrnn.accel's matrix-product primitive).
+    "vit": (dict(num_classes=5, patch_size=4, hidden_dim=8, depth=1, num_heads=2, mlp_dim=16,
+                 image_size=8), tasks.Classification(num_classes=5),
+            lambda: {"image": jax.random.normal(jax.random.key(1), (16, 8, 8, 3)),
+                     "label": jnp.arange(16) % 5}),
 }
 
 

@@ -16,7 +16,11 @@ Modes (`MODES`):
   whose convolution the native kernels compute, and `cnnrnn.nn.BatchNorm` and
   `flax.linen.BatchNorm` (last axis, no mask) in training mode, are traced as primitives of
   this package (conv.py, batch_norm.py), and so is the time loop of `cnnrnn.nn.RNN` over a
-  `cnnrnn.nn.LSTMCell` (float32, no `seq_lengths`; recurrent.py).
+  `cnnrnn.nn.LSTMCell` (float32, no `seq_lengths`; recurrent.py). The products of every
+  `flax.linen.Dense` and `flax.linen.DenseGeneral` (float32, contracting the trailing
+  axes) and the two attention products of `cnnrnn.nn.MultiHeadAttention` are traced as the
+  matrix-product primitive of products.py, whose reverse-mode products with a transposed left
+  operand (weight gradients X^T dY, the attention's dK and dV) run on a native kernel.
 - "auto": "cpu_native" when JAX computes on the CPU with one device and the kernels are
   available (this builds them: one line says so), else "xla"; decided once, by the caller
   (`resolve`), when `accelerate` or `mode` is called, not inside the layers.
@@ -37,9 +41,11 @@ first time an accelerated program is lowered (or by `resolve("auto")`).
 
 from cnnrnn.accel.batch_norm import batch_norm_train
 from cnnrnn.accel.conv import conv2d, conv_general_dilated
+from cnnrnn.accel.products import dot_general, einsum, matmul
 from cnnrnn.accel.native import available
 from cnnrnn.accel.recurrent import time_loop
 from cnnrnn.accel.switch import MODES, accelerate, current_mode, mode, resolve, validate
 
 __all__ = ["MODES", "accelerate", "available", "batch_norm_train", "conv2d",
-           "conv_general_dilated", "current_mode", "mode", "resolve", "time_loop", "validate"]
+           "conv_general_dilated", "current_mode", "dot_general", "einsum", "matmul", "mode",
+           "resolve", "time_loop", "validate"]

@@ -7,8 +7,11 @@ accelerated `conv_general_dilated` hook, and computes `cnnrnn.nn.BatchNorm.batch
 (training-mode normalisation) with `batch_norm_train`. `flax.linen.BatchNorm` in training
 mode over the last axis (no mask, no axis_index_groups) runs as `cnnrnn.nn.BatchNorm` on the
 same variables, so it is accelerated too. Every `cnnrnn.nn.RNN` without a time loop of its
-own gets the `time_loop` hook of recurrent.py (the LSTM loop on the native kernels). The
-active mode is a
+own gets the `time_loop` hook of recurrent.py (the LSTM loop on the native kernels). Every
+`flax.linen.Dense` and `flax.linen.DenseGeneral` without a product of its own
+(`dot_general` and `dot_general_cls` unset) gets the `dot_general` hook of products.py, and
+every `cnnrnn.nn.MultiHeadAttention` without einsums of its own gets products.py's `einsum`
+for its two attention products. The active mode is a
 `jax.make_user_context`, part of `jax.jit`'s cache key.
 """
 
@@ -23,6 +26,7 @@ import jax.numpy as jnp
 from cnnrnn import nn as cnn
 from cnnrnn.accel import batch_norm
 from cnnrnn.accel import conv
+from cnnrnn.accel import products
 from cnnrnn.accel import native
 from cnnrnn.accel import primitives
 from cnnrnn.accel import recurrent
@@ -106,6 +110,17 @@ def _intercept(next_fun, args, kwargs, context):
   if method == "__call__" and isinstance(module, cnn.RNN) and module.time_loop is None:
     # The same RNN (same cell, same variables) with the accelerated time-loop hook.
     fast = module.clone(parent=module.scope, time_loop=recurrent.time_loop)
+    return fast(*args, **kwargs)
+  if (method == "__call__" and isinstance(module, (nn.Dense, nn.DenseGeneral))
+      and module.dot_general is None and module.dot_general_cls is None):
+    # The same layer on the same variables, with the accelerated product hook.
+    fast = module.clone(parent=module.scope, dot_general=products.dot_general)
+    return fast(*args, **kwargs)
+  if (method == "__call__" and isinstance(module, cnn.MultiHeadAttention)
+      and module.qk_attn_weights_einsum_cls is None
+      and module.attn_weights_value_einsum_cls is None):
+    fast = module.clone(parent=module.scope, qk_attn_weights_einsum_cls=products.einsum_cls,
+                        attn_weights_value_einsum_cls=products.einsum_cls)
     return fast(*args, **kwargs)
   if method == "__call__" and isinstance(module, nn.BatchNorm):
     ours = _as_cnnrnn_batch_norm(module, args, kwargs)

@@ -112,6 +112,11 @@ class MultiHeadAttention(nn.Module):
       "xla" or "cudnn": `jax.nn.dot_product_attention` with that implementation, where it
       can express the call (no weights returned, no dropout on them).
     decode: incremental decoding with a key/value cache (see the module docstring).
+    qk_attn_weights_einsum_cls: factory of the einsum that computes the scores q k^T
+      (called with subscripts and two operands; default `jnp.einsum`), as Flax's
+      `nn.MultiHeadDotProductAttention`'s field of the same name. `cnnrnn.accel` sets it.
+    attn_weights_value_einsum_cls: factory of the einsum that computes the weighted sum
+      of the values (default `jnp.einsum`), as Flax's field of the same name.
   """
 
   num_heads: int
@@ -126,6 +131,8 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Any = jnp.float32
   implementation: str | None = None
   decode: bool = False
+  qk_attn_weights_einsum_cls: Callable[[], Callable[..., Array]] | None = None
+  attn_weights_value_einsum_cls: Callable[[], Callable[..., Array]] | None = None
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, mask: Array | None = None,
@@ -247,12 +254,15 @@ class MultiHeadAttention(nn.Module):
         any_visible = jnp.any(mask, axis=-1)  # [B|1, H|1, Tq|1]
         out = jnp.where(jnp.swapaxes(any_visible, 1, 2)[..., None], out, 0)
       return jnp.swapaxes(out, 1, 2), None
-    logits = jnp.einsum(f"bhqd,{kv_layout}->bhqk", query * jnp.asarray(scale, query.dtype),
-                        key)
+    qk_einsum = (self.qk_attn_weights_einsum_cls() if self.qk_attn_weights_einsum_cls
+                 else jnp.einsum)
+    value_einsum = (self.attn_weights_value_einsum_cls() if self.attn_weights_value_einsum_cls
+                    else jnp.einsum)
+    logits = qk_einsum(f"bhqd,{kv_layout}->bhqk", query * jnp.asarray(scale, query.dtype), key)
     weights = masked_softmax(logits, mask)  # [B, H, Tq, Tk]
     if dropout:
       weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
-    out = jnp.einsum(f"bhqk,{kv_layout}->bhqd", weights.astype(value.dtype), value)
+    out = value_einsum(f"bhqk,{kv_layout}->bhqd", weights.astype(value.dtype), value)
     return out, (weights if return_weights else None)
 
 

@@ -8,7 +8,8 @@ output layer on [h; context; y] to the vocabulary; dropout 0.5 on both embedding
   train   one step = forward + backward + Adam update on B=128 pairs of 30+30 tokens,
           vocabulary 8000, cross-entropy ignoring pad, full teacher forcing (the tutorial
           uses a teacher-forcing ratio of 0.5; 1.0 here so both sides compute the same).
-          ours: `seq2seq` variant `ptseq2seq_bahdanau`, optax.adam, jit with donated state.
+          ours: `seq2seq` variant `ptseq2seq_bahdanau`, optax.adam, jit with donated state,
+          traced under `accel="auto"` as the trainer does (`--xla` adds ours-xla: plain XLA).
           torch: the tutorial's modules (nn.Embedding, bidirectional nn.GRU over packed
           sequences as in tutorial 4, the attention MLP on [s; h_j] and an nn.GRU decoder
           stepped by a Python loop over time), torch.optim.Adam, eager.
@@ -122,13 +123,14 @@ def _data(cfg, rng):
   return src.astype(np.int32), tgt.astype(np.int32)
 
 
-def _jax_train_step(cfg, seed):
+def _jax_train_step(cfg, seed, mode="auto"):
   src, tgt = _data(cfg, np.random.default_rng(seed))
   model = models.create("seq2seq", variant="ptseq2seq_bahdanau", vocab_size=cfg["vocab"],
                         embed_dim=cfg["emb"], hidden_size=cfg["hid"],
                         dropout_rate=cfg["dropout"])
   tx = optax.adam(1e-3)
-  step, state = harness.translation_train_step(model, tx, src, tgt, jax.random.key(seed), PAD)
+  step, state = harness.translation_train_step(model, tx, src, tgt, jax.random.key(seed), PAD,
+                                               mode)
   src_j, tgt_j = jnp.asarray(src), jnp.asarray(tgt)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
 
@@ -161,6 +163,8 @@ def _torch_train_step(cfg, seed):
 
 def main():
   parser = harness.torch_comparison_parser(__doc__)
+  parser.add_argument("--xla", action="store_true",
+                      help="also time the step traced with accel='xla' (plain XLA)")
   args = parser.parse_args()
   cfg = TINY if args.tiny else FULL
   harness.setup_torch_comparison(args)
@@ -171,7 +175,10 @@ def main():
   print(f"parameters: ours {ours_params:,}, torch {torch_params:,}")
   if ours_params != torch_params:
     raise SystemExit("the two models differ: parameter counts do not match")
-  times = harness.interleave({"ours": ours, "torch": theirs}, rounds=args.rounds,
+  competitors = {"ours": ours}
+  if args.xla:
+    competitors["ours-xla"] = _jax_train_step(cfg, 0, "xla")[0]
+  times = harness.interleave({**competitors, "torch": theirs}, rounds=args.rounds,
                              steps=args.steps, warmup=2)
   print(harness.table(times, "torch", f"train step: BiGRU {cfg['hid']} + Bahdanau, "
                                       f"E={cfg['emb']}, V={cfg['vocab']}, B={cfg['batch']}, "

@@ -6,7 +6,10 @@ positions, output layer to the vocabulary; dropout 0.1 in training.
 
   train   one step = forward + backward + Adam update on B=128 pairs of 30+30 tokens,
           vocabulary 8000, cross-entropy ignoring pad. ours: `transformer` model, optax.adam,
-          jit with donated state, dropout masks from JAX's default threefry keys; ours-rbg:
+          jit with donated state, traced under `accel="auto"` as the trainer does (on one
+          CPU device: the dense layers' and attention's products as cnnrnn.accel's
+          primitive; `--xla` adds ours-xla, plain XLA), dropout masks from JAX's default
+          threefry keys; ours-rbg:
           the same with "rbg" keys (XLA's RngBitGenerator; threefry is counter-based hashing,
           costly on CPU for ~25 masks of ~1M elements). torch: nn.Embedding x2 +
           nn.Transformer(batch_first) + nn.Linear, torch.optim.Adam, eager.
@@ -22,7 +25,7 @@ Interleaved A B A B (experiments/benchmarks/harness.py), medians; "speed vs torc
 torch median over ours (above 1: faster than PyTorch). Not a test. Smoke run:
 
     python experiments/benchmarks/bench_transformer.py --tiny
-    python experiments/benchmarks/bench_transformer.py [--rounds=6] [--parts=train,decode]
+    python experiments/benchmarks/bench_transformer.py [--rounds=6] [--parts=train,decode] [--xla]
 """
 
 import functools
@@ -139,20 +142,22 @@ def _model(cfg, dropout):
                        dropout_rate=dropout, final_norm=True, max_len=256)
 
 
-def train_competitors(cfg, seed=0):
+def train_competitors(cfg, seed=0, xla=False):
   """name -> one blocking training step."""
-  competitors = {impl_name: _jax_train_step(cfg, seed, impl)
-                 for impl_name, impl in (("ours", None), ("ours-rbg", "rbg"))}
+  variants = [("ours", None, "auto"), ("ours-rbg", "rbg", "auto")]
+  if xla:
+    variants.append(("ours-xla", None, "xla"))
+  competitors = {name: _jax_train_step(cfg, seed, impl, mode) for name, impl, mode in variants}
   competitors["torch"] = _torch_train_step(cfg, seed)
   return competitors
 
 
-def _jax_train_step(cfg, seed, impl):
+def _jax_train_step(cfg, seed, impl, mode):
   src, tgt = _data(cfg, np.random.default_rng(seed), cfg["batch"])
   model = _model(cfg, 0.1)
   tx = optax.adam(5e-4)
   key = jax.random.key(seed, impl=impl)
-  step, state = harness.translation_train_step(model, tx, src, tgt, key, PAD)
+  step, state = harness.translation_train_step(model, tx, src, tgt, key, PAD, mode)
   src_j, tgt_j = jnp.asarray(src), jnp.asarray(tgt)
 
   def ours():
@@ -210,6 +215,8 @@ def decode_competitors(cfg, alpha=0.6, seed=0):
 def main():
   parser = harness.torch_comparison_parser(__doc__)
   parser.add_argument("--parts", default="train,decode")
+  parser.add_argument("--xla", action="store_true",
+                      help="also time the train step traced with accel='xla' (plain XLA)")
   args = parser.parse_args()
   cfg = TINY if args.tiny else FULL
   harness.setup_torch_comparison(args)
@@ -217,8 +224,8 @@ def main():
            f"FF={cfg['ff']}, V={cfg['vocab']}")
   for part in args.parts.split(","):
     if part == "train":
-      times = harness.interleave(train_competitors(cfg), rounds=args.rounds, steps=args.steps,
-                                 warmup=2)
+      times = harness.interleave(train_competitors(cfg, xla=args.xla), rounds=args.rounds,
+                                 steps=args.steps, warmup=2)
       print(harness.table(times, "torch", f"train step: {shape}, B={cfg['batch']}, "
                                           f"{cfg['src_len']}+{cfg['tgt_len']} tokens, Adam"))
     elif part == "decode":

@@ -8,17 +8,20 @@ are compared before timing). Shapes:
   p4_32     the patch-4 ViT of experiments/vit_vs_cnn/ (D 128, depth 6, 4 heads, MLP 256)
             on 32x32 images, 10 classes (timm `VisionTransformer(img_size=32, patch_size=4)`).
 
-ours: the model's step jitted with donated state (what the trainer compiles: its attention
-is cnnrnn's head-major one, see cnnrnn/nn/attention.py); torch: timm's model,
-`torch.optim.AdamW`, eager.
+ours: the model's step jitted with donated state, as the trainer compiles it: under
+`accel="auto"`, which on one CPU device traces the dense layers' and the attention's
+products as `cnnrnn.accel`'s matrix-product primitive (weight gradients and the attention's
+dK, dV on the native kernel) and the patch embedding's convolution on the native kernels;
+its attention is cnnrnn's head-major one (cnnrnn/nn/attention.py). `--xla` adds
+`ours-xla`, the same step traced with `accel="xla"` (plain XLA, what a Flax user's own
+`jax.jit` of the model computes). torch: timm's model, `torch.optim.AdamW`, eager.
 Interleaved A B A B (experiments/benchmarks/harness.py), medians; "speed vs torch" is the
 torch median over ours (above 1: faster than PyTorch). Not a test.
 
-    python experiments/benchmarks/bench_vit.py [--rounds=6] [--configs=ti16_224,p4_32]
+    python experiments/benchmarks/bench_vit.py [--rounds=6] [--configs=ti16_224,p4_32] [--xla]
     python experiments/benchmarks/bench_vit.py --tiny     # a smoke run, not a timing
 """
 
-import functools
 import os
 import sys
 
@@ -35,6 +38,7 @@ import optax  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
+from cnnrnn import accel  # noqa: E402
 from cnnrnn import models  # noqa: E402
 from cnnrnn.interop import torch as interop  # noqa: E402
 
@@ -56,7 +60,7 @@ def _timm_model(kw):
       num_classes=kw["num_classes"])
 
 
-def make_competitors(cfg, seed=0):
+def make_competitors(cfg, seed=0, modes=("auto",)):
   """name -> one blocking training step; checks that both sides compute the same logits."""
   kw, batch = cfg["kwargs"], cfg["batch"]
   rng = np.random.default_rng(seed)
@@ -81,13 +85,11 @@ def make_competitors(cfg, seed=0):
   tmodel.train()
 
   tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-  state = {"params": variables["params"], "opt": tx.init(variables["params"])}
 
   def loss_fn(params, x, y):
     logits = model.apply({"params": params}, x, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], x, y)
     updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -95,10 +97,18 @@ def make_competitors(cfg, seed=0):
 
   x_j, y_j = jnp.asarray(images), jnp.asarray(labels)
 
-  def ours():
-    nonlocal state
-    state, loss = step(state, x_j, y_j)
-    jax.block_until_ready(loss)
+  def ours(mode):
+    # As the trainer builds it: the accel mode resolved once, applied to the traced step.
+    fn = jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=0)
+    params = jax.tree.map(jnp.copy, variables["params"])  # Each step donates its own.
+    state = {"params": params, "opt": tx.init(params)}
+
+    def run():
+      nonlocal state
+      state, loss = fn(state, x_j, y_j)
+      jax.block_until_ready(loss)
+
+    return run
 
   opt = torch.optim.AdamW(tmodel.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
   y_t = torch.from_numpy(labels).long()
@@ -109,18 +119,23 @@ def make_competitors(cfg, seed=0):
     loss.backward()
     opt.step()
 
-  return {"ours": ours, "torch": torch_step}
+  names = {"auto": "ours", "xla": "ours-xla"}
+  return {**{names[m]: ours(m) for m in modes}, "torch": torch_step}
 
 
 def main():
   parser = harness.torch_comparison_parser(__doc__)
   parser.add_argument("--configs", default=",".join(CONFIGS))
+  parser.add_argument("--xla", action="store_true",
+                      help="also time the step traced with accel='xla' (plain XLA)")
   args = parser.parse_args()
   harness.setup_torch_comparison(args, f"timm {timm.__version__}, ")
   configs = {"tiny": TINY} if args.tiny else {k: CONFIGS[k] for k in args.configs.split(",")}
   for name, cfg in configs.items():
     kw = cfg["kwargs"]
-    times = harness.interleave(make_competitors(cfg), rounds=args.rounds, steps=args.steps,
+    modes = ("auto", "xla") if args.xla else ("auto",)
+    times = harness.interleave(make_competitors(cfg, modes=modes), rounds=args.rounds,
+                               steps=args.steps,
                                warmup=2)
     title = (f"{name}: patch {kw['patch_size']}, D={kw['hidden_dim']}, depth {kw['depth']}, "
              f"{kw['num_heads']} heads, {kw['image_size']}x{kw['image_size']}, "

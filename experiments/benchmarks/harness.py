@@ -59,12 +59,16 @@ def setup_torch_comparison(args: argparse.Namespace, extra: str = "") -> None:
         f"{extra}XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
 
 
-def translation_train_step(model, tx, src, tgt, key, pad: int):
+def translation_train_step(model, tx, src, tgt, key, pad: int, mode: str = "auto"):
   """(step, state) for a sequence-to-sequence `model` trained with optimizer `tx`: step(state,
   src, tgt) -> (state, loss), jitted with the state donated; teacher forcing on tgt[:, :-1],
-  cross-entropy against tgt[:, 1:] ignoring `pad`, dropout keys split from `key`."""
+  cross-entropy against tgt[:, 1:] ignoring `pad`, dropout keys split from `key`. Traced
+  under `cnnrnn.accel` mode `mode`, resolved once, as the trainer does (its default,
+  "auto", is what `python -m cnnrnn.main` runs; "xla" is plain XLA)."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
+  from cnnrnn import accel  # pylint: disable=g-import-not-at-top
   params = jax.jit(model.init)(key, src, tgt[:, :-1])["params"]
   state = {"params": params, "opt": tx.init(params), "key": key}
 
@@ -81,7 +85,7 @@ def translation_train_step(model, tx, src, tgt, key, pad: int):
     updates, opt = tx.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt, "key": key}, loss
 
-  return jax.jit(step, donate_argnums=0), state
+  return jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=0), state
 
 
 def apply_malloc(mode: str) -> None:

@@ -10,7 +10,8 @@ time it is called, which `cnnrnn.accel` does only when acceleration was asked fo
 why not and the primitives of `cnnrnn.accel` lower to XLA's operations.
 
 Kernels: `kernels.cc` (convolutions, BatchNorm's channel sums), `recurrent.cc` (LSTM time
-loops), `embedding.cc` (embedding gradient).
+loops), `embedding.cc` (embedding gradient), `matmul.cc`
+(products with the left operand transposed).
 """
 
 import ctypes
@@ -29,7 +30,8 @@ import jax
 import numpy as np
 
 _SOURCES = tuple(Path(__file__).with_name(name)
-                 for name in ("kernels.cc", "recurrent.cc", "embedding.cc", "common.h"))
+                 for name in ("kernels.cc", "recurrent.cc", "embedding.cc", "matmul.cc",
+                              "common.h"))
 # FFI target name -> handler symbol in the library.
 TARGETS = {
     "cnnrnn_conv2d_fwd": "CnnrnnConv2dForward",
@@ -38,6 +40,7 @@ TARGETS = {
     "cnnrnn_lstm_fwd": "CnnrnnLstmForward",
     "cnnrnn_lstm_bwd": "CnnrnnLstmBackward",
     "cnnrnn_rows_grad": "CnnrnnRowsGrad",
+    "cnnrnn_matmul_tn": "CnnrnnMatmulTN",
 }
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,181 @@
+// The product with the left operand transposed, c = a^T b, called from JAX through the XLA
+// FFI, reading both operands in place.
+//
+// cnnrnn_matmul_tn(a [..., N, K], b [..., N, M]) -> c [..., K, M], c[i, j] = sum over n of
+//   a[n, i] * b[n, j], for each index of the leading (batch) axes.
+//
+// This is the product of every weight gradient (X^T dY) and of the attention's key and
+// value gradients (dS^T Q, P^T dO). XLA:CPU's matmul library (YNNPACK) takes only plain and
+// right-transposed operands, so XLA either copies `a` into a transposed layout first or
+// leaves the product to Eigen; BLAS libraries read either operand transposed in place, and
+// so does this kernel: a sum of rank-one updates, a[n, i0:i0+CB] x b[n, j0:j0+16 NV], held
+// in CB x NV vector registers over a block of rows.
+//
+// Work is split over (batch index, block of 64 output columns, and, when these are few,
+// block of output rows): every item writes its own part of c, summing over n in increasing
+// order, so results do not depend on threads.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#include "common.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace {
+
+namespace ffi = xla::ffi;
+using cnnrnn::kLanes;
+using cnnrnn::NumWorkers;
+using cnnrnn::ParallelFor;
+using cnnrnn::TailMask;
+
+constexpr int64_t kRowBlock = 256;  // rows of a and b summed per pass (kept in L1/L2)
+constexpr int kMaxVectors = 4;      // output columns per work item: 4 x 16
+// Products of fewer multiply-adds run on the calling thread alone: waking the pool costs
+// more than it saves (~10 us).
+constexpr int64_t kMinParallelWork = int64_t{1} << 20;
+
+// c[0:CB, 0:16 NV] (row stride ldc) = (accumulate ? c : 0) + a[0:rows, 0:CB]^T b[0:rows, 0:16 NV].
+// The last vector of each row is masked by `tail` when kTail.
+template <int NV, int CB, bool kTail>
+void TnBlock(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
+             float* __restrict c, int64_t ldc, int64_t rows, __mmask16 tail, bool accumulate) {
+  __m512 acc[CB][NV];
+  for (int i = 0; i < CB; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t n = 0; n < rows; ++n) {
+    const float* br = b + n * ldb;
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = (kTail && v == NV - 1) ? _mm512_maskz_loadu_ps(tail, br + v * kLanes)
+                                     : _mm512_loadu_ps(br + v * kLanes);
+    }
+    const float* ar = a + n * lda;
+    for (int i = 0; i < CB; ++i) {
+      const __m512 ab = _mm512_set1_ps(ar[i]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ab, bv[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < CB; ++i) {
+    float* out = c + i * ldc;
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = (kTail && v == NV - 1) ? tail : static_cast<__mmask16>(0xFFFF);
+      __m512 r = acc[i][v];
+      if (accumulate) r = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + v * kLanes), r);
+      _mm512_mask_storeu_ps(out + v * kLanes, m, r);
+    }
+  }
+}
+
+using TnFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
+                      __mmask16, bool);
+
+// Rows of c per register block, by vectors per row: CB x NV accumulators plus NV operands
+// and a broadcast stay within the 32 vector registers.
+template <int NV>
+constexpr int TnRows() {
+  return NV == 1 ? 16 : NV == 2 ? 12 : NV == 3 ? 8 : 6;
+}
+
+template <int NV, bool kTail, int... CB>
+constexpr std::array<TnFn, sizeof...(CB)> TnTable(std::integer_sequence<int, CB...>) {
+  return {&TnBlock<NV, CB + 1, kTail>...};
+}
+
+// c[0:k, 0:16 NV] (+)= a[0:rows, 0:k]^T b[0:rows, 0:16 NV].
+template <int NV, bool kTail>
+void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t rows, int64_t k, __mmask16 tail, bool accumulate) {
+  constexpr int kCB = TnRows<NV>();
+  static constexpr auto table = TnTable<NV, kTail>(std::make_integer_sequence<int, kCB>());
+  int64_t i = 0;
+  for (; i + kCB <= k; i += kCB)
+    TnBlock<NV, kCB, kTail>(a + i, lda, b, ldb, c + i * ldc, ldc, rows, tail, accumulate);
+  if (i < k) table[k - i - 1](a + i, lda, b, ldb, c + i * ldc, ldc, rows, tail, accumulate);
+}
+
+template <int NV>
+void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t rows, int64_t k, bool last_is_tail, __mmask16 tail, bool accumulate) {
+  if (last_is_tail) {
+    TnColumns<NV, true>(a, lda, b, ldb, c, ldc, rows, k, tail, accumulate);
+  } else {
+    TnColumns<NV, false>(a, lda, b, ldb, c, ldc, rows, k, tail, accumulate);
+  }
+}
+
+void MatmulTN(ffi::ThreadPool& pool, const float* a, const float* b, float* c, int64_t batch,
+              int64_t n, int64_t k, int64_t m) {
+  const int64_t workers = batch * n * k * m < kMinParallelWork ? 1 : NumWorkers(pool);
+  const int64_t col_blocks = (m + kMaxVectors * kLanes - 1) / (kMaxVectors * kLanes);
+  // Few (batch, columns) items: the rows of c are split too, in multiples of 24 (a whole
+  // number of register blocks for every NV), so that each worker gets several items.
+  int64_t row_blocks = 1;
+  if (batch * col_blocks < 4 * workers) {
+    row_blocks = std::min((k + 23) / 24, (4 * workers + batch * col_blocks - 1) / (batch * col_blocks));
+  }
+  const int64_t rows_per_item = ((k + row_blocks - 1) / row_blocks + 23) / 24 * 24;
+  row_blocks = (k + rows_per_item - 1) / rows_per_item;
+  const __mmask16 tail = TailMask(m);
+  ParallelFor(pool, workers, batch * col_blocks * row_blocks, [&](int64_t, int64_t item) {
+    const int64_t bi = item / (col_blocks * row_blocks);
+    const int64_t j0 = (item / row_blocks % col_blocks) * kMaxVectors * kLanes;
+    const int64_t i0 = item % row_blocks * rows_per_item, ki = std::min(rows_per_item, k - i0);
+    const float* ab = a + bi * n * k + i0;
+    const float* bb = b + bi * n * m + j0;
+    float* cb = c + bi * k * m + i0 * m + j0;
+    const int64_t nv = std::min<int64_t>(kMaxVectors, (m - j0 + kLanes - 1) / kLanes);
+    const bool last_is_tail = j0 + nv * kLanes > m;
+    if (n == 0) {  // An empty sum: zeros.
+      const int64_t width = std::min(m - j0, nv * kLanes);
+      for (int64_t i = 0; i < ki; ++i) std::fill(cb + i * m, cb + i * m + width, 0.0f);
+      return;
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, n - r0);
+      const float* ar = ab + r0 * k;
+      const float* br = bb + r0 * m;
+      const bool accumulate = r0 > 0;
+      switch (nv) {
+        case 1: TnColumns<1>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
+        case 2: TnColumns<2>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
+        case 3: TnColumns<3>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
+        default: TnColumns<4>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
+      }
+    }
+  });
+}
+
+ffi::Error MatmulTNImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                        ffi::ResultBuffer<ffi::F32> c) {
+  const auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
+  const size_t rank = ad.size();
+  bool ok = rank >= 2 && bd.size() == rank && cd.size() == rank;
+  int64_t batch = 1;
+  for (size_t d = 0; ok && d + 2 < rank; ++d) {
+    ok = ad[d] == bd[d] && ad[d] == cd[d];
+    batch *= ad[d];
+  }
+  if (!ok || ad[rank - 2] != bd[rank - 2] || cd[rank - 2] != ad[rank - 1] ||
+      cd[rank - 1] != bd[rank - 1]) {
+    return ffi::Error::InvalidArgument(
+        "cnnrnn_matmul_tn: expected a [..., N, K], b [..., N, M] and c [..., K, M]");
+  }
+  const int64_t n = ad[rank - 2], k = ad[rank - 1], m = bd[rank - 1];
+  if (batch == 0 || k == 0 || m == 0) return ffi::Error::Success();
+  MatmulTN(pool, a.typed_data(), b.typed_data(), c->typed_data(), batch, n, k, m);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnrnnMatmulTN, MatmulTNImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // a
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // c
