@@ -11,9 +11,9 @@
 // so does this kernel: a sum of rank-one updates, a[n, i0:i0+CB] x b[n, j0:j0+16 NV], held
 // in CB x NV vector registers over a block of rows.
 //
-// Work is split over (batch index, block of 64 output columns, and, when these are few,
-// block of output rows): every item writes its own part of c, summing over n in increasing
-// order, so results do not depend on threads.
+// Work is split over batch indices, groups of 64-column blocks and, when these are fewer
+// than the workers, groups of rows of c: every item writes its own part of c, summing over
+// n in increasing order, so results do not depend on threads.
 
 #include <immintrin.h>
 
@@ -34,7 +34,8 @@ using cnnrnn::ParallelFor;
 using cnnrnn::TailMask;
 
 constexpr int64_t kRowBlock = 256;  // rows of a and b summed per pass (kept in L1/L2)
-constexpr int kMaxVectors = 4;      // output columns per work item: 4 x 16
+constexpr int kMaxVectors = 4;      // output columns per column block: 4 x 16
+constexpr int64_t kCacheBytes = int64_t{640} << 10;  // most of a core's 1 MB L2
 // Products of fewer multiply-adds run on the calling thread alone: waking the pool costs
 // more than it saves (~10 us).
 constexpr int64_t kMinParallelWork = int64_t{1} << 20;
@@ -108,44 +109,67 @@ void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
   }
 }
 
+// c[0:k, 0:16 nv] (+)= a[0:rows, 0:k]^T b[0:rows, 0:16 nv], nv = 1..4 vectors of columns.
+void TnColumnBlock(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                   int64_t ldc, int64_t rows, int64_t k, int64_t nv, bool last_is_tail,
+                   __mmask16 tail, bool accumulate) {
+  switch (nv) {
+    case 1: TnColumns<1>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate); break;
+    case 2: TnColumns<2>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate); break;
+    case 3: TnColumns<3>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate); break;
+    default: TnColumns<4>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate); break;
+  }
+}
+
 void MatmulTN(ffi::ThreadPool& pool, const float* a, const float* b, float* c, int64_t batch,
               int64_t n, int64_t k, int64_t m) {
   const int64_t workers = batch * n * k * m < kMinParallelWork ? 1 : NumWorkers(pool);
-  const int64_t col_blocks = (m + kMaxVectors * kLanes - 1) / (kMaxVectors * kLanes);
-  // Few (batch, columns) items: the rows of c are split too, in multiples of 24 (a whole
-  // number of register blocks for every NV), so that each worker gets several items.
-  int64_t row_blocks = 1;
-  if (batch * col_blocks < 4 * workers) {
-    row_blocks = std::min((k + 23) / 24, (4 * workers + batch * col_blocks - 1) / (batch * col_blocks));
+  constexpr int64_t kBlockCols = kMaxVectors * kLanes;
+  const int64_t col_blocks = (m + kBlockCols - 1) / kBlockCols;
+  // Work items: (batch index, group of column blocks, group of rows of c). With fewer batch
+  // indices than workers, each batch index is split into about workers / batch equal parts:
+  // by column blocks where they divide evenly, else by rows of c (in multiples of 8).
+  int64_t per_group = col_blocks, row_groups = 1;
+  if (batch < workers) {
+    const int64_t parts = (workers + batch - 1) / batch;
+    if (col_blocks % parts == 0) {
+      per_group = col_blocks / parts;
+    } else {
+      row_groups = std::min((k + 7) / 8, parts);
+    }
   }
-  const int64_t rows_per_item = ((k + row_blocks - 1) / row_blocks + 23) / 24 * 24;
-  row_blocks = (k + rows_per_item - 1) / rows_per_item;
+  const int64_t groups = (col_blocks + per_group - 1) / per_group;
+  const int64_t rows_per_item = ((k + row_groups - 1) / row_groups + 7) / 8 * 8;
+  row_groups = (k + rows_per_item - 1) / rows_per_item;
   const __mmask16 tail = TailMask(m);
-  ParallelFor(pool, workers, batch * col_blocks * row_blocks, [&](int64_t, int64_t item) {
-    const int64_t bi = item / (col_blocks * row_blocks);
-    const int64_t j0 = (item / row_blocks % col_blocks) * kMaxVectors * kLanes;
-    const int64_t i0 = item % row_blocks * rows_per_item, ki = std::min(rows_per_item, k - i0);
+  ParallelFor(pool, workers, batch * groups * row_groups, [&](int64_t, int64_t item) {
+    const int64_t bi = item / (groups * row_groups);
+    const int64_t jb0 = item / row_groups % groups * per_group;
+    const int64_t jb1 = std::min(col_blocks, jb0 + per_group);
+    const int64_t i0 = item % row_groups * rows_per_item, ki = std::min(rows_per_item, k - i0);
     const float* ab = a + bi * n * k + i0;
-    const float* bb = b + bi * n * m + j0;
-    float* cb = c + bi * k * m + i0 * m + j0;
-    const int64_t nv = std::min<int64_t>(kMaxVectors, (m - j0 + kLanes - 1) / kLanes);
-    const bool last_is_tail = j0 + nv * kLanes > m;
+    const float* bb = b + bi * n * m;
+    float* cb = c + bi * k * m + i0 * m;
     if (n == 0) {  // An empty sum: zeros.
-      const int64_t width = std::min(m - j0, nv * kLanes);
-      for (int64_t i = 0; i < ki; ++i) std::fill(cb + i * m, cb + i * m + width, 0.0f);
+      const int64_t j0 = jb0 * kBlockCols, j1 = std::min(m, jb1 * kBlockCols);
+      for (int64_t i = 0; i < ki; ++i) std::fill(cb + i * m + j0, cb + i * m + j1, 0.0f);
       return;
     }
-    for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
-      const int64_t rows = std::min(kRowBlock, n - r0);
-      const float* ar = ab + r0 * k;
-      const float* br = bb + r0 * m;
-      const bool accumulate = r0 > 0;
-      switch (nv) {
-        case 1: TnColumns<1>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
-        case 2: TnColumns<2>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
-        case 3: TnColumns<3>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
-        default: TnColumns<4>(ar, k, br, m, cb, m, rows, ki, last_is_tail, tail, accumulate); break;
-      }
+    const auto block = [&](int64_t r0, int64_t jb) {
+      const int64_t j0 = jb * kBlockCols;
+      const int64_t nv = std::min<int64_t>(kMaxVectors, (m - j0 + kLanes - 1) / kLanes);
+      TnColumnBlock(ab + r0 * k, k, bb + r0 * m + j0, m, cb + j0, m, std::min(kRowBlock, n - r0),
+                    ki, nv, j0 + nv * kLanes > m, tail, r0 > 0);
+    };
+    // Rows of a and b outermost while this item's part of c stays in L2: a block of rows of
+    // a is then read from cache by every column block, not streamed again for each.
+    const bool c_in_cache = ki * (jb1 - jb0) * kBlockCols * 4 <= kCacheBytes;
+    if (c_in_cache) {
+      for (int64_t r0 = 0; r0 < n; r0 += kRowBlock)
+        for (int64_t jb = jb0; jb < jb1; ++jb) block(r0, jb);
+    } else {
+      for (int64_t jb = jb0; jb < jb1; ++jb)
+        for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) block(r0, jb);
     }
   });
 }
