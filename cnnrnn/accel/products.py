@@ -53,21 +53,24 @@ def reference_matmul(a, b, *, transpose_a: bool, transpose_b: bool):
 # - an unbatched a^T b summing fewer rows than _MIN_ROWS: the per-step weight gradients of a
 #   recurrent cell (rows = the batch; n = 32-128 rows, K x M from 64 x 192 to 650 x 2600:
 #   0.9-1.0x of XLA's time);
+# - a result c larger than _MAX_RESULT_BYTES (per batch index): the kernel keeps the part of
+#   c that a worker computes in its core's L2 while it reads a block of rows of a and b
+#   once; beyond that it reads a again for every 64 columns (the attention seq2seq's
+#   encoder projection, [3840, 256]^T [3840, 1536]: 17.0 ms against XLA's 15.6 ms);
 # - rows of more than _MAX_K floats in the left operand: the kernel reads a few floats of
 #   each row at a time, one row after the other, and once a row spans more than a 4 KB
-#   page every read is on a new page (the attention seq2seq's output layer, K = 1792:
-#   [3840, 1792]^T [3840, 8000] took 789 ms against XLA's 539 ms; with 512 columns 43 ms
-#   against 37 ms; K = 1024 and below: as fast as XLA or faster).
-# The layers applied to every token (ViT: 8,320 and 3,136 rows, K of 128-768) and the
-# attention's batched products gain 1.1-3x.
+#   page every read is on a new page ([3840, 1792]^T [3840, 512]: 43 ms against 37 ms).
+# The layers applied to every token of a ViT or a Transformer (K x M up to 768 x 192) and
+# the attention's batched products gain 1.1-2.5x.
 _MIN_ROWS = 256
+_MAX_RESULT_BYTES = 1 << 20
 _MAX_K = 1024
 
 
 def _kernel_matmul(a, b, *, transpose_a, transpose_b):
   if (not transpose_a or transpose_b  # XLA's dot takes these forms without copies.
       or (a.ndim == 2 and a.shape[0] < _MIN_ROWS)
-      or a.shape[-1] > _MAX_K):
+      or a.shape[-1] > _MAX_K or a.shape[-1] * b.shape[-1] * 4 > _MAX_RESULT_BYTES):
     return reference_matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
   out = jax.ShapeDtypeStruct((*a.shape[:-2], a.shape[-1], b.shape[-1]), jnp.float32)
   return native.ffi_call("cnnrnn_matmul_tn", out, a, b)

@@ -14,6 +14,7 @@ import pytest
 
 from cnnrnn import accel
 from cnnrnn import nn as cnn
+from cnnrnn.accel import native
 from cnnrnn.accel import products
 from cnnrnn.train import sharding
 
@@ -45,7 +46,6 @@ def _operands(batch, m, k, n, transpose_a, transpose_b, seed=0):
     ((), 700, 37, 100),       # rows over the 256-row block; a masked tail of 4 columns
     ((), 300, 40, 384),       # six column blocks: split over the workers
     ((), 300, 40, 192),       # three column blocks: the rows of c split over the workers
-    ((), 600, 1000, 640),     # an item's part of c beyond L2: column blocks outermost
     ((1,), 9, 130, 16),       # one column block
     ((3, 2), 65, 65, 32),     # the attention's dK = dS^T Q: batched
     ((1,), 5, 7, 3),          # below the parallel threshold: one thread
@@ -65,12 +65,23 @@ def test_transposed_left_product_runs_the_kernel_and_equals_xla(batch, n, k, m):
   np.testing.assert_array_equal(fn(a, b), got)  # Deterministic, whatever the threads did.
 
 
-@pytest.mark.parametrize("n,k", [
-    (32, 64),      # a recurrent cell's per-step weight gradient (rows = the batch)
-    (300, 1100),   # rows longer than a 4 KB page
+@native_only
+def test_the_kernel_on_a_result_beyond_l2():
+  # A worker's part of c over 640 KB: column blocks outermost (the seam gives XLA products
+  # of such size; the kernel still computes them).
+  a, b = _normal(0, (600, 1000)), _normal(1, (600, 640))
+  out = jax.ShapeDtypeStruct((1000, 640), jnp.float32)
+  got = jax.jit(lambda a, b: native.ffi_call("cnnrnn_matmul_tn", out, a, b))(a, b)
+  assert _rel(got, jnp.einsum("nk,nm->km", a, b, precision="highest")) < 1e-5
+
+
+@pytest.mark.parametrize("n,k,m", [
+    (32, 64, 24),     # a recurrent cell's per-step weight gradient (rows = the batch)
+    (300, 1100, 24),  # rows longer than a 4 KB page
+    pytest.param(300, 256, 1100, id="a result over 1 MB"),
 ])
-def test_where_xla_is_as_fast_the_product_stays_xla(n, k):
-  a, b = _normal(0, (n, k)), _normal(1, (n, 24))
+def test_where_xla_is_as_fast_the_product_stays_xla(n, k, m):
+  a, b = _normal(0, (n, k)), _normal(1, (n, m))
   fn = jax.jit(lambda a, b: products.matmul(a, b, transpose_a=True))
   assert "cnnrnn_matmul_tn" not in fn.lower(a, b).as_text()
   assert _rel(fn(a, b), a.T @ b) < 1e-5
