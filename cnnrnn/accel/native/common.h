@@ -22,6 +22,13 @@ namespace ffi = xla::ffi;
 
 constexpr int kLanes = 16;  // float32 lanes of an AVX-512 vector
 
+// Rows of a register block of NV vectors per row that share one broadcast per row: rows x NV
+// accumulators, NV operand vectors and the broadcast stay within the 32 vector registers.
+template <int NV>
+constexpr int BroadcastBlockRows() {
+  return NV == 1 ? 16 : NV == 2 ? 12 : NV == 3 ? 8 : 6;
+}
+
 inline int64_t NumWorkers(ffi::ThreadPool& pool) {
   return std::max<int64_t>(1, pool.num_threads());
 }

@@ -97,11 +97,10 @@ void FwdBlock(const FwdGeometry& g, const float* __restrict x, const float* __re
 
 using FwdFn = void (*)(const FwdGeometry&, const float*, const float*, float*, int64_t, __mmask16);
 
-// Pixels per block for NV vectors: PB * NV accumulators plus NV kernel vectors and one
-// broadcast stay within the 32 vector registers.
+// Pixels per block for NV vectors (one broadcast input value per pixel and channel).
 template <int NV>
 constexpr int FwdPixels() {
-  return NV == 1 ? 16 : NV == 2 ? 12 : NV == 3 ? 8 : 6;
+  return cnnrnn::BroadcastBlockRows<NV>();
 }
 
 template <int NV, bool kTail, int... PB>

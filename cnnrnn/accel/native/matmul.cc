@@ -75,13 +75,6 @@ void TnBlock(const float* __restrict a, int64_t lda, const float* __restrict b, 
 using TnFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
                       __mmask16, bool);
 
-// Rows of c per register block, by vectors per row: CB x NV accumulators plus NV operands
-// and a broadcast stay within the 32 vector registers.
-template <int NV>
-constexpr int TnRows() {
-  return NV == 1 ? 16 : NV == 2 ? 12 : NV == 3 ? 8 : 6;
-}
-
 template <int NV, bool kTail, int... CB>
 constexpr std::array<TnFn, sizeof...(CB)> TnTable(std::integer_sequence<int, CB...>) {
   return {&TnBlock<NV, CB + 1, kTail>...};
@@ -91,7 +84,7 @@ constexpr std::array<TnFn, sizeof...(CB)> TnTable(std::integer_sequence<int, CB.
 template <int NV, bool kTail>
 void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                int64_t rows, int64_t k, __mmask16 tail, bool accumulate) {
-  constexpr int kCB = TnRows<NV>();
+  constexpr int kCB = cnnrnn::BroadcastBlockRows<NV>();  // rows of c per register block
   static constexpr auto table = TnTable<NV, kTail>(std::make_integer_sequence<int, kCB>());
   int64_t i = 0;
   for (; i + kCB <= k; i += kCB)
