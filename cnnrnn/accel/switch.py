@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from cnnrnn import nn as cnn
 from cnnrnn.accel import batch_norm
 from cnnrnn.accel import conv
-from cnnrnn.accel import products
 from cnnrnn.accel import native
 from cnnrnn.accel import primitives
+from cnnrnn.accel import products
 from cnnrnn.accel import recurrent
 
 MODES = ("auto", "xla", "cpu_native")
