@@ -213,6 +213,22 @@ def test_auto_on_one_cpu_device_and_fallbacks(tmp_path):
   stdout, _ = _one_device(CNNRNN_NATIVE="0")
   assert "CNNRNN_NATIVE" in stdout and "auto xla" in stdout and "custom call False" in stdout
   assert "same True" in stdout
+  # A fresh cache compiles once where the CPU has an instruction set the kernels are built
+  # for, and not at all where it has none.
   stdout, stderr = _one_device(CXX="false", CNNRNN_CACHE_DIR=str(tmp_path))
   assert "available False" in stdout and "auto xla" in stdout and "custom call False" in stdout
-  assert "same True" in stdout and stderr.count("compiling the native CPU kernels") == 1
+  compiles = 1 if native.cpu_isa() is not None else 0
+  assert "same True" in stdout and stderr.count("compiling the native CPU kernels") == compiles
+  # A CPU with none of them (forced): XLA's operations, one reason, nothing compiled.
+  stdout, stderr = _one_device(CNNRNN_NATIVE_MAX_ISA="none", CNNRNN_CACHE_DIR=str(tmp_path / "n"))
+  assert "available False the CPU has none of the instruction sets" in stdout
+  assert "auto xla" in stdout and "custom call False" in stdout and "same True" in stdout
+  assert "compiling the native CPU kernels" not in stderr
+
+
+def test_max_isa_is_validated(monkeypatch):
+  monkeypatch.setenv("CNNRNN_NATIVE_MAX_ISA", "sse9")
+  with pytest.raises(ValueError, match=r"CNNRNN_NATIVE_MAX_ISA='sse9'; allowed: .*none"):
+    native.cpu_isa()
+  monkeypatch.setenv("CNNRNN_NATIVE_MAX_ISA", "none")
+  assert native.cpu_isa() is None

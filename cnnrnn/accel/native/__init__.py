@@ -56,6 +56,31 @@ def _cpu_flags() -> str:
   return ""
 
 
+# Vector instruction sets the kernels are built for, widest first, each with the CPU flags it
+# needs (as /proc/cpuinfo names them).
+ISAS = {"avx512": ("avx512f",)}
+_MAX_ISA_ENV = "CNNRNN_NATIVE_MAX_ISA"
+
+
+def cpu_isa() -> str | None:
+  """The widest instruction set in `ISAS` that this CPU has, else None.
+
+  `$CNNRNN_NATIVE_MAX_ISA` caps it (one of `ISAS`, or "none" to act as a CPU with none of
+  them), as XLA's `--xla_cpu_max_isa` caps XLA's code.
+  """
+  cap = os.environ.get(_MAX_ISA_ENV, "").lower() or None
+  if cap is not None and cap != "none" and cap not in ISAS:
+    raise ValueError(f"{_MAX_ISA_ENV}={cap!r}; allowed: {', '.join(ISAS)}, none")
+  if cap == "none" or platform.machine() != "x86_64":
+    return None
+  names = list(ISAS)
+  flags = set(_cpu_flags().split())
+  for isa in names[names.index(cap) if cap else 0:]:
+    if all(f in flags for f in ISAS[isa]):
+      return isa
+  return None
+
+
 def compile_library(cxx: str, out: Path) -> None:
   """Compiles the sources into the shared library `out` (atomically replaced)."""
   # One line of progress: the first build takes 10-20 s.
@@ -80,8 +105,8 @@ def _load() -> tuple[bool, str]:
   if platform.system() != "Linux" or platform.machine() != "x86_64":
     return False, f"needs Linux on x86-64, not {platform.system()} on {platform.machine()}"
   flags = _cpu_flags()
-  if "avx512f" not in flags.split():
-    return False, "the CPU has no AVX-512"
+  if cpu_isa() is None:
+    return False, f"the CPU has none of the instruction sets the kernels need ({', '.join(ISAS)})"
   cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
   if cxx is None:
     return False, "no C++ compiler (set $CXX or install g++)"
