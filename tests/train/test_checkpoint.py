@@ -76,7 +76,8 @@ def _alter_digest(step_dir):
   meta = json.loads(path.read_text())
   key = next(k for k in meta["digest"] if k.startswith(".params"))
   meta["digest"][key] = (meta["digest"][key] + 1) % 2**32
-  path.write_text(json.dumps(meta))
+  del meta["meta_digest"]  # Signed again: only the array digest disagrees.
+  path.write_text(json.dumps(meta | {"meta_digest": checkpoint.json_digest(meta)}))
 
 
 CORRUPTIONS = {
@@ -123,10 +124,15 @@ def test_no_usable_checkpoint_refuses_unless_starting_over(finished_run, data_di
   shutil.copytree(straight, workdir)
   for step in (4, 8, STEPS):
     (workdir / "checkpoints" / str(step) / "state" / "_METADATA").unlink()
-  with pytest.raises(checkpoint.NoUsableCheckpoint, match=r"--start_over"):
-    train.train_and_evaluate(_config(data_dir), str(workdir))
-  assert sorted(os.listdir(workdir / "checkpoints" / "set_aside")) == ["12", "4", "8"]
+  set_aside = workdir / "checkpoints" / "set_aside"
+  for attempt in (1, 2):  # Set aside the first time; still refused the second time.
+    with pytest.raises(checkpoint.NoUsableCheckpoint, match=r"--start_over"):
+      train.train_and_evaluate(_config(data_dir), str(workdir))
+    assert sorted(os.listdir(set_aside)) == ["12", "4", "8", checkpoint.REFUSAL_FILE]
+    refusals = (set_aside / checkpoint.REFUSAL_FILE).read_text().splitlines()
+    assert len(refusals) == attempt and json.loads(refusals[-1])["set_aside"] == ["12", "4", "8"]
   train.train_and_evaluate(_config(data_dir), str(workdir), start_over=True)
+  assert not (set_aside / checkpoint.REFUSAL_FILE).exists()
   _assert_same_state(restore_state(workdir, STEPS), final)  # Trained again from step 0.
 
 
