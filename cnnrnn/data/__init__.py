@@ -3,4 +3,4 @@
 from cnnrnn.data.image import ImagePreprocess
 from cnnrnn.data.pipeline import eval_batches, train_dataset
 from cnnrnn.data.sources import Dataset, load, prepare
-from cnnrnn.data.streams import Streams, make_streams, preprocessor
+from cnnrnn.data.streams import Streams, config_options, make_streams, preprocessor

@@ -10,7 +10,12 @@ import tensorflow_datasets as tfds
 
 from cnnrnn.data import builders
 from cnnrnn.data import synthetic
+from cnnrnn.data.options import Option
 from cnnrnn.data.pipeline import InMemory
+
+# `config.dataset` fields read here (cnnrnn.data.options): which class feature of a
+# builder's dataset sets num_classes.
+CONFIG_OPTIONS = {"label_key": Option(str)}
 
 
 @dataclasses.dataclass(frozen=True)

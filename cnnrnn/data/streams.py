@@ -14,12 +14,29 @@ import dataclasses
 
 import grain
 
+from cnnrnn.data import builders
+from cnnrnn.data import options
 from cnnrnn.data import pipeline
+from cnnrnn.data import sources
 from cnnrnn.data import subsets
+from cnnrnn.data import synthetic
 from cnnrnn.data import text
 from cnnrnn.data import translation
 from cnnrnn.data.image import ImagePreprocess
+from cnnrnn.data.options import Option
 from cnnrnn.data.sources import Dataset
+
+# `config.dataset` fields read here: the language models' truncated-BPTT window and token
+# level, the translation batches' bucketing.
+CONFIG_OPTIONS = {"seq_len": Option(int, minimum=1), "level": Option(str, choices=("word", "char")),
+                  "bucket_width": Option(int, minimum=1), "bucket_pool": Option(int, minimum=1)}
+
+
+def config_options() -> dict[str, Option]:
+  """Every declared `config.dataset` option (see `cnnrnn.data.options`), by name."""
+  return options.merge(CONFIG_OPTIONS, sources.CONFIG_OPTIONS, translation.CONFIG_OPTIONS,
+                       synthetic.config_options(),
+                       *(cls.config_options() for cls in builders.BUILDERS.values()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,8 @@ gives the same arrays, so train and test sets are just two seeds.
 
 import numpy as np
 
+from cnnrnn.data.options import Option
+
 # Token ids of `temporal_order`: noise symbols a-d, the relevant X/Y, begin/end markers.
 TEMPORAL_ORDER_SYMBOLS = ("a", "b", "c", "d", "X", "Y", "B", "E")
 _X, _Y, _B, _E = 4, 5, 6, 7
@@ -157,3 +159,10 @@ TASKS = {
     "copy_task": (copy_task, ("delay", "copy_length", "num_symbols"), None),
     "temporal_order": (temporal_order, ("seq_len", "num_relevant"), None),
 }
+
+
+def config_options() -> dict[str, Option]:
+  """The `config.dataset` fields the synthetic tasks read: sizes, seed, generator arguments."""
+  return {"num_train": Option(int, minimum=1), "num_test": Option(int, minimum=1),
+          "seed": Option(int, minimum=0),
+          **{arg: Option(int, minimum=1) for _, args, _ in TASKS.values() for arg in args}}

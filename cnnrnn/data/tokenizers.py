@@ -38,6 +38,7 @@ import sacremoses
 import sentencepiece as spm
 
 from cnnrnn.data import text
+from cnnrnn.data.options import Option
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -318,6 +319,16 @@ class TokenizerConfig:
                        f"{', '.join(SENTENCEPIECE_MODELS)}")
     if self.min_frequency < 1:
       raise ValueError(f"dataset.min_frequency={self.min_frequency}; allowed: an integer >= 1")
+
+
+# The `config.dataset` fields of `TokenizerConfig` (cnnrnn.data.options).
+CONFIG_OPTIONS = {
+    "tokenizer": Option(str, choices=TOKENIZERS),
+    "vocab_size": Option(int, minimum=0),
+    "min_frequency": Option(int, minimum=1),
+    "shared_vocab": Option(bool),
+    "sentencepiece_model": Option(str, choices=SENTENCEPIECE_MODELS),
+}
 
 
 def build_tokenizers(config: TokenizerConfig, train_text: dict[str, Sequence[str]],

@@ -36,7 +36,13 @@ import numpy as np
 
 from cnnrnn.data import pipeline
 from cnnrnn.data import tokenizers
+from cnnrnn.data.options import Option
 from cnnrnn.data.tokenizers import BOS_ID, EOS_ID, SentencePiece, TokenizerConfig, WordTokenizer
+
+# `config.dataset` fields read here (cnnrnn.data.options), besides the tokenisers'.
+CONFIG_OPTIONS = {"source_lang": Option(str), "target_lang": Option(str),
+                  "max_length": Option(int, minimum=2), "tokenizer_dir": Option(str),
+                  **tokenizers.CONFIG_OPTIONS}
 
 
 # -- Encoded splits ------------------------------------------------------------------------

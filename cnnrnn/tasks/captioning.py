@@ -16,18 +16,17 @@ about one unit of attention over the whole caption. Metrics are sums over tokens
 `nll`, `accuracy` (teacher-forced next-token), `attention_penalty` (the regulariser without
 lambda); `derived_metrics` adds `perplexity`.
 
-At evaluation the trainer also calls the evaluator of `generation_evaluator` (the hook of
-the translation task), which decodes every image of the split once (greedy, or beam search
-with the GNMT length penalty) and returns `exact_match` (the fraction of captions generated
-exactly, up to the eos) and `bleu`: sacreBLEU's corpus BLEU with tokenize="none" over the
+At evaluation the trainer also runs the task's `evaluator`, which decodes every image of
+the split once (greedy, or beam search with the GNMT length penalty) and returns
+`exact_match` (the fraction of captions generated exactly, up to the eos) and `bleu`: sacreBLEU's corpus BLEU with tokenize="none" over the
 token ids written as words (one id per word, so this is the word-level BLEU of the
 captions, whatever the vocabulary).
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 import dataclasses
-import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +35,7 @@ import optax
 import sacrebleu
 
 from cnnrnn import decode
+from cnnrnn.tasks import base
 
 
 def caption_tokens(ids, eos_id: int = decode.EOS_ID, pad_id: int = decode.PAD_ID) -> list[int]:
@@ -61,39 +61,28 @@ def caption_metrics(hypotheses: list, references: list) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Captioning:
+class Captioning(base.Decoding):
   """Generate `batch[caption_key]` from `batch[input_key]`.
 
-  Attributes:
+  Attributes (besides those of `base.Decoding`; `max_decode_len` None decodes up to the
+  reference captions' length + 1):
     attention_penalty: lambda of the doubly stochastic regulariser (0: none; Xu et al. 1).
-    label_smoothing: mass spread uniformly over the vocabulary in the training target.
-    beam_size: 1 decodes greedily at evaluation, K > 1 with a beam of K.
-    max_decode_len: most tokens generated per caption, eos included (None: the reference
-      captions' length + 1).
-    length_penalty: alpha of the GNMT length penalty (beam search only).
     input_key: batch key of the images.
     caption_key: batch key of the captions.
   """
 
   attention_penalty: float = 1.0
-  label_smoothing: float = 0.0
-  beam_size: int = 1
-  max_decode_len: int | None = None
-  length_penalty: float = 0.6
   input_key: str = "image"
   caption_key: str = "caption"
 
-  def __post_init__(self):
-    if self.attention_penalty < 0:
-      raise ValueError(f"task.attention_penalty={self.attention_penalty}; allowed: >= 0")
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"task.label_smoothing={self.label_smoothing}; allowed: [0, 1)")
-    if not isinstance(self.beam_size, int) or self.beam_size < 1:
-      raise ValueError(f"task.beam_size={self.beam_size!r}; allowed: an integer >= 1")
-    if self.max_decode_len is not None and self.max_decode_len < 1:
-      raise ValueError(f"task.max_decode_len={self.max_decode_len}; allowed: None or >= 1")
-    if self.length_penalty < 0:
-      raise ValueError(f"task.length_penalty={self.length_penalty}; allowed: >= 0")
+  metric_names = ("loss", "nll", "accuracy", "attention_penalty", "perplexity",
+                  "exact_match", "bleu")
+
+  @classmethod
+  def check_fields(cls, values: dict) -> None:
+    super().check_fields(values)
+    if "attention_penalty" in values:
+      base.require("attention_penalty", values["attention_penalty"], base.is_non_negative, ">= 0")
 
   def targets(self, captions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """captions [B, C] -> (tgt_in [B, C + 1], tgt_out [B, C + 1], weights [B, C + 1])."""
@@ -166,33 +155,32 @@ class Captioning:
 
     return run
 
-  def generation_evaluator(self, model, pairs, mesh) -> Callable:
-    """Returns `evaluate(state, batches, split) -> {"exact_match", "bleu"}`, which decodes
-    every real row (`mask` 1) of `batches` once. `pairs` (the translation hook's text data)
-    is unused: the references are the batches' own captions."""
-    del pairs
-    # Imported here: cnnrnn.train imports the tasks.
-    from cnnrnn.train import sharding  # pylint: disable=g-import-not-at-top
+  def evaluator(self, model, streams) -> "CaptionEvaluator":
+    """Decodes every image of a split once; scores `exact_match` and `bleu`.
 
-    @functools.lru_cache(maxsize=None)
-    def compiled(max_len: int):
-      decoder = self.decode_fn(model, max_len)
-      # Every process receives every decoded row (a multi-host run scores the whole split).
-      return jax.jit(lambda variables, b: (decoder(variables, b[self.input_key]),
-                                           b[self.caption_key], b["mask"]),
-                     out_shardings=sharding.replicated(mesh))
+    The references are the batches' own captions (`streams` is unused).
+    """
+    del streams
+    return CaptionEvaluator(self, model)
 
-    def evaluate(state, batches: Iterable[dict], split: str) -> dict:
-      del split
-      hypotheses, references = [], []
-      variables = {"params": state.params, **state.model_state}
-      for batch in batches:
-        keys = (self.input_key, self.caption_key, "mask")
-        run = compiled(self.max_decode_len or batch[self.caption_key].shape[1] + 1)
-        tokens, captions, mask = jax.device_get(
-            run(variables, sharding.global_batch(mesh, {k: batch[k] for k in keys})))
-        hypotheses += list(tokens[mask == 1])
-        references += list(captions[mask == 1])
-      return caption_metrics(hypotheses, references)
 
-    return evaluate
+@dataclasses.dataclass(frozen=True)
+class CaptionEvaluator:
+  """`cnnrnn.tasks.base.Evaluator` of captioning: decode, then `caption_metrics`."""
+
+  task: Captioning
+  model: Any
+
+  @property
+  def batch_keys(self) -> tuple[str, ...]:
+    return (self.task.input_key, self.task.caption_key)
+
+  def predict(self, variables, batch: dict) -> dict:
+    captions = batch[self.task.caption_key]
+    max_len = self.task.max_decode_len or captions.shape[1] + 1
+    decoder = self.task.decode_fn(self.model, max_len)
+    return {"tokens": decoder(variables, batch[self.task.input_key]), "reference": captions}
+
+  def score(self, rows: dict, split: str) -> dict:
+    del split
+    return caption_metrics(rows["tokens"], rows["reference"])

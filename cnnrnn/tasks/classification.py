@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnnrnn.tasks import base
+
 
 def label_rank(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   """How many other classes score at least as high as the label: [B, C], [B] -> [B] int.
@@ -23,7 +25,7 @@ def label_rank(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Classification:
+class Classification(base.CheckedFields):
   """Predict `batch[label_key]` from `batch[input_key]`.
 
   Metrics are returned as sums over the (masked) examples together with their `count`,
@@ -42,9 +44,15 @@ class Classification:
   input_key: str = "image"
   label_key: str = "label"
 
-  def __post_init__(self):
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"task.label_smoothing={self.label_smoothing}; allowed: [0, 1)")
+  # top5_accuracy only with more than 5 classes.
+  metric_names = ("loss", "accuracy", "top5_accuracy")
+
+  @classmethod
+  def check_fields(cls, values: dict) -> None:
+    if "label_smoothing" in values:
+      base.require("label_smoothing", values["label_smoothing"], base.is_fraction, "[0, 1)")
+    if values.get("num_classes") is not None:
+      base.require("num_classes", values["num_classes"], base.is_count, "an integer >= 1")
 
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
     """The positional and keyword model arguments taken from `batch` (`seq_lengths` for

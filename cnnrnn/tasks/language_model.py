@@ -12,9 +12,11 @@ import math
 import jax.numpy as jnp
 import optax
 
+from cnnrnn.tasks import base
+
 
 @dataclasses.dataclass(frozen=True)
-class LanguageModel:
+class LanguageModel(base.CheckedFields):
   """Predict `batch[target_key]` [B, T] from `batch[input_key]` [B, T].
 
   Metric sums are over real target tokens (`mask` 1; padding weighs nothing), with
@@ -39,9 +41,13 @@ class LanguageModel:
   # Batches are contiguous streams and the model must be `cnnrnn.models.stateful`.
   stateful = True
 
-  def __post_init__(self):
-    if self.average_over not in ("tokens", "rows"):
-      raise ValueError(f"task.average_over={self.average_over!r}; allowed: 'tokens', 'rows'")
+  metric_names = ("loss", "accuracy", "perplexity", "bits_per_token")
+
+  @classmethod
+  def check_fields(cls, values: dict) -> None:
+    if "average_over" in values:
+      base.require("average_over", values["average_over"], lambda v: v in ("tokens", "rows"),
+                   "'tokens', 'rows'")
 
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
     return (batch[self.input_key],), {}

@@ -17,6 +17,8 @@ class Regression:
   input_key: str = "inputs"
   target_key: str = "targets"
 
+  metric_names = ("loss", "mse")
+
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
     kwargs = {"seq_lengths": batch["seq_lengths"]} if "seq_lengths" in batch else {}
     return (batch[self.input_key],), kwargs

@@ -10,9 +10,9 @@ padding positions and padding rows weigh nothing): `loss` (the label-smoothed tr
 objective), `nll` (without smoothing), `accuracy` (teacher-forced next-token accuracy);
 `derived_metrics` adds `perplexity` = exp(mean nll).
 
-At evaluation the trainer also calls the evaluator of `generation_evaluator`, which decodes
-the whole split (greedy, or beam search with the GNMT length penalty) and scores it with
-sacreBLEU against the raw references:
+At evaluation the trainer also runs the task's `evaluator`, which decodes the whole split
+(greedy, or beam search with the GNMT length penalty) and scores it with sacreBLEU against
+the raw references:
 
 - `bleu`: sacreBLEU's standard corpus BLEU on detokenised, cased text (tokenizer 13a);
   its signature is returned as `bleu_signature` and logged.
@@ -23,7 +23,7 @@ sacreBLEU against the raw references:
   reference on lowercased Moses tokens (`tokenizer.reference_tokens`).
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 import dataclasses
 import math
 
@@ -37,6 +37,7 @@ import sacrebleu
 from cnnrnn import decode
 from cnnrnn.data import tokenizers
 from cnnrnn.data import translation as tr
+from cnnrnn.tasks import base
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]
@@ -71,32 +72,14 @@ def translation_metrics(hypothesis_ids: list, references: list[str],
 
 
 @dataclasses.dataclass(frozen=True)
-class Translation:
+class Translation(base.Decoding):
   """Predict `tgt_out` [B, T] from `src` [B, S] and `tgt_in` [B, T] (teacher forcing).
 
-  Attributes:
-    label_smoothing: mass spread uniformly over the vocabulary in the training target
-      (Szegedy et al. 2016; the Transformer paper uses 0.1).
-    beam_size: 1 decodes greedily at evaluation, K > 1 with a beam of K.
-    max_decode_len: most tokens generated per sentence, EOS included (None: the data's
-      `max_length`).
-    length_penalty: alpha of the GNMT length penalty ((5 + len) / 6) ** alpha (beam only).
+  Its fields are those of `base.Decoding` (label smoothing and the decoding settings);
+  `max_decode_len` None decodes up to the data's `max_length`.
   """
 
-  label_smoothing: float = 0.0
-  beam_size: int = 1
-  max_decode_len: int | None = None
-  length_penalty: float = 0.6
-
-  def __post_init__(self):
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"task.label_smoothing={self.label_smoothing}; allowed: [0, 1)")
-    if not isinstance(self.beam_size, int) or self.beam_size < 1:
-      raise ValueError(f"task.beam_size={self.beam_size!r}; allowed: an integer >= 1")
-    if self.max_decode_len is not None and self.max_decode_len < 1:
-      raise ValueError(f"task.max_decode_len={self.max_decode_len}; allowed: None or >= 1")
-    if self.length_penalty < 0:
-      raise ValueError(f"task.length_penalty={self.length_penalty}; allowed: >= 0")
+  metric_names = ("loss", "nll", "accuracy", "perplexity", "bleu", "bleu_tok")
 
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
     """(src, tgt_in), {src_lengths}.
@@ -153,36 +136,49 @@ class Translation:
 
     return run
 
-  def generation_evaluator(self, model, pairs: tr.TranslationData, mesh) -> Callable:
-    """Returns `evaluate(state, batches, split) -> {"bleu", "bleu_tok", "bleu_signature"}`,
-    which decodes every sentence of `split` once (the rows of `batches` whose `mask` is 1)
-    with one jitted decoder (compiled once per padded source length)."""
-    # Imported here: cnnrnn.train imports the tasks.
-    from cnnrnn.train import sharding  # pylint: disable=g-import-not-at-top
+  def evaluator(self, model, streams) -> "TranslationEvaluator":
+    """Decodes every sentence of a split once and scores it (`translation_metrics`).
 
-    decoder = self.decode_fn(model, self.max_decode_len or pairs.max_length)
-    # Every process receives every decoded row (a multi-host run scores the whole split).
-    run = jax.jit(lambda variables, b: (decoder(variables, b["src"], b["src_lengths"]),
-                                        b["index"], b["mask"]),
-                  out_shardings=sharding.replicated(mesh))
+    Args:
+      model: the trained encoder-decoder.
+      streams: the trainer's `cnnrnn.data.Streams` (its `pairs`: references, tokenisers).
+    """
+    return TranslationEvaluator(
+        self.decode_fn(model, self.max_decode_len or streams.pairs.max_length), streams.pairs)
 
-    def evaluate(state, batches: Iterable[dict], split: str) -> dict:
-      references = pairs.split(split).references
-      hypotheses: list = [None] * len(references)
-      variables = {"params": state.params, **state.model_state}
-      for batch in batches:
-        keys = ("src", "src_lengths", "index", "mask")
-        tokens, index, mask = jax.device_get(
-            run(variables, sharding.global_batch(mesh, {k: batch[k] for k in keys})))
-        for ids, i in zip(tokens[mask == 1], index[mask == 1]):
-          hypotheses[int(i)] = np.asarray(ids)
-      missing = sum(h is None for h in hypotheses)
-      if missing:
-        raise ValueError(f"{missing} of the {len(references)} sentences of split {split!r} "
-                         "were not in its evaluation batches")
-      metrics = translation_metrics(hypotheses, references, pairs.target_tokenizer)
-      logging.info("%s: BLEU %.2f (%s), tokenised BLEU %.2f", split, metrics["bleu"],
-                   metrics["bleu_signature"], metrics["bleu_tok"])
-      return metrics
 
-    return evaluate
+@dataclasses.dataclass(frozen=True)
+class TranslationEvaluator:
+  """`cnnrnn.tasks.base.Evaluator` of translation: greedy or beam decoding, then BLEU.
+
+  Attributes:
+    decoder: (variables, src [B, S], src_lengths [B]) -> ids [B, L].
+    pairs: the sentences of every split (references) and the target tokeniser.
+  """
+
+  decoder: Callable
+  pairs: tr.TranslationData
+  batch_keys = ("src", "src_lengths", "index")
+
+  def predict(self, variables, batch: dict) -> dict:
+    return {"tokens": self.decoder(variables, batch["src"], batch["src_lengths"]),
+            "index": batch["index"]}
+
+  def score(self, rows: dict, split: str) -> dict:
+    """`bleu`, `bleu_tok`, `bleu_signature` of the hypotheses, put back in corpus order.
+
+    Raises:
+      ValueError: a sentence of the split was in none of its evaluation batches.
+    """
+    references = self.pairs.split(split).references
+    hypotheses: list = [None] * len(references)
+    for ids, i in zip(rows["tokens"], rows["index"]):
+      hypotheses[int(i)] = np.asarray(ids)
+    missing = sum(h is None for h in hypotheses)
+    if missing:
+      raise ValueError(f"{missing} of the {len(references)} sentences of split {split!r} "
+                       "were not in its evaluation batches")
+    metrics = translation_metrics(hypotheses, references, self.pairs.target_tokenizer)
+    logging.info("%s: BLEU %.2f (%s), tokenised BLEU %.2f", split, metrics["bleu"],
+                 metrics["bleu_signature"], metrics["bleu_tok"])
+    return metrics

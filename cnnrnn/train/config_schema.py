@@ -2,10 +2,16 @@
 
 The schema is `default_config()` itself: a field's default gives its type, `RANGES` its
 allowed values, and a field the defaults do not know is an error naming the closest
-known ones (difflib), except in the blocks whose fields belong to something else:
-`model.*` are the model constructor's keyword arguments (checked against its signature),
-`task.*` the task's fields, and `dataset.*` / `optimizer.*` may also hold the options
-listed in `DATASET_OPTIONS` / `OPTIMIZER_OPTIONS`.
+known ones (difflib). Blocks whose fields belong to something else are read from their
+owners' declarations, so that a new model, task, dataset option or optimizer option
+touches nothing here:
+
+- `model.*`: the model constructor's keyword arguments (its signature).
+- `task.*`: the task's dataclass fields, its `check_fields` and its `metric_names`
+  (`cnnrnn.tasks`, for `checkpoint.best_metric`).
+- `dataset.*`: besides the defaults, the options dataset readers declare
+  (`cnnrnn.data.options`, gathered by `cnnrnn.data.config_options()`).
+- `optimizer.*`: besides the defaults, `cnnrnn.train.optim.CONFIG_OPTIONS`.
 
 `validate(config)` raises one ValueError naming the field, its value and what is
 allowed. It traces and compiles nothing.
@@ -19,37 +25,14 @@ from typing import Any
 
 import ml_collections
 
+from cnnrnn import data
 from cnnrnn import models
 from cnnrnn import tasks
-from cnnrnn.data import synthetic
-from cnnrnn.data.builders import mnist_generated
+from cnnrnn.data import options
+from cnnrnn.train import optim
 from cnnrnn.train.defaults import default_config
 
 DTYPES = ("float32", "bfloat16", "float16")
-
-# Options some datasets / optimizers read beyond the defaults (see cnnrnn.data.streams,
-# cnnrnn.data.synthetic, cnnrnn.data.translation, cnnrnn.train.optim).
-DATASET_OPTIONS = {"seq_len": int, "level": str, "num_train": int, "num_test": int, "seed": int,
-                   **{arg: int for _, args, _ in synthetic.TASKS.values() for arg in args},
-                   **mnist_generated.config_options(), "label_key": str,
-                   # Sentence pairs (translation).
-                   "source_lang": str, "target_lang": str, "tokenizer": str, "vocab_size": int,
-                   "min_frequency": int, "shared_vocab": bool, "sentencepiece_model": str,
-                   "max_length": int, "bucket_width": int, "bucket_pool": int,
-                   "tokenizer_dir": str}
-OPTIMIZER_OPTIONS = {"b1": float, "b2": float, "eps": float, "decay_boundaries": tuple,
-                     "decay_factor": float, "decay_rate": float, "decay_begin": int,
-                     "decay_every": int}
-
-# The metrics each task logs (derived ones included), for checkpoint.best_metric.
-TASK_METRICS = {
-    "classification": ("loss", "accuracy", "top5_accuracy"),
-    "language_model": ("loss", "accuracy", "perplexity", "bits_per_token"),
-    "regression": ("loss", "mse"),
-    "translation": ("loss", "nll", "accuracy", "perplexity", "bleu", "bleu_tok"),
-    "captioning": ("loss", "nll", "accuracy", "attention_penalty", "perplexity", "exact_match",
-                   "bleu"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,19 +93,11 @@ RANGES = {
     "dataset.read_threads": _AT_LEAST_ONE,
     "dataset.pad_to": Range(1, None, allow_none=True),
     "dataset.image_size": Range(1, None, allow_none=True),
-    # None: unset (the task or dataset says whether it needs one).
-    "dataset.seq_len": Range(1, None, allow_none=True),
-    "dataset.num_train": Range(1, None, allow_none=True),
-    "dataset.num_test": Range(1, None, allow_none=True),
-    "task.label_smoothing": _FRACTION,
 }
 CHOICES = {
     "checkpoint.best_mode": ("min", "max"),
     "dataset.cache": (True, False, "auto"),
     "dataset.augment": ("none", "crop_flip", "random_resized_crop"),
-    "dataset.level": ("word", "char"),
-    "dataset.tokenizer": ("sentencepiece", "moses_words", "spacy_words"),
-    "dataset.sentencepiece_model": ("bpe", "unigram"),
 }
 # Model keyword arguments (by name) with ranges other than "an integer >= 1".
 MODEL_RANGES = {"pool_every": _NON_NEGATIVE, "init_scale": Range(0, None, False, allow_none=True)}
@@ -186,23 +161,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   defaults = flat_fields(default_config())
   fields = flat_fields(config)
-  options = {f"dataset.{k}": t for k, t in DATASET_OPTIONS.items()} | {
-      f"optimizer.{k}": t for k, t in OPTIMIZER_OPTIONS.items()}
+  declared = {f"dataset.{k}": o for k, o in data.config_options().items()} | {
+      f"optimizer.{k}": o for k, o in options.merge(optim.CONFIG_OPTIONS).items()}
+  declared = {k: o for k, o in declared.items() if k not in defaults}
+  choices = CHOICES | {k: o.choices for k, o in declared.items() if o.choices}
+  ranges = RANGES | {k: Range(o.minimum, None, allow_none=True) for k, o in declared.items()
+                     if o.minimum is not None}
   # A value of each field's type, for the type check (paths default to None but are strings).
-  examples = defaults | {k: t() for k, t in options.items()} | {
+  examples = defaults | {k: o.type() for k, o in declared.items()} | {
       "dataset.data_dir": "", "dataset.manual_dir": ""}
-  known = set(defaults) | set(options)
+  known = set(defaults) | set(declared)
   for field, value in fields.items():
-    if field.split(".", 1)[0] in ("model", "task") and field not in RANGES:
+    if field.split(".", 1)[0] in ("model", "task") and field not in ranges:
       continue  # Checked against the model's / task's own fields below.
-    if field not in known and field not in RANGES:
+    if field not in known and field not in ranges:
       raise _unknown(field, known)
-    if field in CHOICES:
-      if value not in CHOICES[field]:
-        raise _error(field, value, ", ".join(map(repr, CHOICES[field])))
+    if field in choices:
+      if value not in choices[field] and not (value is None and field in declared):
+        raise _error(field, value, ", ".join(map(repr, choices[field])))
       continue
     _check_type(field, value, examples.get(field))
-    rng = RANGES.get(field)
+    rng = ranges.get(field)
     if rng is not None and not (value is None and rng.allow_none) and not rng.ok(value):
       raise _error(field, value, str(rng))
   if not fields.get("num_train_steps") and not fields.get("num_epochs"):
@@ -221,7 +200,7 @@ def _check_best_metric(config) -> None:
   ckpt = config.get("checkpoint", ml_collections.ConfigDict())
   metric = ckpt.get("best_metric", "accuracy")
   task = config.task.name
-  known = TASK_METRICS.get(task)
+  known = tasks.metric_names(task) if task in tasks.names() else None
   # The default "accuracy" is only used with keep_best; other tasks' configs set their own.
   if known is not None and (ckpt.get("keep_best", False) or metric != "accuracy"):
     if metric not in known:
@@ -230,10 +209,16 @@ def _check_best_metric(config) -> None:
 
 
 def _check_task(config) -> None:
-  task_fields = tasks.fields(config.task.name)  # Unknown task names fail here, listing them.
-  for k in config.task:
-    if k != "name" and k not in task_fields:
+  """Names and types against the task's dataclass fields, then its own `check_fields`."""
+  name = config.task.name
+  task_fields = tasks.fields(name)  # Unknown task names fail here, listing them.
+  defaults = tasks.field_defaults(name)
+  values = {k: v for k, v in config.task.to_dict().items() if k != "name"}
+  for k, v in values.items():
+    if k not in task_fields:
       raise _unknown(f"task.{k}", {f"task.{f}" for f in task_fields})
+    _check_type(f"task.{k}", v, defaults.get(k))
+  tasks.check_fields(name, values)
 
 
 def check_model_kwargs(name: str, kwargs: dict) -> None:

@@ -25,6 +25,10 @@ import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "linear", "exponential", "inverse_sqrt")
+# Fields only some optimizers / schedules read, beyond `default_config()`'s (with types).
+CONFIG_OPTIONS = {"b1": float, "b2": float, "eps": float, "decay_boundaries": tuple,
+                  "decay_factor": float, "decay_rate": float, "decay_begin": int,
+                  "decay_every": int}
 
 
 def _get(cfg, field, default):

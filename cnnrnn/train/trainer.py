@@ -25,6 +25,7 @@ from cnnrnn.models import stateful
 from cnnrnn import tasks
 from cnnrnn import transfer
 from cnnrnn.train import config_schema
+from cnnrnn.train import evaluators
 from cnnrnn.train import optim
 from cnnrnn.train import preemption
 from cnnrnn.train import run_identity
@@ -83,30 +84,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     if config.get(field, 1) < 0:
       raise ValueError(f"{field}={config.get(field)}; allowed: an integer >= 0 (0: never)")
-
-
-def _sum_metrics(metric_list: list[dict]) -> dict:
-  return {k: float(np.sum([m[k] for m in metric_list])) for k in metric_list[0]}
-
-
-def _means(sums: dict) -> dict:
-  """Metric sums -> per-example means, plus the number of examples."""
-  count = max(sums.get("count", 1.0), 1.0)
-  return {k: v / count for k, v in sums.items() if k not in ("count", "grad_norm")} | {
-      "num_examples": int(sums.get("count", 0))}
-
-
-def evaluate(eval_step, state, mesh, batches, carry=None) -> dict:
-  """Runs `eval_step` over `batches` (each example exactly once) and returns means.
-
-  `carry` is a stateful model's initial carry, passed from each batch to the next.
-  """
-  sums = None
-  for batch in batches:
-    m, carry = eval_step(state, sharding.global_batch(mesh, batch), carry)
-    m = jax.device_get(m)
-    sums = m if sums is None else jax.tree.map(np.add, sums, m)
-  return _means({k: float(v) for k, v in sums.items()})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -236,13 +213,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       out_shardings=(metrics_sharding, carry_sharding))
 
   # Tasks scored on generated outputs (translation: BLEU) decode after the loss pass.
-  generation_eval = (task.generation_evaluator(model, streams.pairs, mesh)
-                     if hasattr(task, "generation_evaluator") else None)
-
-  def run_eval(split):
-    means = evaluate(eval_step, state, mesh, eval_batches(split), eval_carry)
-    means |= task.derived_metrics(means) if hasattr(task, "derived_metrics") else {}
-    return means | (generation_eval(state, eval_batches(split), split) if generation_eval else {})
+  evaluation = evaluators.Evaluation.create(eval_step, task, model, streams, mesh, eval_carry)
+  run_eval = lambda split: evaluation(state, split)
 
   ckpt_cfg = config.get("checkpoint", ml_collections.ConfigDict())
   checkpointer = Checkpointer(
@@ -291,7 +263,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             f"Training loss is {float(m['loss'])} at step {s}; stopped. Last good checkpoint: "
             f"{'step ' + str(last_good) if last_good is not None else 'none'} in {workdir}.")
     now = time.perf_counter()
-    means = _means(_sum_metrics(fetched))
+    means = evaluators.means(evaluators.sum_metrics(fetched))
     if hasattr(task, "derived_metrics"):
       means |= task.derived_metrics(means)
     means["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))

@@ -61,7 +61,7 @@ BAD = [
     ("dataset.seq_lenght", 10, "did you mean dataset.seq_len"),
     ("task.label_smoothing", 1.0, "[0, 1)"),
     ("task.label_smooth", 0.1, "did you mean task.label_smoothing"),
-    ("task.name", "segmentation", "known tasks"),
+    ("task.name", "detection", "known tasks"),
     ("model.dropout", 1.5, "[0, 1)"),
     ("model.dropout", -0.1, "[0, 1)"),
     ("model.features", (32, -64), "integers >= 1"),

@@ -49,6 +49,11 @@ class RawFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {}
 
   @classmethod
+  def config_options(cls) -> dict:
+    """The `config.dataset` fields `builder_kwargs` reads: name -> `cnnrnn.data.options.Option`."""
+    return {}
+
+  @classmethod
   def missing_files_message(cls, manual_dir: str | None) -> str:
     where = manual_dir or "<a folder>"
     return (

@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from cnnrnn.data.builders import base
 from cnnrnn.data.builders.mnist import Mnist, read_idx
+from cnnrnn.data.options import Option
 
 DIGIT = 28
 DIRECTIONS = ("down-right", "down-left", "up-right", "up-left")  # (sign dy, sign dx)
@@ -180,11 +181,10 @@ class MnistCaptionsConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-def config_options() -> dict[str, type]:
-  """The `config.dataset` fields the generated datasets read (their builder configs')."""
+def _config_fields(config_cls) -> dict[str, dataclasses.Field]:
+  """The fields of a builder config class beyond TFDS's own (name, version, ...)."""
   base_fields = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
-  return {f.name: int for cls in (MovingMnistConfig, MnistCaptionsConfig)
-          for f in dataclasses.fields(cls) if f.name not in base_fields}
+  return {f.name: f for f in dataclasses.fields(config_cls) if f.name not in base_fields}
 
 
 class _FromMnist(base.RawFilesBuilder, skip_registration=True):
@@ -196,10 +196,15 @@ class _FromMnist(base.RawFilesBuilder, skip_registration=True):
   CONFIG_CLS: type = tfds.core.BuilderConfig
 
   @classmethod
+  def config_options(cls) -> dict:
+    """Its builder config's attributes, integers (num_train, num_test >= 1; others >= 0)."""
+    return {k: Option(int, minimum=1 if k in ("num_train", "num_test") else 0)
+            for k in _config_fields(cls.CONFIG_CLS)}
+
+  @classmethod
   def builder_kwargs(cls, options: dict) -> dict:
     """The builder config of the `config.dataset` fields named like its attributes."""
-    fields = {f.name: f for f in dataclasses.fields(cls.CONFIG_CLS)
-              if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)}}
+    fields = _config_fields(cls.CONFIG_CLS)
     values = {k: int(options[k]) for k in fields if options.get(k) is not None}
     values = {k: values.get(k, f.default) for k, f in fields.items()}
     name = "_".join(f"{k}{v}" for k, v in values.items())
