@@ -17,6 +17,8 @@ from cnnrnn.models.rnn_lm import RNNLM
 from cnnrnn.models.alexnet import AlexNet
 from cnnrnn.models.resnet import CIFAR_DEPTHS, IMAGENET_STAGES, ResNet, cifar_resnet, resnet
 from cnnrnn.models.seq2seq import Seq2Seq, seq2seq
+from cnnrnn.models.segmentation import Segmenter
+from cnnrnn.models.time_series import FCN, LSTMFCN, ResNet1D
 from cnnrnn.models.transformer import Transformer, transformer
 from cnnrnn.models.video_classifier import VideoClassifier
 from cnnrnn.models.vgg import VGG, VGG_STAGES, vgg
@@ -38,6 +40,11 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "video_classifier": VideoClassifier,
     "captioner": Captioner,
     "seq2seq": seq2seq,
+    # Time series (Wang et al. 2017; Karim et al. 2017) and per-pixel classification.
+    "ts_fcn": FCN,
+    "ts_resnet": ResNet1D,
+    "lstm_fcn": LSTMFCN,
+    "segmenter": Segmenter,
 }
 
 
