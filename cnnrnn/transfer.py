@@ -160,6 +160,7 @@ def stages(params: Mapping[str, Any], order: list[str], head: str = "head") -> l
 
 
 def check_head(params: Mapping[str, Any], head: str) -> None:
+  """Raises a ValueError naming the model's top-level modules unless `head` is one of them."""
   if head not in params:
     raise ValueError(f"transfer.head={head!r} is not a top-level module of the model; its "
                      f"top-level modules: {', '.join(params)}")
@@ -330,7 +331,7 @@ def load_workdir(workdir: str) -> dict[str, Any]:
   as host numpy arrays; the optimizer state is not read.
 
   Returns:
-    {"params": ..., **model_state}.
+    `{"params": ..., **model_state}`.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 

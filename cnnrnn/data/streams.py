@@ -47,8 +47,7 @@ class Streams:
     steps_per_epoch: training batches per pass over the training split.
     model_defaults: model fields the data determines (`num_classes` or `vocab_size`).
     vocab: the vocabulary of a text dataset, else None.
-    pairs: a translation dataset's tokenisers and sentences (for decoding and BLEU),
-      else None.
+    pairs: a translation dataset's tokenisers and sentences (for BLEU), else None.
   """
 
   train: grain.IterDataset

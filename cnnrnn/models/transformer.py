@@ -89,14 +89,14 @@ class Transformer(nn.Module):
     init_scheme: how the matrices are initialised (`INIT_SCHEMES`); biases start at zero
       and LayerNorms at (1, 0) in every scheme.
       "default": token embeddings normal(D^-1/2), so that with the sqrt(D) scale embedded
-        tokens have unit variance (fairseq, tensor2tensor); learned positions normal(0.02)
-        (BERT, ViT); projections LeCun normal (Flax's default).
+      tokens have unit variance (fairseq, tensor2tensor); learned positions normal(0.02)
+      (BERT, ViT); projections LeCun normal (Flax's default).
       "xavier_uniform": Glorot uniform on every matrix, the embeddings and the learned
-        position table included (pytorch-seq2seq's Transformer tutorial; torch keeps its
-        uniform bias init there, here biases are zero). The tokens then start with a
-        standard deviation of about sqrt(2D / (V + D)) after the sqrt(D) scale and the
-        positions about sqrt(2 / (max_len + D)): positions matter from the first step,
-        where "default" starts them 50x weaker than the tokens.
+      position table included (pytorch-seq2seq's Transformer tutorial; torch keeps its
+      uniform bias init there, here biases are zero). The tokens then start with a
+      standard deviation of about sqrt(2D / (V + D)) after the sqrt(D) scale and the
+      positions about sqrt(2 / (max_len + D)): positions matter from the first step,
+      where "default" starts them 50x weaker than the tokens.
     fused_qkv: fused q/k/v projection in the self-attentions.
     pad_id: the padding token id.
     dtype: compute dtype.

@@ -10,6 +10,7 @@ from cnnrnn import transfer
 
 
 def default_config() -> ml_collections.ConfigDict:
+  """The fields every experiment config has, with their defaults; configs override them."""
   c = ml_collections.ConfigDict()
   c.seed = 0
 

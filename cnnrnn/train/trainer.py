@@ -96,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `preemption.Preempted`; a damaged checkpoint is set aside and the previous one used.
 
   Args:
-    config: an experiment config (see configs/*.py).
+    config: an experiment config (see `configs/*.py`).
     workdir: receives config.json, metrics.jsonl, TensorBoard events and checkpoints.
     allow_changes: config fields (or blocks) a resume may change (`run_identity.check`).
     start_over: when checkpoints exist but none is usable, train from step 0 anyway.
