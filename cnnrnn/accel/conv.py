@@ -29,7 +29,9 @@ import jax.numpy as jnp
 from cnnrnn.accel import native
 from cnnrnn.accel import primitives
 
-_LANES = 16  # float32 lanes of an AVX-512 vector; kernels take output channels padded to this.
+# The kernels take the output channels zero-padded to a multiple of their vector's lanes: 16
+# is one for every build (16 lanes with AVX-512, 8 with AVX2).
+_LANES = 16
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 

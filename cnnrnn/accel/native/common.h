@@ -1,5 +1,5 @@
-// Shared by the native kernels (kernels.cc, recurrent.cc): AVX-512 constants and the loops
-// that spread work over XLA's intra-op thread pool.
+// Shared by the native kernels (kernels.cc, recurrent.cc, matmul.cc): the vector abstraction
+// (simd.h), huge-page advice, and the loops that spread work over XLA's intra-op thread pool.
 
 #ifndef CNNRNN_NN_NATIVE_COMMON_H_
 #define CNNRNN_NN_NATIVE_COMMON_H_
@@ -14,28 +14,15 @@
 #include <thread>
 #include <utility>
 
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace cnnrnn {
 
 namespace ffi = xla::ffi;
 
-constexpr int kLanes = 16;  // float32 lanes of an AVX-512 vector
-
-// Rows of a register block of NV vectors per row that share one broadcast per row: rows x NV
-// accumulators, NV operand vectors and the broadcast stay within the 32 vector registers.
-template <int NV>
-constexpr int BroadcastBlockRows() {
-  return NV == 1 ? 16 : NV == 2 ? 12 : NV == 3 ? 8 : 6;
-}
-
 inline int64_t NumWorkers(ffi::ThreadPool& pool) {
   return std::max<int64_t>(1, pool.num_threads());
-}
-
-inline __mmask16 TailMask(int64_t channels) {
-  const int64_t rem = channels % kLanes;
-  return rem == 0 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1);
 }
 
 // Asks Linux to back the buffers with transparent huge pages when they are first touched.

@@ -4,21 +4,20 @@
 // XLA:CPU lowers a convolution's weight gradient to layout transposes plus a convolution
 // over the batch, and runs small-channel 3x3 convolutions well below the machine's matmul
 // speed. These kernels compute convolutions directly on NHWC activations and HWIO kernels
-// (Flax's layouts), with the output channels in AVX-512 vectors (padding p, stride t):
+// (Flax's layouts), with the output channels in vectors (simd.h: 16 lanes with AVX-512, 8
+// with AVX2; padding p, stride t):
 //
 //   cnnrnn_conv2d_fwd:   y[b, i, j, o]  = sum_{r, s, c} x[b, t i + r - p, t j + s - p, c] w[r, s, c, o]
 //   cnnrnn_conv2d_dw:    dw[r, s, c, o] = sum_{b, i, j} x[b, t i + r - p, t j + s - p, c] dy[b, i, j, o]
 //
 // (zero outside the image). For stride 1 the input gradient is the forward kernel applied to
 // dy with the kernel flipped and transposed (see cnnrnn/accel/conv.py). `w` comes
-// with its output channels zero-padded to a multiple of 16; outputs are written unpadded,
-// with masked stores. Layers with at most 8 output channels (stride 1) put 16 output pixels
-// in each vector instead. Work is split over images on XLA's intra-op thread pool; each image
+// with its output channels zero-padded to a multiple of 16 (a multiple of the lanes at
+// either width); outputs are written unpadded, with masked stores. Layers with at most 8
+// output channels (stride 1) put consecutive output pixels in each vector instead. Work is split over images on XLA's intra-op thread pool; each image
 // is first copied into a zero-padded per-thread buffer. Sums run in a fixed order for a
 // given shape and thread count, but not in XLA's order: results equal
 // lax.conv_general_dilated to float32 rounding.
-
-#include <immintrin.h>
 
 #include <algorithm>
 #include <array>
@@ -34,10 +33,7 @@
 namespace {
 
 namespace ffi = xla::ffi;
-using cnnrnn::kLanes;
-using cnnrnn::NumWorkers;
-using cnnrnn::ParallelFor;
-using cnnrnn::TailMask;
+using namespace cnnrnn;  // NOLINT: the vector abstraction (simd.h) and the parallel loops
 
 // Copies image `src` [h, w, c] into the middle of `dst` [h + 2 ph, w + 2 pw, c], zeroing the border.
 void PadImage(const float* src, int64_t h, int64_t w, int64_t c, int64_t ph, int64_t pw, float* dst) {
@@ -63,22 +59,22 @@ struct FwdGeometry {
 
 template <int NV, int PB, bool kTail>
 void FwdBlock(const FwdGeometry& g, const float* __restrict x, const float* __restrict w,
-              float* __restrict y, int64_t co0, __mmask16 tail) {
+              float* __restrict y, int64_t co0, Mask tail) {
   const int64_t kh = g.kh, kw = g.kw, cin = g.cin, cout = g.cout, cout_padded = g.cout_padded;
   const int64_t row_stride = g.row_stride, pixel_stride = g.pixel_stride;
-  __m512 acc[PB][NV];
+  Vec acc[PB][NV];
   for (int p = 0; p < PB; ++p)
-    for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[p][v] = Zero();
   for (int64_t r = 0; r < kh; ++r) {
     for (int64_t s = 0; s < kw; ++s) {
       const float* xs = x + r * row_stride + s * cin;
       const float* ws = w + ((r * kw + s) * cin) * cout_padded + co0;
       for (int64_t c = 0; c < cin; ++c) {
-        __m512 wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(ws + c * cout_padded + v * kLanes);
+        Vec wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = Load(ws + c * cout_padded + v * kLanes);
         for (int p = 0; p < PB; ++p) {
-          const __m512 xb = _mm512_set1_ps(xs[p * pixel_stride + c]);
-          for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);
+          const Vec xb = Set1(xs[p * pixel_stride + c]);
+          for (int v = 0; v < NV; ++v) acc[p][v] = Fma(xb, wv[v], acc[p][v]);
         }
       }
     }
@@ -87,20 +83,20 @@ void FwdBlock(const FwdGeometry& g, const float* __restrict x, const float* __re
     float* yp = y + p * cout + co0;
     for (int v = 0; v < NV; ++v) {
       if (kTail && v == NV - 1) {
-        _mm512_mask_storeu_ps(yp + v * kLanes, tail, acc[p][v]);
+        StoreMasked(yp + v * kLanes, tail, acc[p][v]);
       } else {
-        _mm512_storeu_ps(yp + v * kLanes, acc[p][v]);
+        Store(yp + v * kLanes, acc[p][v]);
       }
     }
   }
 }
 
-using FwdFn = void (*)(const FwdGeometry&, const float*, const float*, float*, int64_t, __mmask16);
+using FwdFn = void (*)(const FwdGeometry&, const float*, const float*, float*, int64_t, Mask);
 
 // Pixels per block for NV vectors (one broadcast input value per pixel and channel).
 template <int NV>
 constexpr int FwdPixels() {
-  return cnnrnn::BroadcastBlockRows<NV>();
+  return BroadcastBlockRows<NV>();
 }
 
 template <int NV, bool kTail, int... PB>
@@ -110,7 +106,7 @@ constexpr std::array<FwdFn, sizeof...(PB)> FwdTable(std::integer_sequence<int, P
 
 template <int NV, bool kTail>
 void FwdRow(const FwdGeometry& g, const float* xrow, const float* w, float* yrow, int64_t wo,
-            int64_t co0, __mmask16 tail) {
+            int64_t co0, Mask tail) {
   constexpr int kPB = FwdPixels<NV>();
   static constexpr auto table = FwdTable<NV, kTail>(std::make_integer_sequence<int, kPB>());
   int64_t j = 0;
@@ -121,7 +117,7 @@ void FwdRow(const FwdGeometry& g, const float* xrow, const float* w, float* yrow
 
 template <int NV>
 void FwdRow(const FwdGeometry& g, const float* xrow, const float* w, float* yrow, int64_t wo,
-            int64_t co0, bool last_is_tail, __mmask16 tail) {
+            int64_t co0, bool last_is_tail, Mask tail) {
   if (last_is_tail) {
     FwdRow<NV, true>(g, xrow, w, yrow, wo, co0, tail);
   } else {
@@ -142,10 +138,10 @@ void ConvForward(ffi::ThreadPool& pool, const float* x, const float* w, float* y
     float* xp = padded[worker].data();
     PadImage(x + n * h * wd * cin, h, wd, cin, ph, pw, xp);
     float* yn = y + n * ho * wo * cout;
-    for (int64_t co0 = 0; co0 < cout; co0 += 4 * kLanes) {
-      const int64_t nv = std::min<int64_t>(4, (cout - co0 + kLanes - 1) / kLanes);
+    for (int64_t co0 = 0; co0 < cout; co0 += kBlockVectors * kLanes) {
+      const int64_t nv = std::min<int64_t>(kBlockVectors, (cout - co0 + kLanes - 1) / kLanes);
       const bool last_is_tail = co0 + nv * kLanes > cout;
-      const __mmask16 tail = TailMask(cout);
+      const Mask tail = TailMask(cout);
       for (int64_t i = 0; i < ho; ++i) {
         const float* xrow = xp + i * sh * g.row_stride;
         float* yrow = yn + i * wo * cout;
@@ -172,25 +168,25 @@ struct DwGeometry {
 
 template <int NV, int CB, bool kTail>
 void DwBlock(const DwGeometry& g, const float* __restrict x, const float* __restrict dy,
-             float* __restrict dw, int64_t co0, __mmask16 tail) {
+             float* __restrict dw, int64_t co0, Mask tail) {
   const int64_t ho = g.ho, wo = g.wo, cout = g.cout, row_stride = g.row_stride;
   const int64_t pixel_stride = g.pixel_stride;
-  __m512 acc[CB][NV];
+  Vec acc[CB][NV];
   for (int c = 0; c < CB; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[c][v] = Zero();
   for (int64_t i = 0; i < ho; ++i) {
     const float* xr = x + i * row_stride;
     const float* dr = dy + i * wo * cout + co0;
     for (int64_t j = 0; j < wo; ++j) {
-      __m512 dv[NV];
+      Vec dv[NV];
       for (int v = 0; v < NV; ++v) {
-        dv[v] = (kTail && v == NV - 1) ? _mm512_maskz_loadu_ps(tail, dr + j * cout + v * kLanes)
-                                       : _mm512_loadu_ps(dr + j * cout + v * kLanes);
+        dv[v] = (kTail && v == NV - 1) ? LoadMasked(dr + j * cout + v * kLanes, tail)
+                                       : Load(dr + j * cout + v * kLanes);
       }
       const float* xj = xr + j * pixel_stride;
       for (int c = 0; c < CB; ++c) {
-        const __m512 xb = _mm512_set1_ps(xj[c]);
-        for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(xb, dv[v], acc[c][v]);
+        const Vec xb = Set1(xj[c]);
+        for (int v = 0; v < NV; ++v) acc[c][v] = Fma(xb, dv[v], acc[c][v]);
       }
     }
   }
@@ -198,15 +194,15 @@ void DwBlock(const DwGeometry& g, const float* __restrict x, const float* __rest
   for (int c = 0; c < CB; ++c) {
     float* out = dw + c * cout_padded + co0;
     for (int v = 0; v < NV; ++v)
-      _mm512_storeu_ps(out + v * kLanes, _mm512_add_ps(_mm512_loadu_ps(out + v * kLanes), acc[c][v]));
+      Store(out + v * kLanes, Add(Load(out + v * kLanes), acc[c][v]));
   }
 }
 
-using DwFn = void (*)(const DwGeometry&, const float*, const float*, float*, int64_t, __mmask16);
+using DwFn = void (*)(const DwGeometry&, const float*, const float*, float*, int64_t, Mask);
 
 template <int NV>
 constexpr int DwChannels() {
-  return NV == 1 ? 16 : NV == 2 ? 10 : NV == 3 ? 7 : 5;
+  return WeightGradBlockRows<NV>();
 }
 
 template <int NV, bool kTail, int... CB>
@@ -216,7 +212,7 @@ constexpr std::array<DwFn, sizeof...(CB)> DwTable(std::integer_sequence<int, CB.
 
 template <int NV, bool kTail>
 void DwTap(const DwGeometry& g, const float* x, const float* dy, float* dw, int64_t co0,
-           __mmask16 tail) {
+           Mask tail) {
   constexpr int kCB = DwChannels<NV>();
   static constexpr auto table = DwTable<NV, kTail>(std::make_integer_sequence<int, kCB>());
   int64_t c = 0;
@@ -227,7 +223,7 @@ void DwTap(const DwGeometry& g, const float* x, const float* dy, float* dw, int6
 
 template <int NV>
 void DwTap(const DwGeometry& g, const float* x, const float* dy, float* dw, int64_t co0,
-           bool last_is_tail, __mmask16 tail) {
+           bool last_is_tail, Mask tail) {
   if (last_is_tail) {
     DwTap<NV, true>(g, x, dy, dw, co0, tail);
   } else {
@@ -248,7 +244,7 @@ void ConvWeightGrad(ffi::ThreadPool& pool, const float* x, const float* dy, floa
   const int64_t chunks = std::min(NumWorkers(pool), b);
   const int64_t dw_size = kh * kw * cin * cout_padded;
   std::vector<std::vector<float>> partial(chunks, std::vector<float>(dw_size, 0.0f));
-  const __mmask16 tail = TailMask(cout);
+  const Mask tail = TailMask(cout);
   ParallelFor(pool, chunks, chunks, [&](int64_t /*worker*/, int64_t chunk) {
     std::vector<float> padded(hp * wp * cin);
     float* xp = padded.data();
@@ -260,8 +256,8 @@ void ConvWeightGrad(ffi::ThreadPool& pool, const float* x, const float* dy, floa
         for (int64_t s = 0; s < kw; ++s) {
           const float* xs = xp + (r * wp + s) * cin;
           float* dws = acc + (r * kw + s) * cin * cout_padded;
-          for (int64_t co0 = 0; co0 < cout; co0 += 4 * kLanes) {
-            const int64_t nv = std::min<int64_t>(4, (cout - co0 + kLanes - 1) / kLanes);
+          for (int64_t co0 = 0; co0 < cout; co0 += kBlockVectors * kLanes) {
+            const int64_t nv = std::min<int64_t>(kBlockVectors, (cout - co0 + kLanes - 1) / kLanes);
             const bool last_is_tail = co0 + nv * kLanes > cout;
             switch (nv) {
               case 1: DwTap<1>(g, xs, dyn, dws, co0, last_is_tail, tail); break;
@@ -286,7 +282,7 @@ void ConvWeightGrad(ffi::ThreadPool& pool, const float* x, const float* dy, floa
 }
 
 // ---------------------------------------------------------------------------------------
-// Few output channels (at most 8, stride 1): 16 consecutive output pixels in each vector
+// Few output channels (at most 8, stride 1): kLanes consecutive output pixels in each vector
 // instead of the channels, which would leave most lanes empty. Each image is copied
 // channel-major, xt[row][c][col], zero-padded (kSlack extra columns keep every vector load
 // inside the buffer).
@@ -306,33 +302,40 @@ void PadImageChannelMajor(const float* src, int64_t h, int64_t w, int64_t cin, i
   }
 }
 
-// y[i, j0 .. j0 + 16 JV, :COUT] for one output row; xt points at the row's first input row.
+// y[i, j0 .. j0 + kLanes JV, :COUT] for one output row; xt points at the row's first input row.
 template <int COUT, int JV>
 void FwdPixelsBlock(const float* __restrict xt, const float* __restrict w, float* __restrict y,
                     int64_t kh, int64_t kw, int64_t cin, int64_t wpt, int64_t cout_padded,
                     int64_t j0, int64_t count) {
-  __m512 acc[JV][COUT];
+  Vec acc[JV][COUT];
   for (int v = 0; v < JV; ++v)
-    for (int o = 0; o < COUT; ++o) acc[v][o] = _mm512_setzero_ps();
+    for (int o = 0; o < COUT; ++o) acc[v][o] = Zero();
   for (int64_t r = 0; r < kh; ++r) {
     for (int64_t c = 0; c < cin; ++c) {
       const float* xr = xt + (r * cin + c) * wpt + j0;
       for (int64_t s = 0; s < kw; ++s) {
         const float* ws = w + ((r * kw + s) * cin + c) * cout_padded;
-        __m512 xv[JV];
-        for (int v = 0; v < JV; ++v) xv[v] = _mm512_loadu_ps(xr + s + v * kLanes);
+        Vec xv[JV];
+        for (int v = 0; v < JV; ++v) xv[v] = Load(xr + s + v * kLanes);
         for (int o = 0; o < COUT; ++o) {
-          const __m512 wb = _mm512_set1_ps(ws[o]);
-          for (int v = 0; v < JV; ++v) acc[v][o] = _mm512_fmadd_ps(xv[v], wb, acc[v][o]);
+          const Vec wb = Set1(ws[o]);
+          for (int v = 0; v < JV; ++v) acc[v][o] = Fma(xv[v], wb, acc[v][o]);
         }
       }
     }
   }
   alignas(64) float tmp[COUT][JV * kLanes];
   for (int o = 0; o < COUT; ++o)
-    for (int v = 0; v < JV; ++v) _mm512_store_ps(&tmp[o][v * kLanes], acc[v][o]);
+    for (int v = 0; v < JV; ++v) StoreAligned(&tmp[o][v * kLanes], acc[v][o]);
   for (int64_t j = 0; j < count; ++j)
     for (int o = 0; o < COUT; ++o) y[(j0 + j) * COUT + o] = tmp[o][j];
+}
+
+// Vectors of pixels per block: two where 2 COUT accumulators, two input vectors and the
+// broadcast fit in the registers (always with 32 registers; up to 6 channels with 16).
+template <int COUT>
+constexpr int PixelVectors() {
+  return 2 * COUT + 2 + 1 <= kVectorRegisters ? 2 : 1;
 }
 
 template <int COUT>
@@ -342,11 +345,14 @@ void FwdPixelsImage(const float* xt, const float* w, float* y, int64_t ho, int64
     const float* xrow = xt + i * cin * wpt;
     float* yrow = y + i * wo * COUT;
     int64_t j0 = 0;
-    for (; j0 + 2 * kLanes <= wo || (wo - j0 > kLanes); j0 += 2 * kLanes)
-      FwdPixelsBlock<COUT, 2>(xrow, w, yrow, kh, kw, cin, wpt, cout_padded, j0,
-                              std::min<int64_t>(2 * kLanes, wo - j0));
-    if (j0 < wo)
-      FwdPixelsBlock<COUT, 1>(xrow, w, yrow, kh, kw, cin, wpt, cout_padded, j0, wo - j0);
+    if constexpr (PixelVectors<COUT>() == 2) {
+      for (; wo - j0 > kLanes; j0 += 2 * kLanes)
+        FwdPixelsBlock<COUT, 2>(xrow, w, yrow, kh, kw, cin, wpt, cout_padded, j0,
+                                std::min<int64_t>(2 * kLanes, wo - j0));
+    }
+    for (; j0 < wo; j0 += kLanes)
+      FwdPixelsBlock<COUT, 1>(xrow, w, yrow, kh, kw, cin, wpt, cout_padded, j0,
+                              std::min<int64_t>(kLanes, wo - j0));
   }
 }
 
@@ -374,33 +380,36 @@ void ConvForwardFewChannels(ffi::ThreadPool& pool, const float* x, const float* 
 }
 
 // dw[r, s0 .. s0 + SB, c, :COUT] += sum over the image, from xt (channel-major, padded) and
-// dyt [COUT][ho][wot] (channel-major, columns zero-padded to wot, a multiple of 16).
+// dyt [COUT][ho][wot] (channel-major, columns zero-padded to wot, a multiple of kLanes).
 template <int COUT, int SB>
 void DwPixelsBlock(const float* __restrict xt, const float* __restrict dyt, float* __restrict dw,
                    int64_t r, int64_t s0, int64_t c, int64_t kw, int64_t cin, int64_t wpt,
                    int64_t ho, int64_t wot) {
-  __m512 acc[SB][COUT];
+  Vec acc[SB][COUT];
   for (int s = 0; s < SB; ++s)
-    for (int o = 0; o < COUT; ++o) acc[s][o] = _mm512_setzero_ps();
+    for (int o = 0; o < COUT; ++o) acc[s][o] = Zero();
   for (int64_t i = 0; i < ho; ++i) {
     const float* xr = xt + ((i + r) * cin + c) * wpt + s0;
     for (int64_t j = 0; j < wot; j += kLanes) {
-      __m512 dv[COUT];
-      for (int o = 0; o < COUT; ++o) dv[o] = _mm512_load_ps(dyt + (o * ho + i) * wot + j);
+      Vec dv[COUT];
+      for (int o = 0; o < COUT; ++o) dv[o] = LoadAligned(dyt + (o * ho + i) * wot + j);
       for (int s = 0; s < SB; ++s) {
-        const __m512 xv = _mm512_loadu_ps(xr + j + s);
-        for (int o = 0; o < COUT; ++o) acc[s][o] = _mm512_fmadd_ps(xv, dv[o], acc[s][o]);
+        const Vec xv = Load(xr + j + s);
+        for (int o = 0; o < COUT; ++o) acc[s][o] = Fma(xv, dv[o], acc[s][o]);
       }
     }
   }
   for (int s = 0; s < SB; ++s)
     for (int o = 0; o < COUT; ++o)
-      dw[((r * kw + s0 + s) * cin + c) * COUT + o] += _mm512_reduce_add_ps(acc[s][o]);
+      dw[((r * kw + s0 + s) * cin + c) * COUT + o] += ReduceAdd(acc[s][o]);
 }
 
+// Kernel taps per block: taps x COUT accumulators, COUT cotangent vectors and the input
+// vector within the registers.
 template <int COUT>
 constexpr int DwPixelsTaps() {
-  return COUT <= 2 ? 8 : COUT <= 4 ? 5 : COUT <= 6 ? 3 : 2;
+  if constexpr (kVectorRegisters >= 32) return COUT <= 2 ? 8 : COUT <= 4 ? 5 : COUT <= 6 ? 3 : 2;
+  return COUT <= 2 ? 6 : COUT <= 4 ? 2 : 1;
 }
 
 using DwPixelsFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t,
@@ -448,7 +457,7 @@ void ConvWeightGradFewChannels(ffi::ThreadPool& pool, const float* x, const floa
   std::vector<std::vector<float>> partial(chunks, std::vector<float>(dw_size, 0.0f));
   ParallelFor(pool, chunks, chunks, [&](int64_t /*worker*/, int64_t chunk) {
     std::vector<float> xt(hp * cin * wpt);
-    std::vector<float> dyt_storage(cout * ho * wot + kLanes);
+    std::vector<float> dyt_storage(cout * ho * wot + 64 / sizeof(float));
     // 64-byte aligned view for aligned vector loads.
     float* dyt = reinterpret_cast<float*>(
         (reinterpret_cast<uintptr_t>(dyt_storage.data()) + 63) & ~static_cast<uintptr_t>(63));

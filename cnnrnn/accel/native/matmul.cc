@@ -8,14 +8,13 @@
 // value gradients (dS^T Q, P^T dO). XLA:CPU's matmul library (YNNPACK) takes only plain and
 // right-transposed operands, so XLA either copies `a` into a transposed layout first or
 // leaves the product to Eigen; BLAS libraries read either operand transposed in place, and
-// so does this kernel: a sum of rank-one updates, a[n, i0:i0+CB] x b[n, j0:j0+16 NV], held
-// in CB x NV vector registers over a block of rows.
+// so does this kernel: a sum of rank-one updates, a[n, i0:i0+CB] x b[n, j0:j0+L NV], held
+// in CB x NV vector registers over a block of rows (L lanes per vector: 16 with AVX-512, 8
+// with AVX2; simd.h).
 //
-// Work is split over batch indices, groups of 64-column blocks and, when these are fewer
-// than the workers, groups of rows of c: every item writes its own part of c, summing over
-// n in increasing order, so results do not depend on threads.
-
-#include <immintrin.h>
+// Work is split over batch indices, groups of column blocks (kMaxVectors vectors each) and,
+// when these are fewer than the workers, groups of rows of c: every item writes its own
+// part of c, summing over n in increasing order, so results do not depend on threads.
 
 #include <algorithm>
 #include <array>
@@ -28,63 +27,64 @@
 namespace {
 
 namespace ffi = xla::ffi;
-using cnnrnn::kLanes;
-using cnnrnn::NumWorkers;
-using cnnrnn::ParallelFor;
-using cnnrnn::TailMask;
+using namespace cnnrnn;  // NOLINT: the vector abstraction (simd.h) and the parallel loops
 
 constexpr int64_t kRowBlock = 256;  // rows of a and b summed per pass (kept in L1/L2)
-constexpr int kMaxVectors = 4;      // output columns per column block: 4 x 16
+constexpr int kMaxVectors = kBlockVectors;  // vectors of output columns per column block
 constexpr int64_t kCacheBytes = int64_t{640} << 10;  // most of a core's 1 MB L2
 // Products of fewer multiply-adds run on the calling thread alone: waking the pool costs
 // more than it saves (~10 us).
 constexpr int64_t kMinParallelWork = int64_t{1} << 20;
 
-// c[0:CB, 0:16 NV] (row stride ldc) = (accumulate ? c : 0) + a[0:rows, 0:CB]^T b[0:rows, 0:16 NV].
+// c[0:CB, 0:L NV] (row stride ldc) = (accumulate ? c : 0) + a[0:rows, 0:CB]^T b[0:rows, 0:L NV].
 // The last vector of each row is masked by `tail` when kTail.
 template <int NV, int CB, bool kTail>
 void TnBlock(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
-             float* __restrict c, int64_t ldc, int64_t rows, __mmask16 tail, bool accumulate) {
-  __m512 acc[CB][NV];
+             float* __restrict c, int64_t ldc, int64_t rows, Mask tail, bool accumulate) {
+  Vec acc[CB][NV];
   for (int i = 0; i < CB; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) acc[i][v] = Zero();
   for (int64_t n = 0; n < rows; ++n) {
     const float* br = b + n * ldb;
-    __m512 bv[NV];
+    Vec bv[NV];
     for (int v = 0; v < NV; ++v) {
-      bv[v] = (kTail && v == NV - 1) ? _mm512_maskz_loadu_ps(tail, br + v * kLanes)
-                                     : _mm512_loadu_ps(br + v * kLanes);
+      bv[v] = (kTail && v == NV - 1) ? LoadMasked(br + v * kLanes, tail)
+                                     : Load(br + v * kLanes);
     }
     const float* ar = a + n * lda;
     for (int i = 0; i < CB; ++i) {
-      const __m512 ab = _mm512_set1_ps(ar[i]);
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(ab, bv[v], acc[i][v]);
+      const Vec ab = Set1(ar[i]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = Fma(ab, bv[v], acc[i][v]);
     }
   }
   for (int i = 0; i < CB; ++i) {
     float* out = c + i * ldc;
     for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = (kTail && v == NV - 1) ? tail : static_cast<__mmask16>(0xFFFF);
-      __m512 r = acc[i][v];
-      if (accumulate) r = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + v * kLanes), r);
-      _mm512_mask_storeu_ps(out + v * kLanes, m, r);
+      Vec r = acc[i][v];
+      if (kTail && v == NV - 1) {
+        if (accumulate) r = Add(LoadMasked(out + v * kLanes, tail), r);
+        StoreMasked(out + v * kLanes, tail, r);
+      } else {
+        if (accumulate) r = Add(Load(out + v * kLanes), r);
+        Store(out + v * kLanes, r);
+      }
     }
   }
 }
 
 using TnFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
-                      __mmask16, bool);
+                      Mask, bool);
 
 template <int NV, bool kTail, int... CB>
 constexpr std::array<TnFn, sizeof...(CB)> TnTable(std::integer_sequence<int, CB...>) {
   return {&TnBlock<NV, CB + 1, kTail>...};
 }
 
-// c[0:k, 0:16 NV] (+)= a[0:rows, 0:k]^T b[0:rows, 0:16 NV].
+// c[0:k, 0:L NV] (+)= a[0:rows, 0:k]^T b[0:rows, 0:L NV].
 template <int NV, bool kTail>
 void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t rows, int64_t k, __mmask16 tail, bool accumulate) {
-  constexpr int kCB = cnnrnn::BroadcastBlockRows<NV>();  // rows of c per register block
+               int64_t rows, int64_t k, Mask tail, bool accumulate) {
+  constexpr int kCB = BroadcastBlockRows<NV>();  // rows of c per register block
   static constexpr auto table = TnTable<NV, kTail>(std::make_integer_sequence<int, kCB>());
   int64_t i = 0;
   for (; i + kCB <= k; i += kCB)
@@ -94,7 +94,7 @@ void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
 
 template <int NV>
 void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t rows, int64_t k, bool last_is_tail, __mmask16 tail, bool accumulate) {
+               int64_t rows, int64_t k, bool last_is_tail, Mask tail, bool accumulate) {
   if (last_is_tail) {
     TnColumns<NV, true>(a, lda, b, ldb, c, ldc, rows, k, tail, accumulate);
   } else {
@@ -102,10 +102,10 @@ void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
   }
 }
 
-// c[0:k, 0:16 nv] (+)= a[0:rows, 0:k]^T b[0:rows, 0:16 nv], nv = 1..4 vectors of columns.
+// c[0:k, 0:L nv] (+)= a[0:rows, 0:k]^T b[0:rows, 0:L nv], nv = 1..kMaxVectors vectors of columns.
 void TnColumnBlock(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                    int64_t ldc, int64_t rows, int64_t k, int64_t nv, bool last_is_tail,
-                   __mmask16 tail, bool accumulate) {
+                   Mask tail, bool accumulate) {
   switch (nv) {
     case 1: TnColumns<1>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate); break;
     case 2: TnColumns<2>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate); break;
@@ -134,7 +134,7 @@ void MatmulTN(ffi::ThreadPool& pool, const float* a, const float* b, float* c, i
   const int64_t groups = (col_blocks + per_group - 1) / per_group;
   const int64_t rows_per_item = ((k + row_groups - 1) / row_groups + 7) / 8 * 8;
   row_groups = (k + rows_per_item - 1) / rows_per_item;
-  const __mmask16 tail = TailMask(m);
+  const Mask tail = TailMask(m);
   ParallelFor(pool, workers, batch * groups * row_groups, [&](int64_t, int64_t item) {
     const int64_t bi = item / (groups * row_groups);
     const int64_t jb0 = item / row_groups % groups * per_group;

@@ -3,9 +3,10 @@
 //
 // Inside `lax.scan`, XLA:CPU runs each step as a [B, H] x [H, 4H] dot plus several small
 // fusions, each a separate dispatch on the thread pool. Here a step is one pass over hidden
-// blocks of 16 units: block j computes its 64 gate columns (the i, f, g and o columns of its
-// 16 units) with an AVX-512 register-tiled matmul, then the gate arithmetic on them, and
-// writes its slice of h_t and c_t. Blocks are spread over the thread pool, with a barrier
+// blocks of L units (L = the vector's lanes: 16 with AVX-512, 8 with AVX2; simd.h): block j
+// computes its 4 L gate columns (the i, f, g and o columns of its L units) with a
+// register-tiled matmul, then the gate arithmetic on them, and writes its slice of h_t and
+// c_t. Blocks are spread over the thread pool, with a barrier
 // between steps (ParallelSteps). Notation (gate blocks [i, f, g, o], as LSTMCell):
 //
 //   z_t = xp_t + bias + h_{t-1} W        W [H, 4H], xp_t [B, 4H] (the input projection)
@@ -24,12 +25,10 @@
 //      The weight gradient is sum_t h_in_t^T dz_t: one matmul, left to XLA.
 //
 // In the backward loop block j of step t first finishes dh for its units (dz_{t+1} W^T, a
-// [B, 4H] x [4H, 16] product, plus the carried cotangent of frozen examples), then computes
+// [B, 4H] x [4H, L] product, plus the carried cotangent of frozen examples), then computes
 // its columns of dz_t: again one barrier per step. Each output element is computed by one
 // fixed sequence of operations, so results do not depend on the threads; they equal XLA's
 // to float32 rounding (exp, tanh and the sums are rounded differently).
-
-#include <immintrin.h>
 
 #include <algorithm>
 #include <array>
@@ -44,63 +43,25 @@
 namespace {
 
 namespace ffi = xla::ffi;
-using cnnrnn::kLanes;
-using cnnrnn::NumWorkers;
-using cnnrnn::ParallelFor;
-using cnnrnn::ParallelSteps;
+using namespace cnnrnn;  // NOLINT: the vector abstraction (simd.h) and the parallel loops
 
 constexpr int kGates = 4;
-constexpr int kFwdRows = 5;    // batch rows per forward tile: 5 x 4 accumulators
-constexpr int kBwdRows = 10;   // batch rows per backward tile: 10 x 1 accumulators
-
-// exp(x) for x in [-88, 88] (clamped outside): Cody-Waite reduction by ln 2 and a degree-6
-// polynomial (Cephes' expf), then scaling by 2^n; about 1 ulp.
-inline __m512 Exp(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-
-inline __m512 Sigmoid(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, Exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
-
-// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2 |x|) (absolute error ~1e-7 near 0).
-inline __m512 Tanh(__m512 x) {
-  const __m512i sign_bit = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-  const __m512i xi = _mm512_castps_si512(x);
-  const __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign_bit, xi));
-  const __m512 e = Exp(_mm512_mul_ps(a, _mm512_set1_ps(-2.0f)));
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
-  return _mm512_castsi512_ps(
-      _mm512_or_si512(_mm512_castps_si512(t), _mm512_and_si512(sign_bit, xi)));
-}
-
-inline __m512 OneMinus(__m512 x) { return _mm512_sub_ps(_mm512_set1_ps(1.0f), x); }
+// Batch rows per forward tile: rows x 4 accumulators, the 4 gate vectors and the broadcast
+// within the registers (5 with 32 registers, 2 with 16).
+constexpr int kFwdRows = kVectorRegisters >= 32 ? 5 : 2;
+constexpr int kBwdRows = 10;  // batch rows per backward tile: 10 x 1 accumulators
 
 struct Dims {
-  int64_t t, b, h, blocks;  // blocks = ceil(h / 16)
+  int64_t t, b, h, blocks;  // blocks = ceil(h / L)
   int64_t G() const { return kGates * h; }
   // The time index of the s-th step processed (forward order).
   int64_t Time(int64_t s, bool reverse) const { return reverse ? t - 1 - s : s; }
-  __mmask16 Mask(int64_t block) const {
-    return (block + 1) * kLanes <= h ? static_cast<__mmask16>(0xFFFF) : cnnrnn::TailMask(h);
+  Mask BlockMask(int64_t block) const {
+    return (block + 1) * kLanes <= h ? FullMask() : TailMask(h);
   }
 };
 
-// Forward panels: wp[j][k][gate][u] = w[k, gate * H + 16 j + u] (zero past H).
+// Forward panels: wp[j][k][gate][u] = w[k, gate * H + L j + u] (zero past H).
 void PackForward(ffi::ThreadPool& pool, const Dims& d, const float* w, float* wp) {
   const int64_t h = d.h, g = d.G();
   ParallelFor(pool, NumWorkers(pool), d.blocks, [&](int64_t, int64_t j) {
@@ -116,7 +77,7 @@ void PackForward(ffi::ThreadPool& pool, const Dims& d, const float* w, float* wp
   });
 }
 
-// Backward panels: wt[j][n][u] = w[16 j + u, n] (zero past H), so that dh[:, 16 j + u] =
+// Backward panels: wt[j][n][u] = w[L j + u, n] (zero past H), so that dh[:, L j + u] =
 // sum_n dz[:, n] wt[j][n][u].
 void PackBackward(ffi::ThreadPool& pool, const Dims& d, const float* w, float* wt) {
   const int64_t h = d.h, g = d.G();
@@ -164,52 +125,52 @@ void ForwardTile(const ForwardArgs& a, int64_t s, int64_t j, int64_t b0) {
   const Dims& d = a.d;
   const int64_t h = d.h, g = d.G(), t = d.Time(s, a.reverse);
   const int64_t u0 = j * kLanes;
-  const __mmask16 mask = d.Mask(j);
+  const Mask mask = d.BlockMask(j);
   const float* __restrict h_prev = a.h_in + t * d.b * h;
   const float* __restrict panel = a.wp + j * h * kGates * kLanes;
-  __m512 acc[R][kGates];
+  Vec acc[R][kGates];
   for (int r = 0; r < R; ++r)
-    for (int q = 0; q < kGates; ++q) acc[r][q] = _mm512_setzero_ps();
+    for (int q = 0; q < kGates; ++q) acc[r][q] = Zero();
   for (int64_t k = 0; k < h; ++k) {
-    __m512 wv[kGates];
-    for (int q = 0; q < kGates; ++q) wv[q] = _mm512_loadu_ps(panel + (k * kGates + q) * kLanes);
+    Vec wv[kGates];
+    for (int q = 0; q < kGates; ++q) wv[q] = Load(panel + (k * kGates + q) * kLanes);
     for (int r = 0; r < R; ++r) {
-      const __m512 hb = _mm512_set1_ps(h_prev[(b0 + r) * h + k]);
-      for (int q = 0; q < kGates; ++q) acc[r][q] = _mm512_fmadd_ps(hb, wv[q], acc[r][q]);
+      const Vec hb = Set1(h_prev[(b0 + r) * h + k]);
+      for (int q = 0; q < kGates; ++q) acc[r][q] = Fma(hb, wv[q], acc[r][q]);
     }
   }
-  __m512 bias[kGates];
-  for (int q = 0; q < kGates; ++q) bias[q] = _mm512_maskz_loadu_ps(mask, a.bias + q * h + u0);
+  Vec bias[kGates];
+  for (int q = 0; q < kGates; ++q) bias[q] = LoadMasked(a.bias + q * h + u0, mask);
   const bool last = s + 1 == d.t;
   const int64_t t_next = last ? 0 : d.Time(s + 1, a.reverse);
   for (int r = 0; r < R; ++r) {
     const int64_t b = b0 + r, row = t * d.b + b;
     const float* xrow = a.xp + row * g;
-    __m512 z[kGates];
+    Vec z[kGates];
     for (int q = 0; q < kGates; ++q) {
-      z[q] = _mm512_add_ps(_mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, xrow + q * h + u0)),
+      z[q] = Add(Add(acc[r][q], LoadMasked(xrow + q * h + u0, mask)),
                            bias[q]);
     }
-    const __m512 i = Sigmoid(z[0]), f = Sigmoid(z[1]), gg = Tanh(z[2]), o = Sigmoid(z[3]);
-    const __m512 c_old = _mm512_maskz_loadu_ps(mask, a.c_in + row * h + u0);
-    const __m512 h_old = _mm512_maskz_loadu_ps(mask, a.h_in + row * h + u0);
-    const __m512 c_new = _mm512_fmadd_ps(f, c_old, _mm512_mul_ps(i, gg));
-    const __m512 th = Tanh(c_new);
-    const __m512 h_new = _mm512_mul_ps(o, th);
+    const Vec i = Sigmoid(z[0]), f = Sigmoid(z[1]), gg = Tanh(z[2]), o = Sigmoid(z[3]);
+    const Vec c_old = LoadMasked(a.c_in + row * h + u0, mask);
+    const Vec h_old = LoadMasked(a.h_in + row * h + u0, mask);
+    const Vec c_new = Fma(f, c_old, Mul(i, gg));
+    const Vec th = Tanh(c_new);
+    const Vec h_new = Mul(o, th);
     if (a.save) {
       float* act = a.acts + row * g + u0;
-      _mm512_mask_storeu_ps(act, mask, i);
-      _mm512_mask_storeu_ps(act + h, mask, f);
-      _mm512_mask_storeu_ps(act + 2 * h, mask, gg);
-      _mm512_mask_storeu_ps(act + 3 * h, mask, o);
-      _mm512_mask_storeu_ps(a.tanh_c + row * h + u0, mask, th);
+      StoreMasked(act, mask, i);
+      StoreMasked(act + h, mask, f);
+      StoreMasked(act + 2 * h, mask, gg);
+      StoreMasked(act + 3 * h, mask, o);
+      StoreMasked(a.tanh_c + row * h + u0, mask, th);
     }
     const bool keep = t < a.lengths[b];
-    _mm512_mask_storeu_ps(a.ys + row * h + u0, mask, keep ? h_new : _mm512_setzero_ps());
+    StoreMasked(a.ys + row * h + u0, mask, keep ? h_new : Zero());
     float* c_dst = last ? a.c_last + b * h : a.c_in + (t_next * d.b + b) * h;
     float* h_dst = last ? a.h_last + b * h : a.h_in + (t_next * d.b + b) * h;
-    _mm512_mask_storeu_ps(c_dst + u0, mask, keep ? c_new : c_old);
-    _mm512_mask_storeu_ps(h_dst + u0, mask, keep ? h_new : h_old);
+    StoreMasked(c_dst + u0, mask, keep ? c_new : c_old);
+    StoreMasked(h_dst + u0, mask, keep ? h_new : h_old);
   }
 }
 
@@ -249,24 +210,24 @@ template <int R>
 void BackwardTile(const BackwardArgs& a, int64_t q, int64_t j, int64_t b0) {
   const Dims& d = a.d;
   const int64_t h = d.h, g = d.G(), u0 = j * kLanes;
-  const __mmask16 mask = d.Mask(j);
-  __m512 dh[R];
-  for (int r = 0; r < R; ++r) dh[r] = _mm512_maskz_loadu_ps(mask, a.dh + (b0 + r) * h + u0);
+  const Mask mask = d.BlockMask(j);
+  Vec dh[R];
+  for (int r = 0; r < R; ++r) dh[r] = LoadMasked(a.dh + (b0 + r) * h + u0, mask);
   if (q > 0) {  // dh += dz_{t'} W^T for the step t' of the previous phase.
     const int64_t t_prev = d.Time(d.t - q, a.reverse);
     const float* __restrict dz_prev = a.dz + t_prev * d.b * g;
     const float* __restrict panel = a.wt + j * g * kLanes;
-    __m512 acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    Vec acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = Zero();
     for (int64_t n = 0; n < g; ++n) {
-      const __m512 wv = _mm512_loadu_ps(panel + n * kLanes);
+      const Vec wv = Load(panel + n * kLanes);
       for (int r = 0; r < R; ++r)
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(dz_prev[(b0 + r) * g + n]), wv, acc[r]);
+        acc[r] = Fma(Set1(dz_prev[(b0 + r) * g + n]), wv, acc[r]);
     }
-    for (int r = 0; r < R; ++r) dh[r] = _mm512_add_ps(dh[r], acc[r]);
+    for (int r = 0; r < R; ++r) dh[r] = Add(dh[r], acc[r]);
   }
   if (q == d.t) {  // dh0; dc already holds dc0.
-    for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(a.dh + (b0 + r) * h + u0, mask, dh[r]);
+    for (int r = 0; r < R; ++r) StoreMasked(a.dh + (b0 + r) * h + u0, mask, dh[r]);
     return;
   }
   const int64_t t = d.Time(d.t - 1 - q, a.reverse);
@@ -277,31 +238,31 @@ void BackwardTile(const BackwardArgs& a, int64_t q, int64_t j, int64_t b0) {
     float* dh_b = a.dh + b * h + u0;
     if (t >= a.lengths[b]) {  // Frozen: the carry's cotangent passes through, dz = 0.
       for (int gate = 0; gate < kGates; ++gate) {
-        _mm512_mask_storeu_ps(dz + gate * h, mask, _mm512_setzero_ps());
+        StoreMasked(dz + gate * h, mask, Zero());
       }
-      _mm512_mask_storeu_ps(dh_b, mask, dh[r]);
+      StoreMasked(dh_b, mask, dh[r]);
       continue;
     }
     const float* act = a.acts + row * g + u0;
-    const __m512 i = _mm512_maskz_loadu_ps(mask, act), f = _mm512_maskz_loadu_ps(mask, act + h);
-    const __m512 gg = _mm512_maskz_loadu_ps(mask, act + 2 * h);
-    const __m512 o = _mm512_maskz_loadu_ps(mask, act + 3 * h);
-    const __m512 th = _mm512_maskz_loadu_ps(mask, a.tanh_c + row * h + u0);
-    const __m512 c_old = _mm512_maskz_loadu_ps(mask, a.c_in + row * h + u0);
-    const __m512 d_h = _mm512_add_ps(dh[r], _mm512_maskz_loadu_ps(mask, a.dys + row * h + u0));
-    const __m512 d_c = _mm512_add_ps(
-        _mm512_maskz_loadu_ps(mask, dc_b),
-        _mm512_mul_ps(_mm512_mul_ps(d_h, o), OneMinus(_mm512_mul_ps(th, th))));
-    _mm512_mask_storeu_ps(dz, mask,
-                          _mm512_mul_ps(_mm512_mul_ps(d_c, gg), _mm512_mul_ps(i, OneMinus(i))));
-    _mm512_mask_storeu_ps(dz + h, mask,
-                          _mm512_mul_ps(_mm512_mul_ps(d_c, c_old), _mm512_mul_ps(f, OneMinus(f))));
-    _mm512_mask_storeu_ps(dz + 2 * h, mask,
-                          _mm512_mul_ps(_mm512_mul_ps(d_c, i), OneMinus(_mm512_mul_ps(gg, gg))));
-    _mm512_mask_storeu_ps(dz + 3 * h, mask,
-                          _mm512_mul_ps(_mm512_mul_ps(d_h, th), _mm512_mul_ps(o, OneMinus(o))));
-    _mm512_mask_storeu_ps(dc_b, mask, _mm512_mul_ps(d_c, f));
-    _mm512_mask_storeu_ps(dh_b, mask, _mm512_setzero_ps());  // All of it went into dz.
+    const Vec i = LoadMasked(act, mask), f = LoadMasked(act + h, mask);
+    const Vec gg = LoadMasked(act + 2 * h, mask);
+    const Vec o = LoadMasked(act + 3 * h, mask);
+    const Vec th = LoadMasked(a.tanh_c + row * h + u0, mask);
+    const Vec c_old = LoadMasked(a.c_in + row * h + u0, mask);
+    const Vec d_h = Add(dh[r], LoadMasked(a.dys + row * h + u0, mask));
+    const Vec d_c = Add(
+        LoadMasked(dc_b, mask),
+        Mul(Mul(d_h, o), OneMinus(Mul(th, th))));
+    StoreMasked(dz, mask,
+                          Mul(Mul(d_c, gg), Mul(i, OneMinus(i))));
+    StoreMasked(dz + h, mask,
+                          Mul(Mul(d_c, c_old), Mul(f, OneMinus(f))));
+    StoreMasked(dz + 2 * h, mask,
+                          Mul(Mul(d_c, i), OneMinus(Mul(gg, gg))));
+    StoreMasked(dz + 3 * h, mask,
+                          Mul(Mul(d_h, th), Mul(o, OneMinus(o))));
+    StoreMasked(dc_b, mask, Mul(d_c, f));
+    StoreMasked(dh_b, mask, Zero());  // All of it went into dz.
   }
 }
 
