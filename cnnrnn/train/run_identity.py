@@ -15,6 +15,7 @@ single schedule can continue it exactly.
 """
 
 import datetime
+import difflib
 import json
 import os
 
@@ -110,10 +111,18 @@ def check(config: ml_collections.ConfigDict, workdir: str, allow_changes=(),
     ConfigChanged: listing every refused field as `field: old -> new` and what to do.
   """
   new = as_json(config)
+  check_allowed(allow_changes, new)
   path = os.path.join(workdir, CONFIG_FILE)
   steps = saved_steps(workdir)
   changes = {}
-  if steps and os.path.exists(path):
+  if steps and not os.path.exists(path):
+    raise ConfigChanged(
+        f"Cannot resume the run in {workdir}: it has checkpoints (newest: step {steps[-1]}) but "
+        f"no {CONFIG_FILE}, the record of the config they were trained with, so a changed "
+        f"config could not be told apart. Put the run's {CONFIG_FILE} back into {workdir} "
+        f"(from a backup or a copy of the workdir; `python -m cnnrnn.main` wrote it on the "
+        f"first run), or use a new --workdir.")
+  if steps:
     try:
       with open(path, encoding="utf-8") as f:
         old = json.load(f)
@@ -132,6 +141,27 @@ def check(config: ml_collections.ConfigDict, workdir: str, allow_changes=(),
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   os.replace(path + ".tmp", path)  # Never a half-written config.json.
+
+
+def check_allowed(allow_changes, config_json: dict) -> None:
+  """Raises ConfigChanged for an `--allow_change` name that is no field or block of the config.
+
+  Args:
+    allow_changes: the names given.
+    config_json: the config as `as_json` returns it.
+  """
+  fields = flatten(config_json)
+  known = set(fields) | {f.rsplit(".", i)[0] for f in fields for i in range(1, f.count(".") + 1)}
+  for name in (a.strip() for a in allow_changes):
+    if name and name not in known:
+      close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+      hint = f"did you mean {' or '.join(close)}? " if close else ""
+      blocks = sorted({f.split(".")[0] for f in fields if "." in f})
+      tops = sorted(f for f in fields if "." not in f and not _matches(f, FREE_FIELDS))
+      raise ConfigChanged(
+          f"--allow_change={name}: the config has no field or block {name!r}; {hint}allowed: "
+          f"a field (e.g. {', '.join(tops)}, or BLOCK.FIELD) or a block "
+          f"({', '.join(blocks)})")
 
 
 def _refuse(changes: dict, allow_changes, step: int, new: dict, workdir: str) -> None:

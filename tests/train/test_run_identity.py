@@ -94,3 +94,25 @@ def test_extending_a_run_equals_training_longer_at_once(saved_run, tmp_path, dat
   changes = (tmp_path / "extended" / "config_changes.jsonl").read_text().splitlines()
   changes = [json.loads(line) for line in changes]
   assert changes[0]["from_step"] == 4 and changes[0]["changes"] == {"num_train_steps": [4, 8]}
+
+
+def test_checkpoints_without_config_json_refuse_to_resume(tmp_path, data_dir):
+  (tmp_path / "checkpoints" / "400").mkdir(parents=True)
+  with pytest.raises(run_identity.ConfigChanged,
+                     match=r"checkpoints \(newest: step 400\) but no config.json.*Put the run's "
+                           r"config.json back"):
+    run_identity.check(_config(data_dir, **{"optimizer.learning_rate": 0.5}), str(tmp_path))
+  assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("name,match", [
+    ("bogus_field", r"--allow_change=bogus_field: the config has no field or block 'bogus_field'; "
+                    r"allowed: a field \(e.g. batch_size, .*num_train_steps.*\) or a block "
+                    r"\(.*model, optimizer.*\)"),
+    ("optimizer.learnng_rate", r"did you mean optimizer.learning_rate"),
+])
+def test_unknown_allowed_change_names_the_fields(tmp_path, data_dir, name, match):
+  with pytest.raises(run_identity.ConfigChanged, match=match):
+    run_identity.check(_config(data_dir), str(tmp_path), allow_changes=[name])
+  run_identity.check(_config(data_dir), str(tmp_path),
+                     allow_changes=["optimizer", "model.features", "num_train_steps"])
