@@ -40,22 +40,23 @@ def parse_args():
   return p.parse_args()
 
 
-ARGS = parse_args()
-harness.xla_flags_from_argv([f"--xla_flags={ARGS.xla_flags}"])
+if __name__ == "__main__":
+  harness.xla_flags_from_argv(sys.argv)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cnnrnn import accel  # noqa: E402
 from cnnrnn import models  # noqa: E402
 
 LR, MOMENTUM = 0.1, 0.9
 
 
-def jax_step_fn(depth: int, batch: int, mode: str = "auto"):
-  """A jitted, donating train step of cnnrnn's CIFAR ResNet under accel `mode`, and its state."""
+def jax_competitor(depth: int, images: np.ndarray, labels: np.ndarray,
+                   mode: str = "auto") -> harness.JaxStep:
+  """The train step of cnnrnn's CIFAR ResNet (images [B, 32, 32, 3]) under accel `mode`."""
+  batch = images.shape[0]
   model = models.create(f"cifar_resnet{depth}")
   x = jnp.zeros((batch, 32, 32, 3), jnp.float32)
   variables = jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))(x)
@@ -75,13 +76,12 @@ def jax_step_fn(depth: int, batch: int, mode: str = "auto"):
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
-  # As the trainer builds it: the accel mode resolved once, applied to the traced step.
-  step = jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=(0,))
-  return step, state
+  return harness.JaxStep(step, state, jnp.asarray(images), jnp.asarray(labels), mode=mode)
 
 
-def torch_step_fn(depth: int, batch: int):
-  """The same architecture, loss and optimizer in PyTorch eager mode."""
+def torch_step_fn(depth: int):
+  """The same architecture, loss and optimizer in PyTorch eager mode: (step(images [B, 3,
+  32, 32], labels [B]), parameter count, the torch package)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -123,8 +123,6 @@ def torch_step_fn(depth: int, batch: int):
       x = self.blocks(F.relu(self.bn1(self.conv1(x))))
       return self.fc(x.mean(dim=(2, 3)))
 
-  if ARGS.torch_threads:
-    torch.set_num_threads(ARGS.torch_threads)
   model = ResNet((depth - 2) // 6).train()
   opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
@@ -139,45 +137,47 @@ def torch_step_fn(depth: int, batch: int):
   return step, n_params, torch
 
 
-def main():
-  harness.apply_malloc(ARGS.malloc)  # Before JAX's backend starts.
+def torch_competitor(depth: int, images: np.ndarray, labels: np.ndarray):
+  """The PyTorch step on this NHWC batch, as a zero-argument callable."""
+  import torch  # pylint: disable=g-import-not-at-top
+  tstep, _, _ = torch_step_fn(depth)
+  timages = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  tlabels = torch.from_numpy(labels.astype(np.int64))
+  return lambda: tstep(timages, tlabels)
+
+
+def data(batch: int):
+  """A random CIFAR-shaped batch: images [B, 32, 32, 3] float32, labels [B] int32."""
   rng = np.random.RandomState(0)
-  images = rng.randn(ARGS.batch, 32, 32, 3).astype(np.float32)
-  labels = rng.randint(0, 10, ARGS.batch).astype(np.int32)
+  return (rng.randn(batch, 32, 32, 3).astype(np.float32),
+          rng.randint(0, 10, batch).astype(np.int32))
 
-  jstep, state = jax_step_fn(ARGS.depth, ARGS.batch)
-  jimages, jlabels = jnp.asarray(images), jnp.asarray(labels)
+
+def main():
+  args = parse_args()
+  harness.apply_malloc(args.malloc)  # Before JAX's backend starts.
+  images, labels = data(args.batch)
+
+  ours = jax_competitor(args.depth, images, labels)
   t0 = time.perf_counter()
-  state, loss = jstep(state, jimages, jlabels)
-  jax.block_until_ready(loss)
+  ours()
   compile_s = time.perf_counter() - t0
-  n_jax = sum(x.size for x in jax.tree.leaves(state[0]))
+  n_jax = sum(x.size for x in jax.tree.leaves(ours.state[0]))
 
-  def runner(step, state):
-    """A zero-argument step of `step` that carries its own (donated) state."""
-    box = [state]
-
-    def run():
-      box[0], loss = step(box[0], jimages, jlabels)
-      jax.block_until_ready(loss)
-
-    return run
-
-  runners = {"cnnrnn (jax)": runner(jstep, state)}
-  if ARGS.xla_convs:
-    xstep, xla_state = jax_step_fn(ARGS.depth, ARGS.batch, "xla")
-    xla_state, _ = xstep(xla_state, jimages, jlabels)  # Traced and compiled here.
-    runners["cnnrnn, XLA convolutions"] = runner(xstep, xla_state)
-  if not ARGS.skip_torch:
-    tstep, n_torch, torch = torch_step_fn(ARGS.depth, ARGS.batch)
-    timages = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    tlabels = torch.from_numpy(labels.astype(np.int64))
+  runners = {"cnnrnn (jax)": ours}
+  if args.xla_convs:
+    runners["cnnrnn, XLA convolutions"] = jax_competitor(args.depth, images, labels, "xla")
+  if not args.skip_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    if args.torch_threads:
+      torch.set_num_threads(args.torch_threads)
+    n_torch = torch_step_fn(args.depth)[1]
     if n_torch != n_jax:
       raise SystemExit(f"parameter counts differ: torch {n_torch}, jax {n_jax}")
-    runners = {"pytorch eager": lambda: tstep(timages, tlabels), **runners}
+    runners = {"pytorch eager": torch_competitor(args.depth, images, labels), **runners}
 
-  times = harness.interleave(runners, rounds=ARGS.rounds, steps=ARGS.steps, warmup=ARGS.warmup)
-  title = (f"cifar_resnet{ARGS.depth} train step, batch {ARGS.batch}, {n_jax:,} params (jax "
+  times = harness.interleave(runners, rounds=args.rounds, steps=args.steps, warmup=args.warmup)
+  title = (f"cifar_resnet{args.depth} train step, batch {args.batch}, {n_jax:,} params (jax "
            f"{jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, jax compile "
            f"{compile_s:.1f} s)")
   print(harness.table(times, next(iter(times)), title))

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 
-harness.xla_flags_from_argv(sys.argv)
+if __name__ == "__main__":
+  harness.xla_flags_from_argv(sys.argv)
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -30,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from cnnrnn import accel, models, tasks  # noqa: E402
+from cnnrnn import models, tasks  # noqa: E402
 from cnnrnn.models import lenet  # noqa: E402
 from cnnrnn.train import steps  # noqa: E402
 from cnnrnn.train.state import TrainState  # noqa: E402
@@ -38,7 +39,8 @@ from cnnrnn.train.state import TrainState  # noqa: E402
 LR, MOMENTUM = 0.05, 0.9
 
 
-def jax_competitor(batch: int, flax_pool: bool, mode: str = "auto"):
+def jax_competitor(batch: int, flax_pool: bool = False, mode: str = "auto") -> harness.JaxStep:
+  """The trainer's step of `lenet5` (accel `mode`) on a random batch, as a `harness.JaxStep`."""
   if flax_pool:  # The straightforward version, for the record.
     lenet._POOLS["max"] = lambda x, w: nn.max_pool(x, w, strides=w)
   model = models.create("lenet5")
@@ -47,23 +49,14 @@ def jax_competitor(batch: int, flax_pool: bool, mode: str = "auto"):
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))["params"]
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
                      opt_state=tx.init(params), rng=jax.random.PRNGKey(1))
-  # As the trainer builds it: the accel mode resolved once, applied to the traced step.
-  step = jax.jit(accel.accelerate(steps.make_train_step(model, task, tx), accel.resolve(mode)),
-                 donate_argnums=0)
   rng = np.random.default_rng(0)
   data = {"image": jnp.asarray(rng.normal(size=(batch, 32, 32, 1)), jnp.float32),
           "label": jnp.asarray(rng.integers(0, 10, batch), jnp.int32)}
-  box = [state]
-
-  def run():
-    box[0], metrics = step(box[0], data)
-    jax.block_until_ready(metrics)
-
-  run()  # Traced and compiled here.
-  return run
+  return harness.JaxStep(steps.make_train_step(model, task, tx), state, data, mode=mode)
 
 
 def torch_competitor(batch: int):
+  """The same step in PyTorch eager: a zero-argument callable."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn as tnn  # pylint: disable=g-import-not-at-top
 

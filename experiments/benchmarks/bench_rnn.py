@@ -40,7 +40,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 
-harness.xla_flags_from_argv(sys.argv)
+if __name__ == "__main__":
+  harness.xla_flags_from_argv(sys.argv)
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -49,7 +50,6 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
-from cnnrnn import accel  # noqa: E402
 from cnnrnn.models.rnn_lm import RNNLM  # noqa: E402
 from cnnrnn.nn import StackedRNN  # noqa: E402
 
@@ -89,9 +89,8 @@ class GatheredLM(NaiveLM):
     return nn.Dense(self.vocab_size)(x)
 
 
-def jax_step_fn(model, lr=0.1, mode="xla"):
-  """A jitted SGD step (params, tokens, targets) -> (params, loss), params donated, traced
-  under `cnnrnn.accel` mode `mode` (resolved once, as the trainer does)."""
+def train_step(model, lr=0.1):
+  """The SGD step (params, tokens, targets) -> (params, loss) of `model`."""
 
   def loss_fn(params, tokens, targets):
     out = model.apply({"params": params}, tokens)
@@ -102,7 +101,7 @@ def jax_step_fn(model, lr=0.1, mode="xla"):
     loss, grads = jax.value_and_grad(loss_fn)(params, tokens, targets)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads), loss
 
-  return jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=0)
+  return step
 
 
 class TorchLM(torch.nn.Module):
@@ -119,8 +118,23 @@ class TorchLM(torch.nn.Module):
     return self.head(self.rnn(self.embed(tokens))[0])
 
 
-def make_competitors(cfg, seed=0):
-  """name -> zero-argument callable running one blocking training step."""
+def step_flops(cfg) -> float:
+  """Floating-point operations of one training step, counted by hand (XLA's cost analysis
+  counts a scan body once): the products only, 2 per multiply-add, the backward pass twice
+  the forward's (input and weight gradients); embedding width = hidden width."""
+  gates = {"lstm": 4, "gru": 3}[cfg["cell"]]
+  tokens, hidden = cfg["batch"] * cfg["seq"], cfg["hidden"]
+  forward = cfg["layers"] * 2 * tokens * (2 * hidden) * gates * hidden  # [x; h] -> gates
+  forward += 2 * tokens * hidden * cfg["vocab"]  # output layer
+  return 3.0 * forward
+
+
+COMPETITORS = ("ours", "ours-xla", "ours-generic", "ours-gather", "flax-naive", "torch")
+
+
+def make_competitors(cfg, seed=0, names=COMPETITORS):
+  """name -> zero-argument callable running one blocking training step, for the `names`
+  among `COMPETITORS` (the JAX ones `harness.JaxStep`s)."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, cfg["vocab"], (cfg["batch"], cfg["seq"]), dtype=np.int32)
   targets = rng.integers(0, cfg["vocab"], (cfg["batch"], cfg["seq"]), dtype=np.int32)
@@ -129,22 +143,20 @@ def make_competitors(cfg, seed=0):
 
   def jax_runner(model, mode="xla"):
     params = model.init(jax.random.key(seed), tok_j)["params"]
-    step = jax_step_fn(model, mode=mode)
-    state = {"params": params}
-
-    def run():
-      state["params"], loss = step(state["params"], tok_j, tgt_j)
-      jax.block_until_ready(loss)
-
-    return run
+    return harness.JaxStep(train_step(model), params, tok_j, tgt_j, mode=mode)
 
   lm = dict(vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], num_layers=cfg["layers"],
             cell=cfg["cell"])
-  competitors["ours"] = jax_runner(RNNLM(**lm), mode="auto")
-  competitors["ours-xla"] = jax_runner(RNNLM(**lm))
-  competitors["ours-generic"] = jax_runner(RNNLM(**lm, fast_path=False))
-  competitors["ours-gather"] = jax_runner(GatheredLM(**lm))
-  competitors["flax-naive"] = jax_runner(NaiveLM(**lm))
+  jax_models = {"ours": lambda: jax_runner(RNNLM(**lm), mode="auto"),
+                "ours-xla": lambda: jax_runner(RNNLM(**lm)),
+                "ours-generic": lambda: jax_runner(RNNLM(**lm, fast_path=False)),
+                "ours-gather": lambda: jax_runner(GatheredLM(**lm)),
+                "flax-naive": lambda: jax_runner(NaiveLM(**lm))}
+  for name in names:
+    if name in jax_models:
+      competitors[name] = jax_models[name]()
+  if "torch" not in names:
+    return competitors
 
   torch.manual_seed(seed)
   tmodel = TorchLM(cfg["vocab"], cfg["hidden"], cfg["layers"], cfg["cell"])

@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 
-harness.xla_flags_from_argv(sys.argv)
+if __name__ == "__main__":
+  harness.xla_flags_from_argv(sys.argv)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
@@ -115,6 +115,18 @@ class TorchSeq2Seq(torch.nn.Module):
     return torch.stack(logits, 1)
 
 
+def step_flops(cfg) -> float:
+  """Floating-point operations of one training step, counted by hand (XLA's cost analysis
+  counts a scan body once): the products only, 2 per multiply-add, the backward pass twice
+  the forward's."""
+  b, s, t, e, h, v = (cfg[k] for k in ("batch", "src_len", "tgt_len", "emb", "hid", "vocab"))
+  encoder = 2 * s * 2 * b * (e + h) * 3 * h  # both directions: [x; h] -> 3 gates
+  encoder += 2 * b * 2 * h * h + 2 * b * s * 2 * h * h  # bridge; attention key projection
+  step = 2 * b * h * h + 2 * b * s * h + 2 * b * s * 2 * h  # query projection, energy, context
+  step += 2 * b * (e + 2 * h + h) * 3 * h + 2 * b * (3 * h + e) * v  # GRU; output layer
+  return 3.0 * (encoder + t * step)
+
+
 def _data(cfg, rng):
   src = rng.integers(4, cfg["vocab"], (cfg["batch"], cfg["src_len"]))
   tgt = rng.integers(4, cfg["vocab"], (cfg["batch"], cfg["tgt_len"] + 1))
@@ -123,26 +135,19 @@ def _data(cfg, rng):
   return src.astype(np.int32), tgt.astype(np.int32)
 
 
-def _jax_train_step(cfg, seed, mode="auto"):
+def jax_train_step(cfg, seed, mode="auto"):
+  """(ours: a `harness.JaxStep` under accel `mode`, its parameter count)."""
   src, tgt = _data(cfg, np.random.default_rng(seed))
   model = models.create("seq2seq", variant="ptseq2seq_bahdanau", vocab_size=cfg["vocab"],
                         embed_dim=cfg["emb"], hidden_size=cfg["hid"],
                         dropout_rate=cfg["dropout"])
   tx = optax.adam(1e-3)
-  step, state = harness.translation_train_step(model, tx, src, tgt, jax.random.key(seed), PAD,
-                                               mode)
-  src_j, tgt_j = jnp.asarray(src), jnp.asarray(tgt)
-  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-
-  def ours():
-    nonlocal state
-    state, loss = step(state, src_j, tgt_j)
-    jax.block_until_ready(loss)
-
-  return ours, n_params
+  ours = harness.translation_train_step(model, tx, src, tgt, jax.random.key(seed), PAD, mode)
+  return ours, sum(x.size for x in jax.tree.leaves(ours.state["params"]))
 
 
-def _torch_train_step(cfg, seed):
+def torch_train_step(cfg, seed):
+  """(the PyTorch step as a zero-argument callable, its parameter count)."""
   src, tgt = _data(cfg, np.random.default_rng(seed))
   torch.manual_seed(seed)
   tmodel = TorchSeq2Seq(cfg).train()
@@ -168,8 +173,8 @@ def main():
   args = parser.parse_args()
   cfg = TINY if args.tiny else FULL
   harness.setup_torch_comparison(args)
-  ours, ours_params = _jax_train_step(cfg, 0)
-  theirs, torch_params = _torch_train_step(cfg, 0)
+  ours, ours_params = jax_train_step(cfg, 0)
+  theirs, torch_params = torch_train_step(cfg, 0)
   # The same architecture: the attention's query/key kernels are the halves of torch's
   # `attn` Linear, so the counts agree exactly.
   print(f"parameters: ours {ours_params:,}, torch {torch_params:,}")
@@ -177,7 +182,7 @@ def main():
     raise SystemExit("the two models differ: parameter counts do not match")
   competitors = {"ours": ours}
   if args.xla:
-    competitors["ours-xla"] = _jax_train_step(cfg, 0, "xla")[0]
+    competitors["ours-xla"] = jax_train_step(cfg, 0, "xla")[0]
   times = harness.interleave({**competitors, "torch": theirs}, rounds=args.rounds,
                              steps=args.steps, warmup=2)
   print(harness.table(times, "torch", f"train step: BiGRU {cfg['hid']} + Bahdanau, "

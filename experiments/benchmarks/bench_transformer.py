@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 
-harness.xla_flags_from_argv(sys.argv)
+if __name__ == "__main__":
+  harness.xla_flags_from_argv(sys.argv)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -142,9 +143,10 @@ def _model(cfg, dropout):
                        dropout_rate=dropout, final_norm=True, max_len=256)
 
 
-def train_competitors(cfg, seed=0, xla=False):
-  """name -> one blocking training step."""
-  variants = [("ours", None, "auto"), ("ours-rbg", "rbg", "auto")]
+def train_competitors(cfg, seed=0, xla=False, rbg=True):
+  """name -> one blocking training step: "ours" (a `harness.JaxStep`), "ours-rbg" (if
+  `rbg`), "ours-xla" (if `xla`), "torch"."""
+  variants = [("ours", None, "auto")] + ([("ours-rbg", "rbg", "auto")] if rbg else [])
   if xla:
     variants.append(("ours-xla", None, "xla"))
   competitors = {name: _jax_train_step(cfg, seed, impl, mode) for name, impl, mode in variants}
@@ -157,15 +159,7 @@ def _jax_train_step(cfg, seed, impl, mode):
   model = _model(cfg, 0.1)
   tx = optax.adam(5e-4)
   key = jax.random.key(seed, impl=impl)
-  step, state = harness.translation_train_step(model, tx, src, tgt, key, PAD, mode)
-  src_j, tgt_j = jnp.asarray(src), jnp.asarray(tgt)
-
-  def ours():
-    nonlocal state
-    state, loss = step(state, src_j, tgt_j)
-    jax.block_until_ready(loss)
-
-  return ours
+  return harness.translation_train_step(model, tx, src, tgt, key, PAD, mode)
 
 
 def _torch_train_step(cfg, seed):

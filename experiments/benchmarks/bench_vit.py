@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 
-harness.xla_flags_from_argv(sys.argv)
+if __name__ == "__main__":
+  harness.xla_flags_from_argv(sys.argv)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -38,7 +39,6 @@ import optax  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from cnnrnn import accel  # noqa: E402
 from cnnrnn import models  # noqa: E402
 from cnnrnn.interop import torch as interop  # noqa: E402
 
@@ -61,7 +61,8 @@ def _timm_model(kw):
 
 
 def make_competitors(cfg, seed=0, modes=("auto",)):
-  """name -> one blocking training step; checks that both sides compute the same logits."""
+  """name -> one blocking training step ("ours" for accel mode "auto", "ours-xla" for
+  "xla", both `harness.JaxStep`s; "torch"); checks that both sides compute the same logits."""
   kw, batch = cfg["kwargs"], cfg["batch"]
   rng = np.random.default_rng(seed)
   images = rng.standard_normal((batch, kw["image_size"], kw["image_size"], 3), np.float32)
@@ -98,17 +99,9 @@ def make_competitors(cfg, seed=0, modes=("auto",)):
   x_j, y_j = jnp.asarray(images), jnp.asarray(labels)
 
   def ours(mode):
-    # As the trainer builds it: the accel mode resolved once, applied to the traced step.
-    fn = jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=0)
     params = jax.tree.map(jnp.copy, variables["params"])  # Each step donates its own.
-    state = {"params": params, "opt": tx.init(params)}
-
-    def run():
-      nonlocal state
-      state, loss = fn(state, x_j, y_j)
-      jax.block_until_ready(loss)
-
-    return run
+    return harness.JaxStep(step, {"params": params, "opt": tx.init(params)}, x_j, y_j,
+                           mode=mode)
 
   opt = torch.optim.AdamW(tmodel.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
   y_t = torch.from_numpy(labels).long()

@@ -59,16 +59,47 @@ def setup_torch_comparison(args: argparse.Namespace, extra: str = "") -> None:
         f"{extra}XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
 
 
-def translation_train_step(model, tx, src, tgt, key, pad: int, mode: str = "auto"):
-  """(step, state) for a sequence-to-sequence `model` trained with optimizer `tx`: step(state,
-  src, tgt) -> (state, loss), jitted with the state donated; teacher forcing on tgt[:, :-1],
-  cross-entropy against tgt[:, 1:] ignoring `pad`, dropout keys split from `key`. Traced
-  under `cnnrnn.accel` mode `mode`, resolved once, as the trainer does (its default,
-  "auto", is what `python -m cnnrnn.main` runs; "xla" is plain XLA)."""
+class JaxStep:
+  """One training step of a JAX competitor, compiled as the trainer compiles it.
+
+  `step(state, *args) -> (state, out)` is traced under `cnnrnn.accel` mode `mode` (resolved
+  once, here: "auto" is what `python -m cnnrnn.main` runs, "xla" plain XLA) and jitted with
+  the state donated. Calling the object runs one step on the state it carries and blocks
+  until `out` is ready (a competitor for `interleave`).
+  """
+
+  def __init__(self, step: Callable, state, *args, mode: str = "auto"):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from cnnrnn import accel  # pylint: disable=g-import-not-at-top
+    self._step, self.state, self.args = step, state, args
+    self.fn = jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=0)
+
+  def __call__(self) -> None:
+    import jax  # pylint: disable=g-import-not-at-top
+    self.state, out = self.fn(self.state, *self.args)
+    jax.block_until_ready(out)
+
+  def flops(self) -> float:
+    """Floating-point operations of one step by XLA's cost analysis of its plain-XLA trace
+    (nothing run; the native kernels' calls would count as none). XLA counts the body of a
+    loop (`lax.scan`) once, whatever its trip count: count recurrent steps by hand."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from cnnrnn import accel  # pylint: disable=g-import-not-at-top
+    lowered = jax.jit(accel.accelerate(self._step, "xla")).lower(self.state, *self.args)
+    return float(lowered.cost_analysis()["flops"])
+
+
+def translation_train_step(model, tx, src, tgt, key, pad: int, mode: str = "auto") -> JaxStep:
+  """The training step of a sequence-to-sequence `model` with optimizer `tx` on the batch
+  (src [B, S], tgt [B, T + 1]) as a `JaxStep` traced under accel mode `mode`: teacher
+  forcing on tgt[:, :-1], cross-entropy against tgt[:, 1:] ignoring `pad`, dropout keys
+  split from `key`."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
-  from cnnrnn import accel  # pylint: disable=g-import-not-at-top
   params = jax.jit(model.init)(key, src, tgt[:, :-1])["params"]
   state = {"params": params, "opt": tx.init(params), "key": key}
 
@@ -85,7 +116,7 @@ def translation_train_step(model, tx, src, tgt, key, pad: int, mode: str = "auto
     updates, opt = tx.update(grads, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt": opt, "key": key}, loss
 
-  return jax.jit(accel.accelerate(step, accel.resolve(mode)), donate_argnums=0), state
+  return JaxStep(step, state, jnp.asarray(src), jnp.asarray(tgt), mode=mode)
 
 
 def apply_malloc(mode: str) -> None:
