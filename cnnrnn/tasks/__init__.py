@@ -19,13 +19,16 @@ import dataclasses
 
 from cnnrnn.tasks.captioning import Captioning
 from cnnrnn.tasks.classification import Classification
+from cnnrnn.tasks.forecasting import Forecasting
 from cnnrnn.tasks.language_model import LanguageModel
 from cnnrnn.tasks.regression import Regression
+from cnnrnn.tasks.segmentation import Segmentation
 from cnnrnn.tasks.translation import Translation
 
 TASKS: dict[str, type] = {
     "classification": Classification, "language_model": LanguageModel,
     "regression": Regression, "translation": Translation, "captioning": Captioning,
+    "forecasting": Forecasting, "segmentation": Segmentation,
 }
 
 
