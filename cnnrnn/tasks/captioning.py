@@ -36,6 +36,7 @@ import sacrebleu
 
 from cnnrnn import decode
 from cnnrnn.tasks import base
+from cnnrnn.tasks.classification import argmax_correct
 
 
 def caption_tokens(ids, eos_id: int = decode.EOS_ID, pad_id: int = decode.PAD_ID) -> list[int]:
@@ -134,7 +135,7 @@ class Captioning(base.Decoding):
       row = (weights.max(axis=1) > 0).astype(jnp.float32)  # real rows only
       penalty = (((1.0 - attention) ** 2).sum(axis=1) * row).sum()
     count = weights.sum()
-    correct = (jnp.argmax(logits, axis=-1) == targets) * weights
+    correct = argmax_correct(logits, targets) * weights  # NaN and ties count as wrong.
     total = (loss * weights).sum() + self.attention_penalty * penalty
     metrics = {"loss": total, "nll": (nll * weights).sum(), "accuracy": correct.sum(),
                "attention_penalty": penalty, "count": count}

@@ -24,6 +24,16 @@ def label_rank(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(jnp.isnan(label_logit[:, 0]), num_classes, rank)
 
 
+def argmax_correct(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """Whether the label alone scores highest: [..., C], [...] -> [...] bool.
+
+  The token accuracy of every task. As in `label_rank`, a tie and a NaN logit count as
+  wrong (a plain `argmax(logits) == labels` counts label 0 right for all-NaN logits).
+  """
+  flat = logits.reshape(-1, logits.shape[-1])
+  return (label_rank(flat, labels.reshape(-1)) == 0).reshape(labels.shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class Classification(base.CheckedFields):
   """Predict `batch[label_key]` from `batch[input_key]`.

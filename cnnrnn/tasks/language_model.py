@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from cnnrnn.tasks import base
+from cnnrnn.tasks.classification import argmax_correct
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ class LanguageModel(base.CheckedFields):
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     count = mask.sum()
     nll_sum = (nll * mask).sum()
-    correct = (jnp.argmax(logits, axis=-1) == targets) * mask
+    correct = argmax_correct(logits, targets) * mask  # NaN and ties count as wrong.
     metrics = {"loss": nll_sum, "accuracy": correct.sum(), "count": count}
     if self.average_over == "rows":
       return nll_sum / targets.shape[0], metrics

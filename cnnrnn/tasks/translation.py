@@ -38,6 +38,7 @@ from cnnrnn import decode
 from cnnrnn.data import tokenizers
 from cnnrnn.data import translation as tr
 from cnnrnn.tasks import base
+from cnnrnn.tasks.classification import argmax_correct
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]
@@ -114,7 +115,7 @@ class Translation(base.Decoding):
     else:
       loss = nll
     count = weights.sum()
-    correct = (jnp.argmax(logits, axis=-1) == targets) * weights
+    correct = argmax_correct(logits, targets) * weights  # NaN and ties count as wrong.
     metrics = {"loss": (loss * weights).sum(), "nll": (nll * weights).sum(),
                "accuracy": correct.sum(), "count": count}
     return metrics["loss"] / jnp.maximum(count, 1.0), metrics
