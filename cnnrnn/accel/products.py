@@ -11,8 +11,8 @@ Why: reverse mode turns every forward product into two, and one of them is alway
 a^T b form: the weight gradient X^T dY of a dense layer, and the attention's key and value
 gradients dS^T Q and P^T dO. XLA:CPU either copies the left operand into a transposed
 layout before giving such a product to YNNPACK, or leaves it to Eigen; the native kernel
-reads it in place (experiments/benchmarks/README.md, "Issue 15: products with a transposed
-left operand on a native kernel", has the measurements).
+reads it in place (experiments/benchmarks/README.md, "Products with a transposed left
+operand on a native kernel", has the measurements).
 
 The rules close over the primitive, so `grad`, `jvp`, Hessians and higher orders stay on
 it: it is bilinear (`ad.defbilinear`), and the transpose of each form in each operand is
@@ -49,7 +49,7 @@ def reference_matmul(a, b, *, transpose_a: bool, transpose_b: bool):
 
 
 # Where XLA's product is as fast or faster, it stays XLA's (measured on a 2-core AVX-512
-# machine; experiments/benchmarks/README.md, "Issue 15"):
+# machine; experiments/benchmarks/README.md, "Products with a transposed left operand"):
 # - an unbatched a^T b summing fewer rows than _MIN_ROWS: the per-step weight gradients of a
 #   recurrent cell (rows = the batch; n = 32-128 rows, K x M from 64 x 192 to 650 x 2600:
 #   0.9-1.0x of XLA's time);

@@ -9,7 +9,7 @@ two true ones, the two digits right (as a pair, either order), the layout right 
 vs top/bottom), and the attention entropy per word (nats; uniform over L locations: ln L).
 
   PYTHONPATH=$PWD python experiments/hybrids/caption_errors.py \
-      --workdir=/work/runs/16/captions_attention
+      --workdir=workdirs/hybrids/captions_attention
 """
 
 import json

@@ -1,7 +1,7 @@
 """Curves, strips and the results table of experiments/hybrids/README.md from the workdirs
 of `run_reduced.sh`.
 
-  PYTHONPATH=$PWD python experiments/hybrids/plot_results.py --runs=/work/runs/16 \
+  PYTHONPATH=$PWD python experiments/hybrids/plot_results.py --runs=workdirs/hybrids \
       [--out=experiments/hybrids]
 """
 
@@ -13,7 +13,7 @@ from absl import app, flags  # pylint: disable=g-multiple-import
 
 from cnnrnn.analysis import curves, hybrids
 
-_RUNS = flags.DEFINE_string("runs", "/work/runs/16", "Folder of the run_reduced.sh workdirs.")
+_RUNS = flags.DEFINE_string("runs", "workdirs/hybrids", "Folder of the run_reduced.sh workdirs.")
 _OUT = flags.DEFINE_string("out", "experiments/hybrids", "Folder for the PNGs.")
 
 VIDEO = {"single frame": "single_frame", "CNN + LSTM": "lstm", "CNN + BiLSTM": "bilstm"}

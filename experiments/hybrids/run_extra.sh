@@ -4,7 +4,7 @@
 # trained twice as long (6 epochs). Same pinning and workdir layout as run_reduced.sh.
 # Usage (from the repository root): experiments/hybrids/run_extra.sh [RUNS_DIR] [CORE]
 set -u
-RUNS=${1:-/work/runs/16}
+RUNS=${1:-workdirs/hybrids}
 CORE=${2:-0}
 MNIST=${MNIST_DIR:-../shared/datasets/mnist}
 PY=${PYTHON:-python}

@@ -2,7 +2,7 @@
 # The reduced runs of experiments/hybrids/README.md, one after the other on one CPU core.
 # Usage (from the repository root): experiments/hybrids/run_reduced.sh [RUNS_DIR] [CORE]
 set -u
-RUNS=${1:-/work/runs/16}
+RUNS=${1:-workdirs/hybrids}
 CORE=${2:-0}
 MNIST=${MNIST_DIR:-../shared/datasets/mnist}
 PY=${PYTHON:-python}

@@ -9,7 +9,7 @@ frames' order can reach on such clips (the unordered positions of the digit, tal
 generated training clips).
 
   PYTHONPATH=$PWD python experiments/hybrids/single_frame_leak.py \
-      --workdir=/work/runs/16/mm_single_frame_direction
+      --workdir=workdirs/hybrids/mm_single_frame_direction
 """
 
 import collections

@@ -1,7 +1,7 @@
 """Greedy vs beam BLEU of trained translation runs on Multi30k test2016, and examples.
 
-  python experiments/translation/evaluate.py --workdirs=/work/runs/14/transformer,... \
-      --beam_sizes=1,4 --out=/work/runs/14/beam.json
+  python experiments/translation/evaluate.py --workdirs=workdirs/translation/transformer,... \
+      --beam_sizes=1,4 --out=workdirs/translation/beam.json
 
 Decodes the raw test2016 source sentences with `cnnrnn.translate.load_translator` (the run's
 model, tokenisers and decoding settings; only the beam size changes) and scores them with
@@ -29,7 +29,7 @@ from cnnrnn.tasks.translation import translation_metrics
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Translation workdirs.", required=True)
 _BEAM_SIZES = flags.DEFINE_list("beam_sizes", ["1", "4"], "Beam sizes (1: greedy).")
-_DATA = flags.DEFINE_string("data", "/work/shared/datasets/multi30k", "Multi30k raw files.")
+_DATA = flags.DEFINE_string("data", "../shared/datasets/multi30k", "Multi30k raw files.")
 _OUT = flags.DEFINE_string("out", None, "JSON lines file to append results to.", required=True)
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", ["latest"],
                                  "Checkpoints to decode: 'latest', 'best' (the best validation "

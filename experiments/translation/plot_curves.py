@@ -5,7 +5,7 @@ without label smoothing (`nll`).
 
   python experiments/translation/plot_curves.py --out=experiments/translation/curves.png \
       [--x=epoch] [--bleu=bleu_tok] \
-      "Transformer=/work/runs/14/transformer" "Bahdanau=/work/runs/14/bahdanau" ...
+      "Transformer=workdirs/translation/transformer" "Bahdanau=workdirs/translation/bahdanau" ...
 
 --x=epoch puts runs of different batch sizes on one axis (step * batch_size / 29,000, the
 batch size from each run's config.json); --bleu=bleu_tok plots BLEU on lowercased tokens

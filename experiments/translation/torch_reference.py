@@ -2,8 +2,8 @@
 exactly cnnrnn's Multi30k batches, to tell a model/recipe gap from a data/token gap.
 
   PYTHONPATH=$PWD taskset -c 0 python experiments/translation/torch_reference.py \
-      --config_json=/work/runs/14/tf128/config.json --init=xavier --epochs=2 \
-      --out=/work/runs/14/torchref/xavier.jsonl
+      --config_json=workdirs/translation/tf128/config.json --init=xavier --epochs=2 \
+      --out=workdirs/translation/torchref/xavier.jsonl
 
 Data: the run's own `config.json` (dataset block, batch_size, eval_batch_size, seed) read
 through cnnrnn's translation pipeline (`translation.load_pairs`, `translation.TrainBatches`,
@@ -52,7 +52,7 @@ from cnnrnn.data import translation as tr
 from cnnrnn.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from cnnrnn.tasks.translation import translation_metrics
 
-_CONFIG_JSON = flags.DEFINE_string("config_json", "/work/runs/14/tf128/config.json",
+_CONFIG_JSON = flags.DEFINE_string("config_json", "workdirs/translation/tf128/config.json",
                                    "config.json of the cnnrnn run whose data to reuse.")
 _INIT = flags.DEFINE_enum("init", "xavier", ["xavier", "default"],
                           "xavier: the tutorial's xavier_uniform_ on every parameter with "
