@@ -49,14 +49,17 @@ def reference_matmul(a, b, *, transpose_a: bool, transpose_b: bool):
 
 
 # Where XLA's product is as fast or faster, it stays XLA's (measured on a 2-core AVX-512
-# machine; experiments/benchmarks/README.md, "Products with a transposed left operand"):
+# machine; experiments/benchmarks/README.md, "Products with a transposed left operand"). The
+# AVX2 build keeps the same limits, not re-measured with it: on a 2-core AVX2 machine under
+# load its kernel took 0.8-1.0x of XLA's time on the ViT's dense weight gradients and
+# 0.1-1.2x on the attention's dK, dV (same README, "AVX2 CPUs"):
 # - an unbatched a^T b summing fewer rows than _MIN_ROWS: the per-step weight gradients of a
 #   recurrent cell (rows = the batch; n = 32-128 rows, K x M from 64 x 192 to 650 x 2600:
 #   0.9-1.0x of XLA's time);
 # - a result c larger than _MAX_RESULT_BYTES (per batch index): the kernel keeps the part of
 #   c that a worker computes in its core's L2 while it reads a block of rows of a and b
-#   once; beyond that it reads a again for every 64 columns (the attention seq2seq's
-#   encoder projection, [3840, 256]^T [3840, 1536]: 17.0 ms against XLA's 15.6 ms);
+#   once; beyond that it reads a again for every column block of 64 (16 with AVX2)
+#   columns (the attention seq2seq's encoder projection, [3840, 256]^T [3840, 1536]: 17.0 ms against XLA's 15.6 ms);
 # - rows of more than _MAX_K floats in the left operand: the kernel reads a few floats of
 #   each row at a time, one row after the other, and once a row spans more than a 4 KB
 #   page every read is on a new page ([3840, 1792]^T [3840, 512]: 43 ms against 37 ms).
