@@ -10,9 +10,28 @@ from collections.abc import Sequence
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of `workdir`/metrics.jsonl, in order (resumed runs append)."""
+  """The records of `workdir`/metrics.jsonl, one per (step, split): the last one logged.
+
+  The one reader of the file (curves, `cnnrnn.report`, the experiments). A resumed run
+  logs again the steps after its checkpoint that the interrupted run had logged already;
+  the later record is the one the resumed computation produced. Records keep the order of
+  their last appearance; a line cut short by a kill is skipped.
+
+  Raises:
+    FileNotFoundError: no metrics.jsonl.
+  """
+  records = {}
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # Blank, or cut short.
+      if isinstance(record, dict):
+        key = (record.get("step"), record.get("split"))
+        records.pop(key, None)  # The later record goes last.
+        records[key] = record
+  return list(records.values())
 
 
 def plot_curves(workdir: str, out: str | None = None,

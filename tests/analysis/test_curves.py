@@ -26,3 +26,13 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(ValueError, match="no 'eval' records of 'bleu'"):
     curves.plot_runs({"a": str(tmp_path)}, str(tmp_path / "x.png"), metric="bleu")
+
+
+def test_read_metrics_keeps_the_last_record_of_each_step_and_split(tmp_path):
+  """A run stopped at step 3 (checkpoint at 2) and resumed logs step 3 again."""
+  lines = [{"step": 2, "split": "train", "loss": 2.0}, {"step": 3, "split": "train", "loss": 9.0},
+           {"step": 3, "split": "train", "loss": 1.5}, {"step": 3, "split": "eval", "loss": 1.7},
+           {"step": 4, "split": "train", "loss": 1.0}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "\n".join(json.dumps(r) for r in lines) + '\n{"step": 5, "spl')  # Cut short by a kill.
+  assert curves.read_metrics(str(tmp_path)) == [lines[0]] + lines[2:]
