@@ -59,7 +59,8 @@ def reference_matmul(a, b, *, transpose_a: bool, transpose_b: bool):
 # - a result c larger than _MAX_RESULT_BYTES (per batch index): the kernel keeps the part of
 #   c that a worker computes in its core's L2 while it reads a block of rows of a and b
 #   once; beyond that it reads a again for every column block of 64 (16 with AVX2)
-#   columns (the attention seq2seq's encoder projection, [3840, 256]^T [3840, 1536]: 17.0 ms against XLA's 15.6 ms);
+#   columns (the attention seq2seq's encoder projection, [3840, 256]^T [3840, 1536]:
+#   17.0 ms against XLA's 15.6 ms);
 # - rows of more than _MAX_K floats in the left operand: the kernel reads a few floats of
 #   each row at a time, one row after the other, and once a row spans more than a 4 KB
 #   page every read is on a new page ([3840, 1792]^T [3840, 512]: 43 ms against 37 ms).
