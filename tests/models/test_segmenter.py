@@ -71,3 +71,21 @@ def test_composability_jit_grad_vmap():
   np.testing.assert_allclose(per_example, logits, rtol=1e-4, atol=1e-4)
   assert all(jnp.isfinite(g).all() for g in jax.tree.leaves(grads))
   assert float(jnp.abs(grads["backbone"]["stem"]["conv"]["kernel"]).sum()) > 0
+
+
+def test_a_classifier_checkpoint_loads_into_the_backbone():
+  from cnnrnn.models.resnet import cifar_resnet  # pylint: disable=g-import-not-at-top
+  from cnnrnn.transfer import heads  # pylint: disable=g-import-not-at-top
+
+  x = jnp.zeros((1, 28, 28, 1))
+  zeros = lambda tree: jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), tree)
+  source = zeros(jax.eval_shape(cifar_resnet(8)(num_classes=10).init, jax.random.PRNGKey(0), x))
+  target = zeros(jax.eval_shape(models.create("segmenter", num_classes=11,
+                                              backbone="cifar_resnet8").init,
+                                jax.random.PRNGKey(0), x))
+  target = jax.tree.map(np.zeros_like, target)
+  loaded = heads.adapt_into(source, target, "backbone")
+  for collection in ("params", "batch_stats"):
+    backbone = jax.tree.leaves(loaded[collection]["backbone"])
+    assert backbone and all(np.all(v == 0.5) for v in backbone)
+  assert all(np.all(v == 0) for v in jax.tree.leaves(loaded["params"]["head"]))
