@@ -71,7 +71,9 @@ import jax.numpy as jnp
 Array = jax.Array
 StepFn = Callable[[Any, Array], tuple[Array, Any]]
 
-PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+# The special token ids of every cnnrnn vocabulary (tokenisers, captions, decoders): the
+# one definition, imported by `cnnrnn.data.tokenizers` and the models.
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
 def length_penalty(length, alpha: float):

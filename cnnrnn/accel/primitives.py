@@ -47,13 +47,8 @@ def kernel_may_run(ctx: mlir.LoweringRuleContext) -> bool:
   return native.available()[0]
 
 
-def explicitly_sharded(*arrays: jax.Array) -> bool:
-  """Whether any array's type carries a sharding (a mesh with `AxisType.Explicit` axes).
-
-  The primitives' reference functions would need an `out_sharding` for their contractions
-  there; such operands keep XLA's operations.
-  """
-  return any(any(s is not None for s in jax.typeof(a).sharding.spec) for a in arrays)
+# Operands whose type carries a sharding keep XLA's operations (defined once, in cnnrnn.nn).
+explicitly_sharded = recurrence.explicitly_sharded
 
 
 class _Primitive(core.Primitive):

@@ -38,9 +38,9 @@ import sacremoses
 import sentencepiece as spm
 
 from cnnrnn.data import text
+from cnnrnn.decode import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # pylint: disable=unused-import
 from cnnrnn.data.options import Option
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")
 TOKENIZERS = ("sentencepiece", "moses_words", "spacy_words")
 SENTENCEPIECE_MODELS = ("bpe", "unigram")

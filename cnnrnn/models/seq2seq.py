@@ -53,6 +53,8 @@ from flax.linen import recurrent as flax_recurrent
 import jax
 import jax.numpy as jnp
 
+from cnnrnn.decode import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # pylint: disable=unused-import
+from cnnrnn.models.variants import variant_constructor
 from cnnrnn.nn.attention import AdditiveAttention, LUONG_SCORES, LuongAttention
 from cnnrnn.nn.cells import CELLS, make_cell
 from cnnrnn.nn.rnn import StackedRNN
@@ -60,7 +62,6 @@ from cnnrnn.nn.rnn import StackedRNN
 Array = jax.Array
 Carry = Any
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ATTENTIONS = ("none", "context", "bahdanau", "luong")
 
 _PTSEQ2SEQ = dict(embed_dim=256, hidden_size=512, dropout_rate=0.5)
@@ -390,17 +391,4 @@ class Seq2Seq(nn.Module):
     return self.head(features)
 
 
-def seq2seq(variant: str | None = None, **kwargs) -> Seq2Seq:
-  """A `Seq2Seq` with a variant's settings (`VARIANTS`), overridden by `kwargs`.
-
-  Raises:
-    ValueError: unknown variant (the message lists the known ones).
-  """
-  if variant is None:
-    return Seq2Seq(**kwargs)
-  if variant not in VARIANTS:
-    raise ValueError(f"model.variant={variant!r}; known: {', '.join(VARIANTS)}")
-  return Seq2Seq(**{**VARIANTS[variant], **kwargs})
-
-
-seq2seq.module_class = Seq2Seq  # What the variant constructor builds (config checks).
+seq2seq = variant_constructor(Seq2Seq, VARIANTS, "seq2seq")

@@ -29,11 +29,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnnrnn.decode import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # pylint: disable=unused-import
+from cnnrnn.models.variants import variant_constructor
 from cnnrnn.nn.transformer import PositionalEncoding, TransformerDecoder, TransformerEncoder
 
 Array = jax.Array
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": dict(num_layers=6, d_model=512, num_heads=8, mlp_dim=2048, dropout_rate=0.1),
@@ -251,17 +251,4 @@ class Transformer(nn.Module):
     return self._logits(y)[:, 0]
 
 
-def transformer(variant: str | None = None, **kwargs) -> Transformer:
-  """A `Transformer` with a variant's sizes (`VARIANTS`), overridden by `kwargs`.
-
-  Raises:
-    ValueError: unknown variant (the message lists the known ones).
-  """
-  if variant is None:
-    return Transformer(**kwargs)
-  if variant not in VARIANTS:
-    raise ValueError(f"model.variant={variant!r}; known: {', '.join(VARIANTS)}")
-  return Transformer(**{**VARIANTS[variant], **kwargs})
-
-
-transformer.module_class = Transformer  # What the variant constructor builds (config checks).
+transformer = variant_constructor(Transformer, VARIANTS, "transformer")

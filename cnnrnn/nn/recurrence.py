@@ -115,8 +115,12 @@ def _vary_tree_together(*trees):
   return jax.tree.unflatten(treedef, vary_together(*leaves))
 
 
-def _explicitly_sharded(*arrays: Array) -> bool:
-  """Whether an array's type carries a sharding (a mesh with `AxisType.Explicit` axes)."""
+def explicitly_sharded(*arrays: Array) -> bool:
+  """Whether any array's type carries a sharding (a mesh with `AxisType.Explicit` axes).
+
+  Custom primitives do not propagate such types (their reference functions would need an
+  `out_sharding` for their contractions), so there the plain operations are used.
+  """
   return any(any(s is not None for s in jax.typeof(a).sharding.spec) for a in arrays)
 
 
@@ -127,7 +131,7 @@ def rowwise_dot(a: Array, w: Array) -> Array:
   types the primitive does not propagate) the plain dot itself."""
   if a.ndim < 2 or w.ndim != 2 or a.shape[-1] != w.shape[0]:
     raise ValueError(f"rowwise_dot takes [..., K] and [K, N], got {a.shape} and {w.shape}")
-  if _explicitly_sharded(a, w):
+  if explicitly_sharded(a, w):
     return _rowwise_dot_impl(a, w)
   return rowwise_dot_p.bind(*vary_together(a, w))
 

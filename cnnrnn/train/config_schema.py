@@ -23,6 +23,7 @@ import inspect
 import math
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 
 from cnnrnn import data
@@ -32,7 +33,8 @@ from cnnrnn.data import options
 from cnnrnn.train import optim
 from cnnrnn.train.defaults import default_config
 
-DTYPES = ("float32", "bfloat16", "float16")
+# The names `model.dtype` / `model.param_dtype` take, and what they mean.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 @dataclasses.dataclass(frozen=True)

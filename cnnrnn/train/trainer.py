@@ -36,17 +36,15 @@ from cnnrnn.train.state import TrainState
 from cnnrnn.train.workdir_lock import WorkdirLock
 from cnnrnn.train.writers import MetricWriter, Progress
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
 def model_kwargs(model_config) -> dict:
   """`config.model` minus its name, with dtype names turned into dtypes."""
   kwargs = {k: v for k, v in model_config.to_dict().items() if k != "name"}
   for field in ("dtype", "param_dtype"):
     if isinstance(kwargs.get(field), str):
-      if kwargs[field] not in _DTYPES:
-        raise ValueError(f"model.{field}={kwargs[field]!r}; allowed: {', '.join(_DTYPES)}")
-      kwargs[field] = _DTYPES[kwargs[field]]
+      if kwargs[field] not in config_schema.DTYPES:
+        raise ValueError(
+            f"model.{field}={kwargs[field]!r}; allowed: {', '.join(config_schema.DTYPES)}")
+      kwargs[field] = config_schema.DTYPES[kwargs[field]]
   for k, v in kwargs.items():
     if isinstance(v, list):
       kwargs[k] = tuple(v)
