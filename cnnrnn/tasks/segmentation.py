@@ -57,6 +57,7 @@ class Segmentation(base.CheckedFields):
   input_key: str = "image"
   label_key: str = "segmentation"
 
+  # The per-class `iou_c{k}` are logged too; these are the metrics a checkpoint can be kept by.
   metric_names = ("loss", "pixel_accuracy", "miou")
 
   @classmethod
