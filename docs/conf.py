@@ -173,7 +173,30 @@ def literal_blocks(app, what, name, obj, options, lines):  # pylint: disable=unu
   lines[:] = out
 
 
+def _escape_unpaired_stars(line: str) -> str:
+  """`{"params": ..., **model_state}` in prose: a `**` with no partner on its line is a
+  Python unpacking, not the start of bold text; outside inline literals it is escaped."""
+  if line.count("**") % 2 == 0:
+    return line
+  out, in_literal, i = [], False, 0
+  while i < len(line):
+    if line[i] == "`":
+      in_literal = not in_literal
+    if not in_literal and line.startswith("**", i):
+      out.append(r"\*\*")
+      i += 2
+      continue
+    out.append(line[i])
+    i += 1
+  return "".join(out)
+
+
+def escape_stars(app, what, name, obj, options, lines):  # pylint: disable=unused-argument
+  lines[:] = [_escape_unpaired_stars(line) for line in lines]
+
+
 def setup(app):
+  app.connect("autodoc-process-docstring", escape_stars, priority=450)
   app.add_directive("cnnrnn-api", ApiDirective)
   app.connect("autodoc-process-docstring", literal_blocks, priority=400)
   return {"parallel_read_safe": True}
