@@ -12,6 +12,7 @@ from cnnrnn import tasks
 from cnnrnn import train
 from cnnrnn import transfer
 from cnnrnn.interop import torch_zoo
+from cnnrnn.train import optim
 from cnnrnn.train import steps
 from cnnrnn.train.state import TrainState
 from configs import quickstart
@@ -45,7 +46,7 @@ def _setup(cfg, num_steps=4, optimizer="momentum", weight_decay=0.0, **model_kwa
   params = variables.pop("params")
   order = transfer.call_order(model, batch["image"][:1], train=False)
   tx, _ = transfer.make_optimizer(_optimizer_cfg(optimizer, weight_decay), cfg, params, order,
-                                  100)
+                                  100, optimizer_factory=optim.make_optimizer)
   wrapped = transfer.wrap_model(model, cfg)
   task = tasks.create("classification", num_classes=5)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),

@@ -23,23 +23,12 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from cnnrnn.interop.entries import Entry
+from cnnrnn.interop.entries import conv_to_flax as _conv_to_flax
+from cnnrnn.interop.entries import conv_to_torch as _conv_to_torch
+from cnnrnn.interop.entries import identity as _identity
+from cnnrnn.interop.entries import transpose as _dense
 from cnnrnn.models import vit as vit_lib
-
-
-def _dense(a):
-  return a.T
-
-
-def _conv_to_flax(w):
-  return w.transpose(2, 3, 1, 0)  # [D, C, p, p] -> [p, p, C, D]
-
-
-def _conv_to_torch(k):
-  return k.transpose(3, 2, 0, 1)
-
-
-def _identity(a):
-  return a
 
 
 def _qkv_rules(heads: int, head_dim: int):
@@ -70,8 +59,6 @@ def _proj_rules(heads: int, head_dim: int):
 
 def entries(model, abstract: Mapping[str, Any]):
   """`torch_zoo.Family.entries` for ViT: (entries, no extra keys)."""
-  from cnnrnn.interop.torch_zoo import Entry  # pylint: disable=g-import-not-at-top
-
   heads = model.num_heads
   head_dim = model.hidden_dim // heads
   (qkv_k, qkv_b) = _qkv_rules(heads, head_dim)

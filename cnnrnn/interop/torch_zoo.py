@@ -34,27 +34,11 @@ from flax import traverse_util
 
 from cnnrnn import models
 from cnnrnn.interop import torch_vit
-
-Path = tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """One array: where it lives in each format and how to convert it.
-
-  Attributes:
-    torch_key: key in the torch state dict, e.g. "layer1.0.conv1.weight".
-    collection: Flax collection, "params" or "batch_stats".
-    path: path inside the collection, e.g. ("stage1_block0", "conv1", "kernel").
-    to_flax: torch-layout array -> Flax-layout array.
-    to_torch: Flax-layout array -> torch-layout array.
-  """
-
-  torch_key: str
-  collection: str
-  path: Path
-  to_flax: Callable[[np.ndarray], np.ndarray]
-  to_torch: Callable[[np.ndarray], np.ndarray]
+from cnnrnn.interop.entries import Entry, Path
+from cnnrnn.interop.entries import conv_to_flax as _conv_to_flax
+from cnnrnn.interop.entries import conv_to_torch as _conv_to_torch
+from cnnrnn.interop.entries import identity as _identity
+from cnnrnn.interop.entries import transpose as _transpose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,22 +80,6 @@ class Family:
   kwargs_from_state_dict: Callable[[Mapping[str, Any]], dict] | None = None
   kwargs_from_variables: Callable[[Mapping[str, Any]], dict] | None = None
   from_state_dict: Callable[[Mapping[str, Any], nn.Module], Mapping[str, Any]] | None = None
-
-
-def _identity(a: np.ndarray) -> np.ndarray:
-  return a
-
-
-def _transpose(a: np.ndarray) -> np.ndarray:
-  return a.T  # dense: [out, in] <-> [in, out]
-
-
-def _conv_to_flax(w: np.ndarray) -> np.ndarray:
-  return w.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
-
-
-def _conv_to_torch(k: np.ndarray) -> np.ndarray:
-  return k.transpose(3, 2, 0, 1)  # [kh, kw, I, O] -> [O, I, kh, kw]
 
 
 def _flat_dense_rules(chw: tuple[int, int, int]):

@@ -151,7 +151,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if field in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
       kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
   model = models.create(config.model.name, **kwargs)
-  transfer_plan = transfer.plan(config, kwargs)  # None unless config.transfer.source is set
+  # None unless config.transfer.source is set.
+  transfer_plan = transfer.plan(config, kwargs, optimizer_factory=optim.make_optimizer)
   if "num_classes" in tasks.fields(config.task.name):
     task_kwargs.setdefault("num_classes",
                            kwargs.get("num_classes", streams.model_defaults.get("num_classes")))
