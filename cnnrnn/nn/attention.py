@@ -12,7 +12,9 @@ checkpoints map 1:1. By default it computes attention itself, head-major: q, k a
 mode the cached keys and values stay in Flax's [B, L, H, Dh] and are read in place, not
 transposed at every step). `jax.nn.dot_product_attention` is what `implementation="xla"`
 or `"cudnn"` selects (its `None` is its XLA path too, written token-major [B, T, H, Dh]);
-use it for cuDNN's kernels when no weights are requested and there is no dropout on them.
+use "cudnn" on NVIDIA GPUs for cuDNN's fused attention: it is taken where cuDNN can compute
+the call (no weights requested, no dropout on them, float16/bfloat16 compute, a head size
+that is a multiple of 8 up to 128) and the call goes to XLA's implementation otherwise.
 On the CPU the head-major form is the faster one: the attention of one ViT block (B 128,
 65 tokens, 4 heads of 32) took 18.6 ms forward and backward against 36.8 ms through
 `jax.nn.dot_product_attention` (2 threads, this project's development machine). Whole
@@ -88,6 +90,9 @@ def _softmax_where_jvp(axis, primals, tangents):
   return y, y * (dx - jnp.sum(y * dx, axis, keepdims=True))
 
 
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head scaled dot-product attention with separate or fused q/k/v projections.
 
@@ -110,7 +115,9 @@ class MultiHeadAttention(nn.Module):
     param_dtype: parameter dtype.
     implementation: None: the head-major attention written here (see the module docstring);
       "xla" or "cudnn": `jax.nn.dot_product_attention` with that implementation, where it
-      can express the call (no weights returned, no dropout on them).
+      can express the call (no weights returned, no dropout on them); "cudnn" becomes "xla"
+      where cuDNN cannot run it (float32 compute, a head size not a multiple of 8 or above
+      128).
     decode: incremental decoding with a key/value cache (see the module docstring).
     qk_attn_weights_einsum_cls: factory of the einsum that computes the scores q k^T
       (called with subscripts and two operands; default `jnp.einsum`), as Flax's
@@ -154,9 +161,12 @@ class MultiHeadAttention(nn.Module):
       [B, Tq, out], or ([B, Tq, out], weights [B, H, Tq, Tk]) with `return_weights`.
 
     Raises:
-      ValueError: qkv_features not divisible by num_heads, fused_qkv with inputs_kv, or a
-        mask of rank above 4.
+      ValueError: qkv_features not divisible by num_heads, fused_qkv with inputs_kv, a mask
+        of rank above 4, or an unknown implementation.
     """
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f"MultiHeadAttention.implementation={self.implementation!r}; allowed: "
+                       f"{', '.join(map(repr, IMPLEMENTATIONS))}")
     decode = self.decode if decode is None else decode
     features = inputs_q.shape[-1]
     qkv_features = self.qkv_features or features
@@ -246,8 +256,13 @@ class MultiHeadAttention(nn.Module):
       if kv_layout == "bhkd":
         key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
       query, key, value = (x.astype(dtype) for x in (jnp.swapaxes(query, 1, 2), key, value))
+      implementation = self.implementation
+      head_dim = query.shape[-1]
+      if implementation == "cudnn" and (dtype not in (jnp.bfloat16, jnp.float16)
+                                        or head_dim % 8 or head_dim > 128):
+        implementation = "xla"  # What cuDNN's fused attention cannot compute.
       out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale,
-                                         implementation=self.implementation)
+                                         implementation=implementation)
       if mask is not None:
         # dot_product_attention averages the values of an all-masked (head, row); zero it,
         # as the written-out path does.

@@ -121,6 +121,47 @@ def test_jax_dot_product_attention_path_agrees_and_dropout_needs_train(fused_qkv
   assert not np.allclose(dropped, fast)
 
 
+@pytest.mark.parametrize("implementation", ["xla", "cudnn"])
+def test_jax_dot_product_attention_path_with_causal_and_padding_masks(implementation):
+  """Causal self-attention over padded sequences and cross-attention over padded memory:
+  jax.nn.dot_product_attention gives the default path's outputs and gradients. "cudnn" with
+  float32 compute is not cuDNN's to run: it goes to XLA's implementation (so it runs here)."""
+  x, memory = _x(B, TK, D), _x(B, TQ, D)
+  valid = np.arange(TK)[None] < np.array([[6], [4]])
+  causal = np.logical_and(cnn.make_attention_mask(valid, valid), cnn.make_causal_mask(x[..., 0]))
+  mem_valid = np.arange(TQ)[None] < np.array([[5], [2]])
+  cross = cnn.make_attention_mask(valid, mem_valid)  # [B, 1, TK, TQ]
+  ours, theirs = cnn.MultiHeadAttention(H), cnn.MultiHeadAttention(H, implementation=implementation)
+  variables = ours.init(jax.random.key(4), x)
+
+  def loss(module, params, x, memory):
+    self_out = module.apply({"params": params}, x, mask=causal)
+    cross_out = module.apply({"params": params}, x, memory, mask=cross)
+    return jnp.sum(jnp.sin(self_out)) + jnp.sum(jnp.cos(cross_out)), (self_out, cross_out)
+
+  (want, want_out), want_grads = jax.value_and_grad(loss, (1, 2, 3), has_aux=True)(
+      ours, variables["params"], x, memory)
+  (got, got_out), got_grads = jax.value_and_grad(loss, (1, 2, 3), has_aux=True)(
+      theirs, variables["params"], x, memory)
+  for g, w in zip(got_out, want_out):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+  # A changed token changes nothing before it.
+  x2 = x.copy()
+  x2[0, 4] += 5.0
+  out2 = theirs.apply(variables, x2, mask=causal)
+  np.testing.assert_allclose(out2[0, :4], want_out[0][0, :4], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(out2[0, 4], want_out[0][0, 4])
+
+
+def test_unknown_attention_implementation_is_refused():
+  x = _x(B, TK, D)
+  with pytest.raises(ValueError, match=r"implementation='flash'; allowed: None, 'xla', 'cudnn'"):
+    cnn.MultiHeadAttention(H, implementation="flash").init(jax.random.key(0), x)
+
+
 def test_masked_softmax_derivatives_are_the_softmax_ones():
   """The custom JVP rule equals differentiating the formula, to second order, masked
   entries and all-masked rows included (they get exactly zero)."""
