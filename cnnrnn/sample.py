@@ -7,24 +7,23 @@ The model, dataset and vocabulary come from the workdir's config.json; the param
 its newest checkpoint (or `--checkpoint=best`, or a step number).
 """
 
+if __name__ == "__main__":
+  # First of all: a signal during the imports below ends the process at once, in one line.
+  from cnnrnn import signals as _signals  # pylint: disable=g-import-not-at-top
+
+  _signals.install()
+
 import functools
-import json
-import os
 import sys
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
-import orbax.checkpoint as ocp
 
-from cnnrnn import data
-from cnnrnn import models
 from cnnrnn.data import text
 from cnnrnn.models import rnn_lm
-from cnnrnn.train.checkpoint import step_directory
-from cnnrnn.train.trainer import model_kwargs
+from cnnrnn.train import runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a language-model run.")
 _PROMPT = flags.DEFINE_string("prompt", "\n", "Text the samples continue (at least one token).")
@@ -36,29 +35,14 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a
 
 
 def load_language_model(workdir: str, checkpoint: str = "latest"):
-  """Returns (model, variables, vocabulary) of a language-model workdir.
+  """Returns (model, variables, vocabulary) of a language-model workdir (`runs.load_run`).
 
   Raises:
     FileNotFoundError: no config.json or no checkpoint in `workdir`.
     ValueError: the run is not a language model, or a bad `checkpoint`.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: --workdir must be a cnnrnn.main workdir")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.task.name != "language_model":
-    raise ValueError(f"{workdir} holds a {config.task.name!r} run, not a language model")
-  dataset = data.load(config.dataset.name, config.dataset.get("data_dir"),
-                      config.dataset.get("manual_dir"))
-  vocab = text.load_corpus(dataset, config.dataset.get("level"),
-                           config.dataset.get("train_split", "train")).vocab
-  kwargs = model_kwargs(config.model)
-  kwargs.setdefault("vocab_size", len(vocab))
-  model = models.create(config.model.name, **kwargs)
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(os.path.join(step_directory(workdir, checkpoint), "state"))
-  return model, {"params": state["params"]}, vocab
+  run = runs.load_run(workdir, checkpoint, task="language_model")
+  return run.model, {"params": run.variables["params"]}, run.vocab
 
 
 def generate(model, variables, vocab: text.Vocabulary, prompt: str, *, length: int,

@@ -14,26 +14,25 @@ over heads; source tokens across, target tokens down) for --sentence, for models
 `decode(encoded, tgt_in, return_weights=True)` returns attention weights.
 """
 
+if __name__ == "__main__":
+  # First of all: a signal during the imports below ends the process at once, in one line.
+  from cnnrnn import signals as _signals  # pylint: disable=g-import-not-at-top
+
+  _signals.install()
+
 import inspect
-import json
-import os
 import sys
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from cnnrnn import data
-from cnnrnn import models
 from cnnrnn.data import tokenizers
 from cnnrnn.data import translation as tr
 from cnnrnn.tasks.translation import Translation
-from cnnrnn.train.checkpoint import step_directory
-from cnnrnn.train.trainer import model_kwargs
+from cnnrnn.train import runs
 
 FLAGS = flags.FLAGS
 
@@ -141,26 +140,11 @@ def load_translator(workdir: str, checkpoint: str = "latest", **task_overrides) 
     FileNotFoundError: no config.json or no checkpoint in `workdir`.
     ValueError: the run is not a translation run, or a bad `checkpoint`.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: --workdir must be a cnnrnn.main workdir")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.task.name != "translation":
-    raise ValueError(f"{workdir} holds a {config.task.name!r} run, not a translation run")
-  dataset = data.load(config.dataset.name, config.dataset.get("data_dir"),
-                      config.dataset.get("manual_dir"))
-  src_tok, tgt_tok, max_length = tr.load_tokenizers(config.dataset, dataset)
-  kwargs = model_kwargs(config.model)
-  kwargs.setdefault("vocab_size", src_tok.vocab_size)
-  kwargs.setdefault("tgt_vocab_size", tgt_tok.vocab_size)
-  model = models.create(config.model.name, **kwargs)
-  task_fields = {k: v for k, v in config.task.to_dict().items() if k != "name"}
+  run = runs.load_run(workdir, checkpoint, task="translation")
+  task_fields = {k: v for k, v in run.config.task.to_dict().items() if k != "name"}
   task = Translation(**(task_fields | {k: v for k, v in task_overrides.items() if v is not None}))
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(os.path.join(step_directory(workdir, checkpoint), "state"))
-  variables = {"params": state["params"], **(state.get("model_state") or {})}
-  return Translator(model, variables, src_tok, tgt_tok, task, max_length)
+  return Translator(run.model, run.variables, run.source_tokenizer, run.target_tokenizer, task,
+                    run.max_length)
 
 
 def plot_attention(matrix: np.ndarray, source: list[str], target: list[str], path: str) -> None:

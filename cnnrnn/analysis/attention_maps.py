@@ -19,12 +19,10 @@ patches; without a class token (GAP pooling), the mean of the patches' rows.
 """
 
 import inspect
-import json
 import math
 import os
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from cnnrnn.analysis import plots
@@ -181,17 +179,11 @@ def plot_workdir_attention(workdir: str, out_dir: str | None = None, num_images:
   """
   # Imported here: the plotting functions above need none of the training stack.
   from cnnrnn import data  # pylint: disable=g-import-not-at-top
-  from cnnrnn import models  # pylint: disable=g-import-not-at-top
-  from cnnrnn import transfer  # pylint: disable=g-import-not-at-top
   from cnnrnn.data import pipeline  # pylint: disable=g-import-not-at-top
-  from cnnrnn.train.trainer import model_kwargs  # pylint: disable=g-import-not-at-top
+  from cnnrnn.train import runs  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  variables = transfer.load_workdir(workdir)
-  kwargs = model_kwargs(config.model)
-  kwargs.setdefault("num_classes", int(np.shape(variables["params"]["head"]["kernel"])[-1]))
-  model = models.create(config.model.name, **kwargs)
+  run = runs.load_run(workdir)
+  config, model, variables = run.config, run.model, run.variables
   if "return_attention" not in inspect.signature(type(model).__call__).parameters:
     raise ValueError(f"model {config.model.name!r} does not return attention weights (a ViT does)")
   ds_cfg = config.dataset

@@ -16,12 +16,10 @@ From a trained workdir of either model (its newest checkpoint, the first example
         [--split=test] [--beam_size=1]
 """
 
-import json
 import os
 from collections.abc import Sequence
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from cnnrnn import decode
@@ -177,22 +175,16 @@ def plot_workdir_strips(workdir: str, out_dir: str | None = None, num_examples: 
   """
   # Imported here: the plotting functions above need none of the training stack.
   from cnnrnn import data  # pylint: disable=g-import-not-at-top
-  from cnnrnn import models  # pylint: disable=g-import-not-at-top
-  from cnnrnn import transfer  # pylint: disable=g-import-not-at-top
   from cnnrnn.data import pipeline  # pylint: disable=g-import-not-at-top
   from cnnrnn.data.builders import mnist_generated  # pylint: disable=g-import-not-at-top
-  from cnnrnn.train.trainer import model_kwargs  # pylint: disable=g-import-not-at-top
+  from cnnrnn.train import runs  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = runs.load_config(workdir)
   if config.model.name not in ("captioner", "video_classifier"):
     raise ValueError(f"workdir {workdir} trained {config.model.name!r}; strips are drawn for "
                      "'captioner' and 'video_classifier'")
-  variables = transfer.load_workdir(workdir)
-  kwargs = model_kwargs(config.model)
-  if config.model.name == "video_classifier":
-    kwargs.setdefault("num_classes", int(np.shape(variables["params"]["head"]["kernel"])[-1]))
-  model = models.create(config.model.name, **kwargs)
+  run = runs.load_run(workdir)
+  model, variables = run.model, run.variables
   ds_cfg = config.dataset
   dataset = data.load(ds_cfg.name, data_dir or ds_cfg.get("data_dir"), ds_cfg.get("manual_dir"),
                       options=ds_cfg.to_dict())
@@ -209,7 +201,7 @@ def plot_workdir_strips(workdir: str, out_dir: str | None = None, num_examples: 
                           beam_size=beam_size)
   label_key = config.task.get("label_key", "label")
   names = (mnist_generated.DIRECTIONS if label_key == "direction"
-           else [str(i) for i in range(kwargs["num_classes"])])
+           else [str(i) for i in range(model.num_classes)])
   lengths = batch.get("seq_lengths")
   logits = model.apply(variables, batch["image"], seq_lengths=lengths)
   paths = []

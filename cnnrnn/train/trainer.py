@@ -29,6 +29,7 @@ from cnnrnn.train import evaluators
 from cnnrnn.train import optim
 from cnnrnn.train import preemption
 from cnnrnn.train import run_identity
+from cnnrnn.train import runs
 from cnnrnn.train import sharding
 from cnnrnn.train import steps
 from cnnrnn.train.checkpoint import Checkpointer, SaveTimer
@@ -152,7 +153,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
   model = models.create(config.model.name, **kwargs)
   # None unless config.transfer.source is set.
-  transfer_plan = transfer.plan(config, kwargs, optimizer_factory=optim.make_optimizer)
+  transfer_plan = transfer.plan(config, kwargs, optimizer_factory=optim.make_optimizer,
+                                workdir_loader=runs.load_variables)
   if "num_classes" in tasks.fields(config.task.name):
     task_kwargs.setdefault("num_classes",
                            kwargs.get("num_classes", streams.model_defaults.get("num_classes")))
