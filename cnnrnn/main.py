@@ -8,6 +8,12 @@ checkpoint: run the same command again (launch/ scripts requeue on it); 128 + N 
 by signal N (a second SIGTERM/SIGINT aborts at once: 143 / 130).
 """
 
+if __name__ == "__main__":
+  # First of all: a signal during the imports below ends the process at once, in one line.
+  from cnnrnn import signals as _signals  # pylint: disable=g-import-not-at-top
+
+  _signals.install()
+
 import difflib
 import errno
 import importlib.util

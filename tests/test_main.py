@@ -50,3 +50,47 @@ print(main._describe_os_error(OSError(errno.EROFS, "Read-only file system", "/w"
                        check=True).stdout
   assert out == ("the disk is full: checkpoint step 1 needs about 5 MiB (/ck)\n"
                  "the filesystem is read-only (/w)\n")
+
+
+def test_signals_through_start_up_exit_at_once_and_training_resumes(tmp_path, data_dir):
+  """SIGINT/SIGTERM at random moments of start-up: each exits at once with 130/143 (or is
+  killed by the signal's default action before Python's first instruction), never trains
+  on, never crashes; one during training saves and exits 75, and the rerun resumes."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import random  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  workdir = tmp_path / "run"
+  cmd, kw = cli("configs/quickstart.py", workdir, data_dir, 1, "--config.num_train_steps=2000",
+                "--config.log_every_steps=1", "--config.model.features=(4, 8)",
+                "--config.model.dense=(16,)", "--config.checkpoint.every_secs=0",
+                "--config.optimizer.schedule=constant")
+  rng = random.Random(0)
+  for _ in range(6):
+    sig = rng.choice([signal.SIGINT, signal.SIGTERM])
+    proc = subprocess.Popen(cmd, **kw)
+    time.sleep(rng.uniform(0.05, 3.0))
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode in (128 + sig, -sig, 75), (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+    if proc.returncode == 128 + sig:
+      assert f"{sig.name} received with no training step to save: exiting at once" in err
+  proc = subprocess.Popen(cmd, **kw)  # Now signalled once training has logged a step.
+  metrics, deadline = workdir / "metrics.jsonl", time.time() + 300
+  while not (metrics.exists() and any(json.loads(l)["split"] == "train"
+                                      for l in metrics.read_text().splitlines()
+                                      if l.endswith("}"))):
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 75, err.decode()[-2000:]
+  saved = max(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+  rerun = subprocess.run([a.replace("num_train_steps=2000", f"num_train_steps={saved + 2}")
+                          for a in cmd] + ["--allow_change=num_train_steps"], **kw, timeout=300)
+  err = rerun.stderr.decode()
+  assert rerun.returncode == 0 and f"Resumed from {workdir} at step {saved}" in err, err[-2000:]

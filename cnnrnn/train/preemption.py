@@ -6,9 +6,12 @@ reached(step)` after every step; once it says True the trainer saves that step, 
 for the write to be committed and raises `Preempted`, which the command line turns into
 exit code `PREEMPTED_EXIT_CODE` so that a launcher can requeue the job (launch/).
 
-- One process: Python handlers for SIGTERM and SIGINT set a flag. The first signal also
-  puts both signals back to their default action, so a second one ends the process at
-  once, by the kernel, even while the main thread is blocked in a save.
+- Before the watcher is armed (`arm()`, or the first `reached()`, i.e. until the first
+  training step is done) there is nothing to save: a signal ends the process at once
+  with exit code 128 + N and one line (`cnnrnn.signals.exit_now`).
+- One process, armed: Python handlers for SIGTERM and SIGINT set a flag. The first signal
+  also puts both signals back to their default action, so a second one ends the process
+  at once, by the kernel, even while the main thread is blocked in a save.
 - Several processes (`jax.distributed.initialize` was called): JAX's own C++ handler
   catches SIGTERM and its preemption service makes every process agree on one step
   (`multihost_utils.reached_preemption_sync_point`), so all of them save the same step.
@@ -24,6 +27,8 @@ import threading
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+
+from cnnrnn import signals
 
 # EX_TEMPFAIL (sysexits.h): "a temporary failure; the user is invited to retry". Not
 # 128 + 15 = 143, which is what a run killed by SIGTERM without saving reports.
@@ -54,6 +59,7 @@ class PreemptionWatcher:
   def __init__(self):
     self.signal_name = None
     self._requested = False
+    self._armed = False
     self._previous = {}
     self._multiprocess = jax.process_count() > 1
 
@@ -72,7 +78,13 @@ class PreemptionWatcher:
         signal.signal(sig, handler)
     self._previous.clear()
 
+  def arm(self) -> None:
+    """From now on a signal saves a checkpoint before the process exits (see the module)."""
+    self._armed = True
+
   def _handle(self, signum, frame) -> None:
+    if not self._armed:
+      signals.exit_now(signum, frame)
     del frame
     name = signal.Signals(signum).name
     self.signal_name = self.signal_name or name
@@ -89,8 +101,10 @@ class PreemptionWatcher:
   def reached(self, step: int) -> bool:
     """True when training should save `step` and stop; the same answer on every process.
 
-    Every process must call it after every step, starting from the same step.
+    Every process must call it after every step, starting from the same step. The first
+    call arms the watcher.
     """
+    self._armed = True
     if not self._multiprocess:
       return self._requested
     try:

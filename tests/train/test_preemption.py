@@ -100,6 +100,7 @@ _WATCH = """
 import os, signal, sys, time
 from cnnrnn.train import preemption
 with preemption.PreemptionWatcher() as watcher:
+  watcher.arm()  # As after the first training step.
   os.kill(os.getpid(), signal.SIG{first})
   time.sleep(0.2)  # The Python handler runs between bytecodes.
   assert watcher.reached(1) and watcher.signal_name == "SIG{first}"
