@@ -20,6 +20,7 @@ import pytest
 
 from cnnrnn import train
 from cnnrnn.train import checkpoint
+from cnnrnn.train import runs
 from configs import quickstart
 from tests.helpers import override, restore_state
 
@@ -229,3 +230,24 @@ def test_edited_data_position_resumes_bitwise_from_the_previous_step(run, data_d
               if r.levelno == logging.WARNING and "unusable" in r.getMessage()]
   assert len(warnings) == 1 and "data-iterator state" in warnings[0], warnings
   assert _same(restore_state(copy, STEPS), restore_state(workdir, STEPS))
+
+
+def test_readers_skip_a_damaged_step_with_one_warning(run, tmp_path, caplog):
+  """`load_run` (sample, translate, transfer, analysis): the damaged newest step is skipped,
+  left in place (the reader does not own the workdir), and the previous one is read; asked
+  for by number, the damaged step is an error."""
+  workdir, _, saved = run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  for path in (copy / "checkpoints" / str(STEPS) / "state").rglob("d/*"):
+    DAMAGE["zeroed"](path)  # Every array file, so that the parameters are hit too.
+  with caplog.at_level(logging.WARNING):
+    loaded = runs.load_run(str(copy))
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "unusable" in r.getMessage()]
+  assert len(warnings) == 1 and f"step {STEPS} in" in warnings[0], warnings
+  assert loaded.step == 4 and (copy / "checkpoints" / str(STEPS)).is_dir()
+  assert _same(loaded.variables["params"], saved[4][0].params)
+  assert loaded.model.apply(loaded.variables, np.zeros((1, 8, 8, 1), np.float32)).shape == (1, 10)
+  with pytest.raises(ValueError, match=rf"No usable checkpoint .*step {STEPS}.*(unreadable|digest)"):
+    runs.load_run(str(copy), str(STEPS))
