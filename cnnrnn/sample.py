@@ -14,6 +14,7 @@ if __name__ == "__main__":
   _signals.install()
 
 import functools
+import math
 import sys
 
 from absl import app
@@ -57,10 +58,21 @@ def generate(model, variables, vocab: text.Vocabulary, prompt: str, *, length: i
   return [vocab.decode(t) for t in tokens]
 
 
+def check_flags(length: int, temperature: float, num_samples: int) -> None:
+  """Raises ValueError naming the first bad flag and what is allowed."""
+  if length < 1:
+    raise ValueError(f"--length={length}; allowed: an integer >= 1 (tokens per sample)")
+  if not math.isfinite(temperature) or temperature < 0:
+    raise ValueError(f"--temperature={temperature}; allowed: a finite number >= 0 (0: greedy)")
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples}; allowed: an integer >= 1")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
+    check_flags(_LENGTH.value, _TEMPERATURE.value, _NUM_SAMPLES.value)  # Before any loading.
     model, variables, vocab = load_language_model(_WORKDIR.value, _CHECKPOINT.value)
     samples = generate(model, variables, vocab, _PROMPT.value, length=_LENGTH.value,
                        temperature=_TEMPERATURE.value, num_samples=_NUM_SAMPLES.value,

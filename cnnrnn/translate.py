@@ -21,6 +21,8 @@ if __name__ == "__main__":
   _signals.install()
 
 import inspect
+import math
+import os
 import sys
 
 from absl import app
@@ -165,22 +167,55 @@ def plot_attention(matrix: np.ndarray, source: list[str], target: list[str], pat
   plt.close(fig)
 
 
+def check_flags(batch_size: int, beam_size: int | None, length_penalty: float | None,
+                max_decode_len: int | None, sentence: str | None) -> None:
+  """Raises ValueError naming the first bad flag and what is allowed."""
+  if batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size}; allowed: an integer >= 1")
+  if beam_size is not None and beam_size < 1:
+    raise ValueError(f"--beam_size={beam_size}; allowed: an integer >= 1 (1: greedy)")
+  if length_penalty is not None and not (math.isfinite(length_penalty) and length_penalty >= 0):
+    raise ValueError(f"--length_penalty={length_penalty}; allowed: a finite number >= 0")
+  if max_decode_len is not None and max_decode_len < 1:
+    raise ValueError(f"--max_decode_len={max_decode_len}; allowed: an integer >= 1")
+  if sentence is not None and not sentence.strip():
+    raise ValueError(f"--sentence={sentence!r} is empty; allowed: a sentence with words")
+
+
+def read_sentences(sentence: str | None, path: str | None) -> list[str]:
+  """The source sentences: --sentence, else the lines of --input (UTF-8), else stdin's.
+
+  Raises:
+    ValueError: --input is a directory, missing, or not UTF-8 text (naming the file).
+  """
+  if sentence is not None:
+    return [sentence]
+  if not path:
+    return sys.stdin.read().splitlines()
+  if os.path.isdir(path):
+    raise ValueError(f"--input={path} is a directory; allowed: a text file, one sentence per line")
+  if not os.path.isfile(path):
+    raise ValueError(f"--input={path}: no such file")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"--input={path} is not UTF-8 text (byte {e.start}: {e.reason}); allowed: "
+                     f"a UTF-8 file (e.g. iconv -f latin1 -t utf-8 {path})") from e
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.attention_png and not FLAGS.sentence:
     raise app.UsageError("--attention_png needs --sentence")
   try:
+    check_flags(FLAGS.batch_size, FLAGS.beam_size, FLAGS.length_penalty, FLAGS.max_decode_len,
+                FLAGS.sentence)
+    sentences = read_sentences(FLAGS.sentence, FLAGS.input)  # Before the model is loaded.
     translator = load_translator(FLAGS.workdir, FLAGS.checkpoint, beam_size=FLAGS.beam_size,
                                  length_penalty=FLAGS.length_penalty,
                                  max_decode_len=FLAGS.max_decode_len)
-    if FLAGS.sentence is not None:
-      sentences = [FLAGS.sentence]
-    elif FLAGS.input:
-      with open(FLAGS.input, encoding="utf-8") as f:
-        sentences = f.read().splitlines()
-    else:
-      sentences = sys.stdin.read().splitlines()
     for line in translator.translate(sentences, FLAGS.batch_size):
       print(line)
     if FLAGS.attention_png:

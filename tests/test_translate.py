@@ -1,6 +1,7 @@
 """cnnrnn.translate restores a trained translation run and decodes as its evaluation did."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -65,3 +66,30 @@ def test_command_line(run, tmp_path):
   bad = subprocess.run([sys.executable, "-m", "cnnrnn.translate", f"--workdir={tmp_path}"],
                        cwd=REPO, capture_output=True, text=True)
   assert bad.returncode != 0 and "config.json not found" in bad.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (dict(batch_size=0), "--batch_size=0; allowed: an integer >= 1"),
+    (dict(beam_size=0), "--beam_size=0; allowed: an integer >= 1"),
+    (dict(length_penalty=float("nan")), "--length_penalty=nan; allowed: a finite number >= 0"),
+    (dict(max_decode_len=0), "--max_decode_len=0; allowed: an integer >= 1"),
+    (dict(sentence=""), "--sentence='' is empty"),
+])
+def test_bad_flags_are_named(flags, message):
+  values = dict(batch_size=64, beam_size=None, length_penalty=None, max_decode_len=None,
+                sentence=None) | flags
+  with pytest.raises(ValueError, match=re.escape(message)):
+    translate.check_flags(**values)
+
+
+def test_bad_input_files_are_named(tmp_path):
+  latin = tmp_path / "sentences.de"
+  latin.write_bytes("Grüße aus Köln\n".encode("latin-1"))
+  with pytest.raises(ValueError, match=re.escape(f"--input={latin} is not UTF-8 text")):
+    translate.read_sentences(None, str(latin))
+  with pytest.raises(ValueError, match=re.escape(f"--input={tmp_path} is a directory")):
+    translate.read_sentences(None, str(tmp_path))
+  with pytest.raises(ValueError, match=re.escape(f"--input={tmp_path / 'no'}: no such file")):
+    translate.read_sentences(None, str(tmp_path / "no"))
+  (tmp_path / "ok.de").write_text("Ein Hund.\nZwei Katzen.\n", encoding="utf-8")
+  assert translate.read_sentences(None, str(tmp_path / "ok.de")) == ["Ein Hund.", "Zwei Katzen."]
