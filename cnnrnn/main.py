@@ -115,10 +115,12 @@ def main(argv):
 
 
 def _os_error(e: BaseException) -> OSError | None:
-  """The OSError behind `e` (a disk, a path, a permission), following causes and contexts."""
+  """The OSError behind `e` (a disk, a path, a permission, a download), following causes and
+  contexts: the outermost one, so that a message that says what to do (e.g. which file to
+  put where when a download fails offline, the original reason after it) is kept."""
   seen = set()
   while e is not None and id(e) not in seen:
-    if isinstance(e, OSError) and (e.errno or e.filename):
+    if isinstance(e, OSError) and (e.errno or e.filename or str(e)):
       return e
     seen.add(id(e))
     e = e.__cause__ or e.__context__

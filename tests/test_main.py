@@ -45,11 +45,19 @@ wrapped = RuntimeError("a save failed")
 wrapped.__cause__ = full
 print(main._describe_os_error(main._os_error(wrapped)))
 print(main._describe_os_error(OSError(errno.EROFS, "Read-only file system", "/w")))
+offline = OSError("transfer.source='timm:vit_ti16': cannot download timm weights (Connection "
+                  "refused). Offline, download URL elsewhere and set transfer.source to its path")
+offline.__cause__ = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+wrapped = RuntimeError("init failed")
+wrapped.__cause__ = offline
+print(main._describe_os_error(main._os_error(wrapped)))
 """
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        check=True).stdout
   assert out == ("the disk is full: checkpoint step 1 needs about 5 MiB (/ck)\n"
-                 "the filesystem is read-only (/w)\n")
+                 "the filesystem is read-only (/w)\n"
+                 "transfer.source='timm:vit_ti16': cannot download timm weights (Connection "
+                 "refused). Offline, download URL elsewhere and set transfer.source to its path\n")
 
 
 def test_signals_through_start_up_exit_at_once_and_training_resumes(tmp_path, data_dir):
