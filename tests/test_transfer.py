@@ -303,3 +303,11 @@ def test_bad_transfer_config_fails_before_compiling(data_dir, tmp_path, monkeypa
                           field: value})
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5])
+def test_backbone_lr_scale_must_be_finite_and_non_negative(value):
+  cfg = transfer.default_config()
+  cfg.backbone_lr_scale = value
+  with pytest.raises(ValueError, match=r"transfer.backbone_lr_scale=.*allowed: a finite number >= 0"):
+    transfer.validate(cfg)

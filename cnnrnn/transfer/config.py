@@ -24,8 +24,9 @@ def validate(cfg) -> None:
   """Raises ValueError naming the bad `transfer.*` field and the allowed values."""
   if cfg.strategy not in STRATEGIES:
     raise ValueError(f"transfer.strategy={cfg.strategy!r}; allowed: {', '.join(STRATEGIES)}")
-  if cfg.backbone_lr_scale < 0:
-    raise ValueError(f"transfer.backbone_lr_scale={cfg.backbone_lr_scale}; allowed: >= 0")
+  if not 0 <= cfg.backbone_lr_scale < float("inf"):  # NaN fails every comparison.
+    raise ValueError(f"transfer.backbone_lr_scale={cfg.backbone_lr_scale}; allowed: a finite "
+                     "number >= 0")
   if not 0 <= cfg.stage_lr_decay <= 1:
     raise ValueError(f"transfer.stage_lr_decay={cfg.stage_lr_decay}; allowed: in [0, 1]")
   steps = list(cfg.unfreeze_steps or ())
