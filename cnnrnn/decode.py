@@ -198,6 +198,17 @@ def beam_search(step_fn: StepFn, init_state, bos, max_len: int, eos_id: int = EO
 
   Raises:
     ValueError: beam_size < 1 or alpha < 0.
+
+  Example (a "model" that always prefers token 3, the end token, then 4):
+
+    >>> import jax.numpy as jnp
+    >>> from cnnrnn import decode
+    >>> log_probs = jnp.log(jnp.array([0.05, 0.05, 0.05, 0.6, 0.25]))  # V = 5
+    >>> step = lambda state, tokens: (jnp.tile(log_probs, (tokens.shape[0], 1)), state)
+    >>> tokens, scores = decode.beam_search(step, jnp.zeros((2,)), bos=2, max_len=3,
+    ...                                     beam_size=2)
+    >>> tokens.shape, tokens[0, 0].tolist()  # [B, K, max_len]; the best ends at once
+    ((2, 2, 3), [3, 0, 0])
   """
   if beam_size < 1:
     raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -274,6 +285,20 @@ def generate(model, variables, inputs, *, max_len: int, beam_size: int = 1, alph
   Returns:
     (tokens [B, max_len] of the best hypothesis, scores [B]): greedy scores are summed
     log-probabilities, beam scores the length-penalised ones.
+
+  Example (an untrained Transformer: the ids are arbitrary, the shapes are not):
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn import decode, models
+    >>> model = models.create("transformer", vocab_size=20, num_layers=1, d_model=16,
+    ...                       num_heads=2, mlp_dim=32)
+    >>> src = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])  # [B, S], padding 0
+    >>> lengths = jnp.array([3, 2])
+    >>> variables = model.init(jax.random.key(0), src, src, src_lengths=lengths)
+    >>> tokens, scores = decode.generate(model, variables, src, max_len=6, beam_size=3,
+    ...                                  src_lengths=lengths)
+    >>> tokens.shape, scores.shape
+    ((2, 6), (2,))
   """
   variables = {name: v for name, v in variables.items() if name != "cache"}
   encoded = model.apply(variables, inputs, method="encode", **encode_kwargs)

@@ -309,6 +309,21 @@ def from_torch(name: str, state_dict: Mapping[str, Any], **model_kwargs) -> dict
   Raises:
     ValueError: unknown name, missing or unexpected keys (all listed), or a key whose shape
       does not fit the model (named, with both shapes).
+
+  Example (a round trip; a torchvision model's `state_dict()` converts the same way):
+
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from cnnrnn import models
+    >>> from cnnrnn.interop.torch import from_torch, to_torch
+    >>> model = models.create("resnet18", num_classes=10)
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)), train=False)
+    >>> state_dict = to_torch("resnet18", variables)  # torchvision names, numpy arrays
+    >>> state_dict["conv1.weight"].shape, state_dict["fc.weight"].shape  # OIHW, [out, in]
+    ((64, 3, 7, 7), (10, 512))
+    >>> back = from_torch("resnet18", state_dict, num_classes=10)
+    >>> all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back),
+    ...                                           jax.tree.leaves(variables)))
+    True
   """
   abstract, entries, extras = _prepare(name, model_kwargs)
   if _FAMILIES[name].from_state_dict is not None:

@@ -63,6 +63,16 @@ def get_constructor(name: str) -> Callable[..., nn.Module]:
 def create(name: str, **kwargs) -> nn.Module:
   """Builds the model registered under `name` with its keyword arguments.
 
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn import models
+    >>> model = models.create("lenet5", num_classes=10)
+    >>> images = jnp.zeros((4, 32, 32, 1))  # NHWC
+    >>> variables = model.init(jax.random.key(0), images, train=False)
+    >>> model.apply(variables, images, train=False).shape
+    (4, 10)
+
   Args:
     name: a registry name, e.g. "lenet5", "resnet50", "rnn_lm".
     **kwargs: the model's attributes (num_classes, dtype, widths, ...).

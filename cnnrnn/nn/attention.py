@@ -102,6 +102,17 @@ class MultiHeadAttention(nn.Module):
   order; output `out/kernel` [H, Dh, out] and `out/bias` [out]. Scores are scaled by
   Dh ** -0.5.
 
+  Example (causal self-attention):
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn.nn import MultiHeadAttention, make_causal_mask
+    >>> attention = MultiHeadAttention(num_heads=2)
+    >>> x = jnp.ones((3, 5, 8))  # [B, T, D]
+    >>> mask = make_causal_mask(jnp.ones((3, 5)))  # [B, 1, T, T]
+    >>> variables = attention.init(jax.random.key(0), x, mask=mask)
+    >>> attention.apply(variables, x, mask=mask).shape
+    (3, 5, 8)
+
   Attributes:
     num_heads: H.
     qkv_features: H * Dh (default: the query's D); must be divisible by H.

@@ -267,6 +267,18 @@ _NONLINEARITIES: dict[str, Callable[[Array], Array]] = {"tanh": jnp.tanh, "relu"
 class SimpleRNNCell(RecurrentCell):
   """Elman cell: h_t = tanh(x_t W_x + b + h_{t-1} W_h [+ b_h]).
 
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn.nn import SimpleRNNCell
+    >>> cell = SimpleRNNCell(features=8)
+    >>> x = jnp.ones((2, 3))  # one step [B, F]
+    >>> h = cell.initialize_carry(jax.random.key(0), x.shape)  # [B, H]
+    >>> variables = cell.init(jax.random.key(1), h, x)
+    >>> h, y = cell.apply(variables, h, x)
+    >>> y.shape
+    (2, 8)
+
   Attributes (besides RecurrentCell's):
     nonlinearity: "tanh" (Elman) or "relu" (PyTorch's `nonlinearity="relu"`).
   """
@@ -300,6 +312,18 @@ class LSTMCell(RecurrentCell):
     c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)     (the additive cell update)
     h_t = sigmoid(o) * tanh(c_t)
   The carry is (c, h).
+
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn.nn import LSTMCell
+    >>> cell = LSTMCell(features=8)
+    >>> x = jnp.ones((2, 3))  # one step [B, F]
+    >>> carry = cell.initialize_carry(jax.random.key(0), x.shape)  # (c, h), each [B, H]
+    >>> variables = cell.init(jax.random.key(1), carry, x)
+    >>> (c, h), y = cell.apply(variables, carry, x)
+    >>> c.shape, y.shape
+    ((2, 8), (2, 8))
 
   Attributes (besides RecurrentCell's):
     unit_forget_bias: initialize the forget-gate block of the input bias to 1
@@ -367,6 +391,18 @@ class GRUCell(RecurrentCell):
     h_t = (1 - z) * n + z * h
   With reset_after=True the recurrent bias always exists (when use_bias): it sits inside
   the reset product, which is why PyTorch's GRU has two bias vectors.
+
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn.nn import GRUCell
+    >>> cell = GRUCell(features=8)
+    >>> x = jnp.ones((2, 3))  # one step [B, F]
+    >>> h = cell.initialize_carry(jax.random.key(0), x.shape)  # [B, H]
+    >>> variables = cell.init(jax.random.key(1), h, x)
+    >>> h, y = cell.apply(variables, h, x)
+    >>> y.shape
+    (2, 8)
 
   Attributes (besides RecurrentCell's):
     reset_after: which of the two forms above.

@@ -54,6 +54,17 @@ def _select_rows(carries: Carry, lengths: Array, initial: Carry) -> Carry:
 class RNN(nn.Module):
   """Runs a recurrent cell over sequences (see the module docstring).
 
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn.nn import LSTMCell, RNN
+    >>> rnn = RNN(LSTMCell(features=8), return_carry=True)
+    >>> x = jnp.ones((2, 5, 3))  # [B, T, F]
+    >>> variables = rnn.init(jax.random.key(0), x)
+    >>> (c, h), y = rnn.apply(variables, x, seq_lengths=jnp.array([5, 3]))
+    >>> y.shape, h.shape  # outputs [B, T, H]; the final carry is each row's last real step
+    ((2, 5, 8), (2, 8))
+
   Attributes:
     cell: any Flax recurrent cell (its parameters live under `cell/`).
     time_major: inputs are [T, B, F] instead of [B, T, F] (outputs alike).
@@ -207,6 +218,16 @@ class Bidirectional(nn.Module):
   plus `embedding=` passed to both directions. The backward RNN runs with `reverse=True,
   keep_order=True`: its outputs are in input order.
 
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn.nn import Bidirectional, GRUCell, RNN
+    >>> birnn = Bidirectional(RNN(GRUCell(features=4)), RNN(GRUCell(features=4)))
+    >>> x = jnp.ones((2, 6, 3))  # [B, T, F]
+    >>> variables = birnn.init(jax.random.key(0), x)
+    >>> birnn.apply(variables, x).shape  # both directions' features, concatenated
+    (2, 6, 8)
+
   Attributes:
     forward_rnn: the forward-in-time RNN.
     backward_rnn: the backward-in-time RNN.
@@ -260,6 +281,18 @@ class StackedRNN(nn.Module):
 
   Parameters live under `layer{i}/cell/...` (or `layer{i}/forward_rnn/cell/...` and
   `layer{i}/backward_rnn/cell/...`).
+
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> from cnnrnn.nn import StackedRNN
+    >>> stack = StackedRNN(cell="lstm", hidden_size=16, num_layers=2, bidirectional=True,
+    ...                    return_carry=True)
+    >>> x = jnp.ones((4, 7, 5))  # [B, T, F]
+    >>> variables = stack.init(jax.random.key(0), x)
+    >>> carry, y = stack.apply(variables, x)
+    >>> y.shape, len(carry)  # [B, T, 2H]; one carry per layer
+    ((4, 7, 32), 2)
 
   Attributes:
     cell: "simple", "lstm" or "gru".

@@ -79,6 +79,19 @@ def plan(config, model_kwargs: Mapping[str, Any], *,
 
   Raises:
     ValueError: a bad `transfer.*` field.
+
+  Example (what the trainer does with a `transfer` block):
+
+    >>> from cnnrnn import transfer
+    >>> from cnnrnn.train import default_config, optim
+    >>> config = default_config()
+    >>> transfer.plan(config, {}, optimizer_factory=optim.make_optimizer) is None  # scratch
+    True
+    >>> config.transfer.source = "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    >>> config.transfer.strategy = "linear_probe"
+    >>> plan = transfer.plan(config, {"num_classes": 10}, optimizer_factory=optim.make_optimizer)
+    >>> plan.source_model, plan.cfg.strategy  # source_model defaults to model.name
+    ('lenet5', 'linear_probe')
   """
   cfg = config.get("transfer")
   if cfg is None:
