@@ -4,8 +4,9 @@ Running the same command again on the same workdir resumes from its last checkpo
 
 Exit codes: 0 done; 1 an error, explained in one line (`--traceback` for the traceback);
 75 (`PREEMPTED_EXIT_CODE`, EX_TEMPFAIL) stopped by SIGTERM/SIGINT after saving a
-checkpoint: run the same command again (launch/ scripts requeue on it); 128 + N killed
-by signal N (a second SIGTERM/SIGINT aborts at once: 143 / 130).
+checkpoint: run the same command again (launch/ scripts requeue on it); 130 / 143 a
+SIGINT / SIGTERM before the first training step was done (nothing to save; exits at once,
+`cnnrnn.signals`); 128 + N killed by signal N (a second SIGTERM/SIGINT aborts at once).
 """
 
 if __name__ == "__main__":
