@@ -1,7 +1,9 @@
-"""The fields every experiment config has, with their defaults.
+"""The fields every experiment config has, with their defaults: the one place a default
+value is written.
 
 Experiment configs (configs/*.py) start from `default_config()` and override what they
-reproduce; `--config.FIELD=VALUE` overrides any field from the command line.
+reproduce; `--config.FIELD=VALUE` overrides any field from the command line. The trainer
+reads a config through `complete(config)`, so a field a config lacks has this value.
 """
 
 import ml_collections
@@ -87,3 +89,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.profile_steps = 0  # > 0: a profiler trace of that many steps into workdir/profile.
   c.progress_bar = True
   return c
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with every field it lacks taken from `default_config()`.
+
+  Blocks are merged field by field, except `model` and `task`, whose fields belong to the
+  model constructor and the task (taken from `config` as they are).
+  """
+
+  def merge(base: dict, over: dict, top: bool) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+      nested = isinstance(v, dict) and isinstance(base.get(k), dict)
+      out[k] = merge(base[k], v, False) if nested and not (top and k in ("model", "task")) else v
+    return out
+
+  return ml_collections.ConfigDict(merge(default_config().to_dict(), config.to_dict(), True))

@@ -7,16 +7,19 @@ from the newest checkpoint in `workdir` when there is one; and ends with an eval
 on the test split, logged as `{"step": N, "split": "test", ...}`.
 """
 
+import dataclasses
 import inspect
 import math
 import os
 import time
+from typing import Any
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from cnnrnn import accel
 from cnnrnn import data
@@ -25,6 +28,7 @@ from cnnrnn.models import stateful
 from cnnrnn import tasks
 from cnnrnn import transfer
 from cnnrnn.train import config_schema
+from cnnrnn.train import defaults
 from cnnrnn.train import evaluators
 from cnnrnn.train import optim
 from cnnrnn.train import preemption
@@ -36,6 +40,7 @@ from cnnrnn.train.checkpoint import Checkpointer, SaveTimer
 from cnnrnn.train.state import TrainState
 from cnnrnn.train.workdir_lock import WorkdirLock
 from cnnrnn.train.writers import MetricWriter, Progress
+
 
 def model_kwargs(model_config) -> dict:
   """`config.model` minus its name, with dtype names turned into dtypes."""
@@ -119,29 +124,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return _train_and_evaluate(config, workdir, watcher, start_over)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        watcher: preemption.PreemptionWatcher, start_over: bool) -> dict:
-  mesh = sharding.make_mesh(config.mesh)
-  validate_config(config, sharding.batch_partitions(mesh))
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+@dataclasses.dataclass
+class _Run:
+  """What a run is made of, before anything is compiled (built by `_build`)."""
 
-  dataset = data.load(config.dataset.name, config.dataset.get("data_dir"),
-                      config.dataset.get("manual_dir"), options=config.dataset.to_dict())
-  eval_split = config.dataset.get("eval_split", "test")
-  test_split = config.dataset.get("test_split", "test")
-  for split in {config.dataset.get("train_split", "train"), eval_split, test_split}:
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  streams: data.Streams
+  model: Any
+  task: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  total_steps: int
+  init_inputs: tuple[tuple, dict]  # One example's model arguments, for shapes.
+  transfer_plan: transfer.Plan | None
+  carries_state: bool
+
+
+def _open_data(config) -> tuple[data.Dataset, data.Streams, bool]:
+  """The dataset (every split name checked), its streams, and whether batches carry state."""
+  dataset = data.load(config.dataset.name, config.dataset.data_dir, config.dataset.manual_dir,
+                      options=config.dataset.to_dict())
+  for split in {config.dataset.train_split, config.dataset.eval_split, config.dataset.test_split}:
     dataset.split(split)  # Unknown split names fail here, naming the known ones.
-  pc, pi = jax.process_count(), jax.process_index()
-  task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
   carries_state = getattr(tasks.task_class(config.task.name), "stateful", False)
   streams = data.make_streams(
       config.dataset, dataset, batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size, seed=config.seed, language_model=carries_state,
-      process_index=pi, process_count=pc)
-  steps_per_epoch = streams.steps_per_epoch
-  total_steps = int(config.get("num_train_steps") or config.num_epochs * steps_per_epoch)
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return dataset, streams, carries_state
 
+
+def _model_kwargs_from_data(config, dataset, streams) -> dict:
+  """`model_kwargs(config.model)`, with the fields the data determines filled in."""
   kwargs = model_kwargs(config.model)
   accepted = inspect.signature(models.get_constructor(config.model.name)).parameters
   for field, value in streams.model_defaults.items():
@@ -151,10 +167,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # A variant constructor (`transformer(variant, **kwargs)`) passes its kwargs on.
     if field in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
       kwargs.setdefault(field, value)  # Filled in from the data when the config leaves it out.
+  return kwargs
+
+
+def _build(config, workdir: str, mesh) -> _Run:
+  """Data, model, task and optimizer of `config` (the model wrapped for transfer)."""
+  dataset, streams, carries_state = _open_data(config)
+  total_steps = int(config.num_train_steps or config.num_epochs * streams.steps_per_epoch)
+  kwargs = _model_kwargs_from_data(config, dataset, streams)
   model = models.create(config.model.name, **kwargs)
   # None unless config.transfer.source is set.
   transfer_plan = transfer.plan(config, kwargs, optimizer_factory=optim.make_optimizer,
                                 workdir_loader=runs.load_variables)
+  task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
   if "num_classes" in tasks.fields(config.task.name):
     task_kwargs.setdefault("num_classes",
                            kwargs.get("num_classes", streams.model_defaults.get("num_classes")))
@@ -163,68 +188,94 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if carries_state and not stateful.is_stateful(model):
     raise ValueError(f"task.name={config.task.name!r} carries a recurrent state between batches, "
                      f"but model {config.model.name!r} is not stateful (cnnrnn.models.stateful)")
-  train_ds, eval_batches = streams.train, streams.eval_batches
-
   # Shapes of one example, from the real pipeline, to initialise the model.
-  example = next(iter(eval_batches(eval_split)))
+  example = next(iter(streams.eval_batches(config.dataset.eval_split)))
   init_args, init_kwargs = task.model_inputs({k: v[:1] for k, v in example.items()})
   if transfer_plan is not None:
     model = transfer_plan.wrap_model(model)
     tx, schedule = transfer_plan.make_optimizer(config.optimizer, model, init_args, init_kwargs,
                                                 total_steps)
+  return _Run(config, workdir, mesh, streams, model, task, tx, schedule, total_steps,
+              (init_args, init_kwargs), transfer_plan, carries_state)
+
+
+def _init_state(run: _Run):
+  """The fresh train state, jitted with its shardings decided first.
+
+  Returns:
+    (state, its abstract shapes, its shardings, the batch sharding).
+  """
+  config, model = run.config, run.model
+  init_args, init_kwargs = run.init_inputs
 
   def init(rng):
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, *init_args,
                            train=False, **init_kwargs)
     params = variables.pop("params")
-    carry = model.zero_carry(config.batch_size) if carries_state else None
+    carry = model.zero_carry(config.batch_size) if run.carries_state else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=dict(variables),
-                      opt_state=tx.init(params), rng=state_rng, carry=carry)
+                      opt_state=run.tx.init(params), rng=state_rng, carry=carry)
 
   rng = jax.random.PRNGKey(config.seed)
   abstract = jax.eval_shape(init, rng)
-  state_shardings = sharding.tree_shardings(mesh, abstract)
-  batch_sharding = sharding.batch_sharding(mesh)
+  state_shardings = sharding.tree_shardings(run.mesh, abstract)
+  batch_sharding = sharding.batch_sharding(run.mesh)
   state_shardings = state_shardings.replace(
       carry=stateful.shardings(abstract.carry, batch_sharding))
   state = jax.jit(init, out_shardings=state_shardings)(rng)
-  if is_main:
+  if jax.process_index() == 0:
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     logging.info("Model %s: %s parameters; %d steps (%d per epoch); mesh %s",
-                 config.model.name, f"{num_params:,}", total_steps, steps_per_epoch, dict(mesh.shape))
+                 config.model.name, f"{num_params:,}", run.total_steps,
+                 run.streams.steps_per_epoch, dict(run.mesh.shape))
+  return state, abstract, state_shardings, batch_sharding
 
-  metrics_sharding = sharding.replicated(mesh)
+
+def _compile_steps(run: _Run, state_shardings, batch_sharding):
+  """(the jitted train step, the split evaluation: loss pass and the task's evaluator)."""
+  config, model, task = run.config, run.model, run.task
+  metrics_sharding = sharding.replicated(run.mesh)
   accel_mode = accel.resolve(config.accel)  # Once, for both steps.
   logging.info("accel=%r: %s", config.accel, accel_mode)
   train_step = jax.jit(
-      accel.accelerate(steps.make_train_step(model, task, tx, config.get("grad_accum_steps", 1)),
+      accel.accelerate(steps.make_train_step(model, task, run.tx, config.grad_accum_steps),
                        accel_mode),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, metrics_sharding),
       donate_argnums=0,
   )
   eval_carry = carry_sharding = None
-  if carries_state:
+  if run.carries_state:
     zero_carry = lambda: model.zero_carry(config.eval_batch_size)
     carry_sharding = stateful.shardings(jax.eval_shape(zero_carry), batch_sharding)
     eval_carry = jax.jit(zero_carry, out_shardings=carry_sharding)()
   eval_step = jax.jit(accel.accelerate(steps.make_eval_step(model, task), accel_mode),
                       in_shardings=(state_shardings, batch_sharding, carry_sharding),
                       out_shardings=(metrics_sharding, carry_sharding))
-
   # Tasks scored on generated outputs (translation: BLEU) decode after the loss pass.
-  evaluation = evaluators.Evaluation.create(eval_step, task, model, streams, mesh, eval_carry)
-  run_eval = lambda split: evaluation(state, split)
+  evaluation = evaluators.Evaluation.create(eval_step, task, model, run.streams, run.mesh,
+                                            eval_carry)
+  return train_step, evaluation
 
-  ckpt_cfg = config.get("checkpoint", ml_collections.ConfigDict())
+
+def _checkpointer(run: _Run, state_shardings) -> tuple[Checkpointer, SaveTimer]:
+  ckpt_cfg = run.config.checkpoint
   checkpointer = Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.get("max_to_keep", 3),
-      keep_best=ckpt_cfg.get("keep_best", False), best_metric=ckpt_cfg.get("best_metric", "accuracy"),
-      best_mode=ckpt_cfg.get("best_mode", "max"), async_save=ckpt_cfg.get("async_save", True),
-      batch_size=config.batch_size, state_sharding=state_shardings)
-  save_timer = SaveTimer(ckpt_cfg.get("every_secs", 0))
-  train_iter = iter(train_ds)
+      os.path.join(run.workdir, "checkpoints"), max_to_keep=ckpt_cfg.max_to_keep,
+      keep_best=ckpt_cfg.keep_best, best_metric=ckpt_cfg.best_metric,
+      best_mode=ckpt_cfg.best_mode, async_save=ckpt_cfg.async_save,
+      batch_size=run.config.batch_size, state_sharding=state_shardings)
+  return checkpointer, SaveTimer(ckpt_cfg.every_secs)
+
+
+def _restore_or_start(run: _Run, checkpointer, state, abstract, state_shardings, train_iter,
+                      start_over: bool):
+  """(first step, state): the newest usable checkpoint's, else step 0's (with the
+  pretrained weights of a transfer run)."""
+  total_steps, workdir, tx, transfer_plan = (run.total_steps, run.workdir, run.tx,
+                                             run.transfer_plan)
+  is_main = jax.process_index() == 0
   abstract_sharded = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
   restored = checkpointer.restore_latest(abstract_sharded, start_over=start_over)
@@ -239,76 +290,119 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       logging.info("Resumed from %s at step %d", workdir, start)
   elif transfer_plan is not None:
     state = transfer_plan.initial_state(state, tx, state_shardings)
+  return start, state
 
-  writer = MetricWriter(workdir, enabled=is_main)
-  progress = Progress(total_steps, start, enabled=is_main and config.get("progress_bar", True))
-  log_every = config.get("log_every_steps", 100) or total_steps
-  eval_every = config.get("eval_every_steps", 0)
-  ckpt_every = config.get("checkpoint_every_steps", 0)
-  profile_steps = config.get("profile_steps", 0)
-  profile_start = start + 5 if profile_steps else -1
 
-  pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched.
-  last_time, last_step = time.perf_counter(), start
+class _TrainMetrics:
+  """The train step's metrics: kept on the device until a log step, then checked and written."""
 
-  def flush_train_metrics(step: int) -> None:
+  def __init__(self, run: _Run, writer: MetricWriter, progress: Progress, checkpointer, start):
+    self.run, self.writer, self.progress, self.checkpointer = run, writer, progress, checkpointer
+    self.pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched.
+    self.last_time, self.last_step = time.perf_counter(), start
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, metrics))
+
+  def flush(self, step: int) -> None:
     """Fetches pending metrics, stops on a non-finite loss, logs the interval's means."""
-    nonlocal last_time, last_step
-    if not pending:
+    if not self.pending:
       return
-    fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (s, _), m in zip(self.pending, fetched):
       if not math.isfinite(float(m["loss"])):
-        last_good = checkpointer.latest_step()
+        last_good = self.checkpointer.latest_step()
         raise FloatingPointError(
             f"Training loss is {float(m['loss'])} at step {s}; stopped. Last good checkpoint: "
-            f"{'step ' + str(last_good) if last_good is not None else 'none'} in {workdir}.")
+            f"{'step ' + str(last_good) if last_good is not None else 'none'} in "
+            f"{self.run.workdir}.")
     now = time.perf_counter()
     means = evaluators.means(evaluators.sum_metrics(fetched))
-    if hasattr(task, "derived_metrics"):
-      means |= task.derived_metrics(means)
+    if hasattr(self.run.task, "derived_metrics"):
+      means |= self.run.task.derived_metrics(means)
     means["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
-    means["learning_rate"] = float(schedule(step - 1))
-    means["examples_per_sec"] = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
-    pending.clear()
-    last_time, last_step = now, step
-    writer.write(step, "train", means)
-    progress.update(step, loss=means["loss"], ex_per_s=round(means["examples_per_sec"]))
+    means["learning_rate"] = float(self.run.schedule(step - 1))
+    means["examples_per_sec"] = ((step - self.last_step) * self.run.config.batch_size
+                                 / max(now - self.last_time, 1e-9))
+    self.pending.clear()
+    self.last_time, self.last_step = now, step
+    self.writer.write(step, "train", means)
+    self.progress.update(step, loss=means["loss"], ex_per_s=round(means["examples_per_sec"]))
 
+
+def _format(metrics: dict) -> str:
+  return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in metrics.items())
+
+
+def _train_loop(run: _Run, state, train_step, evaluation, checkpointer, save_timer,
+                train_iter, start: int, watcher, writer, progress):
+  """Steps `start + 1 .. total_steps` with logging, evaluation and checkpoints; the state.
+
+  Raises:
+    preemption.Preempted: after saving, when a preemption notice or signal arrived.
+  """
+  config, workdir, total_steps = run.config, run.workdir, run.total_steps
+  eval_split, test_split = config.dataset.eval_split, config.dataset.test_split
+  log_every = config.log_every_steps or total_steps
+  eval_every, ckpt_every = config.eval_every_steps, config.checkpoint_every_steps
+  profile_steps = config.profile_steps
+  profile_start = start + 5 if profile_steps else -1
+  train_metrics = _TrainMetrics(run, writer, progress, checkpointer, start)
+  for step in range(start + 1, total_steps + 1):
+    if step == profile_start:
+      jax.profiler.start_trace(os.path.join(workdir, "profile"))
+    state, metrics = train_step(state, sharding.global_batch(run.mesh, next(train_iter)))
+    train_metrics.add(step, metrics)
+    if step == profile_start + profile_steps - 1:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+    progress.update(step)
+    is_last = step == total_steps
+    preempted = watcher.reached(step)
+    save_now = ((ckpt_every and step % ckpt_every == 0) or is_last or preempted
+                or save_timer.due(sync=step % log_every == 0))
+    if step % log_every == 0 or save_now:
+      train_metrics.flush(step)
+    # The last step is validated too when the test split is another split, so that the
+    # last checkpoint can be the best one (checkpoint.keep_best).
+    if eval_every and not preempted and (
+        (step % eval_every == 0 and not is_last) or (is_last and eval_split != test_split)):
+      eval_metrics = evaluation(state, eval_split)
+      writer.write(step, "eval", eval_metrics)
+      progress.write(f"step {step}: eval " + _format(eval_metrics))
+      checkpointer.save_best(step, state, train_iter.get_state(), eval_metrics)
+    if save_now:
+      checkpointer.save(step, state, train_iter.get_state())
+      save_timer.saved()
+    if preempted:
+      checkpointer.wait()
+      raise preemption.Preempted(step, workdir, watcher.signal_name or "a preemption notice")
+  return state
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        watcher: preemption.PreemptionWatcher, start_over: bool) -> dict:
+  mesh = sharding.make_mesh(config.mesh)
+  validate_config(config, sharding.batch_partitions(mesh))
+  config = defaults.complete(config)  # Every field present: one default each, defaults.py's.
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  run = _build(config, workdir, mesh)
+  state, abstract, state_shardings, batch_sharding = _init_state(run)
+  train_step, evaluation = _compile_steps(run, state_shardings, batch_sharding)
+  checkpointer, save_timer = _checkpointer(run, state_shardings)
+  train_iter = iter(run.streams.train)
+  start, state = _restore_or_start(run, checkpointer, state, abstract, state_shardings,
+                                   train_iter, start_over)
+  writer = MetricWriter(workdir, enabled=is_main)
+  progress = Progress(run.total_steps, start, enabled=is_main and config.progress_bar)
+  test_split = config.dataset.test_split
   try:
-    for step in range(start + 1, total_steps + 1):
-      if step == profile_start:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      batch = sharding.global_batch(mesh, next(train_iter))
-      state, metrics = train_step(state, batch)
-      pending.append((step, metrics))
-      if step == profile_start + profile_steps - 1:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-      progress.update(step)
-      is_last = step == total_steps
-      preempted = watcher.reached(step)
-      save_now = ((ckpt_every and step % ckpt_every == 0) or is_last or preempted
-                  or save_timer.due(sync=step % log_every == 0))
-      if step % log_every == 0 or save_now:
-        flush_train_metrics(step)
-      # The last step is validated too when the test split is another split, so that the
-      # last checkpoint can be the best one (checkpoint.keep_best).
-      if eval_every and not preempted and (
-          (step % eval_every == 0 and not is_last) or (is_last and eval_split != test_split)):
-        eval_metrics = run_eval(eval_split)
-        writer.write(step, "eval", eval_metrics)
-        progress.write(f"step {step}: eval " + ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in eval_metrics.items()))
-        checkpointer.save_best(step, state, train_iter.get_state(), eval_metrics)
-      if save_now:
-        checkpointer.save(step, state, train_iter.get_state())
-        save_timer.saved()
-      if preempted:
-        checkpointer.wait()
-        raise preemption.Preempted(step, workdir, watcher.signal_name or "a preemption notice")
+    state = _train_loop(run, state, train_step, evaluation, checkpointer, save_timer,
+                        train_iter, start, watcher, writer, progress)
     progress.close()
-    test_metrics = run_eval(test_split)
+    test_metrics = evaluation(state, test_split)
     final_step = int(jax.device_get(state.step))
     writer.write(final_step, "test", test_metrics)
   finally:
@@ -317,8 +411,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpointer.close()
     writer.close()
   if is_main:
-    summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in test_metrics.items())
-    print(f"Test ({test_split}) at step {final_step}: {summary}\nWorkdir: {os.path.abspath(workdir)}",
-          flush=True)
+    print(f"Test ({test_split}) at step {final_step}: {_format(test_metrics)}\n"
+          f"Workdir: {os.path.abspath(workdir)}", flush=True)
   return test_metrics
