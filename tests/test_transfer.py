@@ -176,6 +176,7 @@ def _quick(data_dir, workdir_steps=6, **overrides):
   return override(c, **overrides)
 
 
+@pytest.mark.slow
 def test_a_cnnrnn_workdir_starts_a_linear_probe(data_dir, tmp_path):
   source = tmp_path / "pretrained"
   train.train_and_evaluate(_quick(data_dir), str(source))
@@ -195,6 +196,7 @@ def test_a_cnnrnn_workdir_starts_a_linear_probe(data_dir, tmp_path):
                             _flat(tuned["params"])["head/kernel"])
 
 
+@pytest.mark.slow
 def test_a_workdir_loads_into_a_model_with_a_new_head(data_dir, tmp_path):
   train.train_and_evaluate(_quick(data_dir), str(tmp_path))
   source = transfer.load_workdir(str(tmp_path))
@@ -218,6 +220,7 @@ def test_a_workdir_loads_into_a_model_with_a_new_head(data_dir, tmp_path):
   np.testing.assert_array_equal(head, src["head/kernel"])
 
 
+@pytest.mark.slow
 def test_bad_sources_fail_clearly(tmp_path):
   cfg = dict(features=(4, 8), dense=(8,), batch_norm=True, num_classes=5)
   with pytest.raises(FileNotFoundError, match=r"transfer.source='/no/such.pth': no such file"):

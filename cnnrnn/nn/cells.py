@@ -1,5 +1,9 @@
 """Recurrent cells: Elman (`SimpleRNNCell`), `LSTMCell` and `GRUCell`.
 
+(One module, a little over 450 lines: the three cells share their base class and the
+fast path's protocol, and each cell's forward and tangent rules sit beside its gate
+equations and its docstring example.)
+
 Each cell is a Flax recurrent cell: `cell(carry, x_t) -> (carry, y_t)`,
 `initialize_carry(rng, input_shape)` and `num_feature_axes`, so it runs in
 `flax.linen.RNN` as well as in `cnnrnn.nn.RNN`, and Flax's own cells run in

@@ -66,6 +66,7 @@ def test_word_vocabulary_min_frequency_and_special_ids():
   assert tokenizers.word_vocabulary([["b", "a", "b"], ["c"]], 1, vocab_size=5)[4:] == ("b",)
 
 
+@pytest.mark.slow
 def test_moses_words_on_multi30k(multi30k, tmp_path):
   config = _config(tokenizer="moses_words", vocab_size=0, min_frequency=2, shared_vocab=False,
                    tokenizer_dir=str(tmp_path))
@@ -94,6 +95,7 @@ def test_spacy_tokens_lowercased_whitespace_dropped():
     tokenizers.spacy_tokens("x", "xx-bad")
 
 
+@pytest.mark.slow
 def test_spacy_words_on_multi30k(multi30k, tmp_path):
   config = _config(tokenizer="spacy_words", vocab_size=0, min_frequency=2, shared_vocab=False,
                    tokenizer_dir=str(tmp_path))
@@ -147,6 +149,7 @@ def test_sentencepiece_special_ids_and_round_trip(sp_pairs):
   assert sp_pairs.model_defaults == {"vocab_size": 1000, "tgt_vocab_size": 1000}
 
 
+@pytest.mark.slow
 def test_sentencepiece_is_deterministic_cached_and_retrained_on_change(multi30k, tmp_path,
                                                                         monkeypatch):
   sentences = [multi30k.split("train")[i]["en"].decode() for i in range(3000)]

@@ -61,6 +61,7 @@ def test_registry_variants_and_errors():
       models.create("seq2seq", **TINY, **kw).init(jax.random.key(0), src, tgt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_attention_type(name):
   """Shapes; padded source positions get exactly zero weight and what they hold changes no
@@ -180,6 +181,7 @@ def test_dropout_only_in_training():
   np.testing.assert_array_equal(evaluate(), evaluate())
 
 
+@pytest.mark.slow
 def test_learns_to_reverse_and_decodes_it():
   """Adam steps on the reversal of variable-length sequences (padded); greedy decoding then
   reproduces the reversed sources."""

@@ -181,6 +181,7 @@ def test_generate_greedy_follows_the_full_model_and_beam_runs_jitted():
   assert np.all(np.asarray(beam_scores)[finished] >= np.asarray(greedy_penalised)[finished] - 1e-5)
 
 
+@pytest.mark.slow
 def test_learns_to_reverse_and_decodes_it():
   """150 Adam steps on sequence reversal; beam decoding then reproduces it."""
   import optax  # pylint: disable=g-import-not-at-top

@@ -30,6 +30,7 @@ def _tiny(c, data_dir, **overrides):
   return override(c, **overrides)
 
 
+@pytest.mark.slow
 def test_video_classifier_learns_digit_identity(tmp_path):
   c = _tiny(moving_mnist_video.get_config("lstm"), str(tmp_path / "data"), **{
       "dataset.num_frames": 4, "dataset.size": 36, "dataset.num_train": 512,
@@ -44,6 +45,7 @@ def test_video_classifier_learns_digit_identity(tmp_path):
   assert [p.rsplit("/", 1)[1] for p in paths] == ["clip_0.png", "clip_1.png"]
 
 
+@pytest.mark.slow
 def test_captioner_learns_the_template(tmp_path):
   c = _tiny(mnist_captions.get_config("attention"), str(tmp_path / "data"), **{
       "dataset.num_train": 256, "dataset.num_test": 32,

@@ -48,6 +48,7 @@ def whole_run(data_dir, tmp_path_factory):
   return c, root / "whole", train.train_and_evaluate(c, str(root / "whole"))
 
 
+@pytest.mark.slow
 def test_transformer_trains_and_reports_bleu(whole_run):
   _, workdir, result = whole_run
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -61,6 +62,7 @@ def test_transformer_trains_and_reports_bleu(whole_run):
   assert result["bleu"] == test["bleu"]
 
 
+@pytest.mark.slow
 def test_seq2seq_trains_and_reports_bleu(data_dir, tmp_path):
   """The recurrent seq2seq (tutorial 3's BiGRU + Bahdanau, narrow) through the same task."""
   c = tiny_config(data_dir, str(tmp_path / "tokenizers"))
@@ -82,6 +84,7 @@ def test_seq2seq_trains_and_reports_bleu(data_dir, tmp_path):
   assert len(best) == 1 and evals[best[0]] == min(evals.values()), (best, evals)
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(whole_run, tmp_path):
   config, whole, _ = whole_run
   parts = tmp_path / "parts"
