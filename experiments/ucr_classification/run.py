@@ -1,0 +1,92 @@
+"""UCR classification with the FCN and ResNet of Wang, Yan & Oates 2017 (and the LSTM-FCN of
+Karim et al. 2017), at a reduced budget: test error rates beside the paper's.
+
+  python experiments/ucr_classification/run.py --root=workdirs/ucr [--steps=500]
+  python -m cnnrnn.report --experiments=ucr_classification
+
+Each run is `python -m cnnrnn.main --config=configs/ucr_classification.py:MODEL,DATASET`;
+its final test accuracy comes from the workdir's metrics.jsonl. Writes results.json beside
+this file.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = flags.DEFINE_string("root", "workdirs/ucr", "Folder for the runs' workdirs.")
+_STEPS = flags.DEFINE_integer("steps", 500, "Training steps per run.")
+_RUNS = flags.DEFINE_list("runs", ["ts_fcn", "ts_resnet"], "Models to run.")
+DATASETS = {"ucr_gunpoint": "GunPoint", "ucr_italy_power_demand": "ItalyPowerDemand",
+            "ucr_arrowhead": "ArrowHead"}
+MODELS = {"ts_fcn": "FCN", "ts_resnet": "ResNet", "lstm_fcn": "LSTM-FCN",
+          "rnn_classifier": "LSTM"}
+# Test error rates of Wang et al. 2017, Table 2 (ArrowHead is not among its 44 datasets).
+PAPER = {("ts_fcn", "ucr_gunpoint"): 0.0, ("ts_resnet", "ucr_gunpoint"): 0.007,
+         ("ts_fcn", "ucr_italy_power_demand"): 0.030, ("ts_resnet", "ucr_italy_power_demand"): 0.040}
+
+
+def cpu_model() -> str:
+  """The CPU's model name and widest vector ISA (Linux), else the platform's machine type."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      info = f.read()
+  except OSError:
+    return platform.machine()
+  names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
+  isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+  return f"{names[0] if names else platform.machine()} ({isa})"
+
+
+def final_test(workdir: str) -> dict:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if r.get("split") == "test"][-1]
+
+
+def main(argv):
+  del argv
+  data_dir = os.path.join(_ROOT.value, "tfds")
+  rows = []
+  for dataset, problem in DATASETS.items():
+    for model in _RUNS.value:
+      arg = f"{model},{dataset},{_STEPS.value}"
+      workdir = os.path.join(_ROOT.value, f"{model}_{dataset}")
+      start = time.perf_counter()
+      subprocess.run([sys.executable, "-m", "cnnrnn.main",
+                      f"--config=configs/ucr_classification.py:{arg}", f"--workdir={workdir}",
+                      f"--config.dataset.data_dir={data_dir}", "--config.progress_bar=False"],
+                     cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      wall = time.perf_counter() - start
+      m = final_test(workdir)
+      rows.append(dict(
+          id=f"{model}_{dataset}", setting=f"{MODELS[model]}, {problem}",
+          config=f"configs/ucr_classification.py:{arg}", metric="test error rate", unit="",
+          fmt=".3f", paper=PAPER.get((model, dataset)), ours=round(1 - m["accuracy"], 4),
+          label=f"{MODELS[model]}, {problem}",
+          note=f"{_STEPS.value} steps of batch 16 (paper: 1,500-2,000 epochs); {wall:.0f} s"))
+      print(rows[-1], flush=True)
+  results = {
+      "title": "UCR time-series classification (Wang, Yan & Oates 2017)",
+      "source": "experiments/ucr_classification/run.py (this file's runs; workdirs not in the repository)",
+      "paper": "Wang, Yan & Oates 2017, Table 2",
+      "claim": "the FCN and ResNet are strong baselines on the UCR archive",
+      "hardware": f"{cpu_model()}, 2 cores shared with other jobs",
+      "wall_time": "1-3 minutes per run",
+      "rows": rows,
+      "summary": {"rows": [r["id"] for r in rows if r["paper"] is not None],
+                  "note": f"test error rate after {_STEPS.value} steps (paper: 1,500-2,000 epochs)"},
+  }
+  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+    f.write("\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
