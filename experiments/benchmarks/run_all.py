@@ -366,8 +366,9 @@ def main(argv=None):
     if args._worker == "machine":  # pylint: disable=protected-access
       result = _machine_worker(args.quick)
     elif args._worker == "gpu":  # pylint: disable=protected-access
+      _worker_paths()
       import gpu_steps  # pylint: disable=g-import-not-at-top
-      result = gpu_steps.run(args.quick)
+      result = gpu_steps.run(args.quick, args.rounds, args.steps)
     else:
       result = _steps_worker(args._worker.split(","), args.quick, args.rounds,  # pylint: disable=protected-access
                              args.steps)
