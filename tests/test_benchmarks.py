@@ -92,3 +92,14 @@ def test_gpu_table_without_a_gpu_stops_with_one_line(tmp_path):
       "run_all: --device=gpu: JAX sees no GPU here (jax.devices('gpu') failed); the GPU "
       "table needs a CUDA build of JAX and an NVIDIA GPU"]
   assert not list(tmp_path.iterdir())
+
+
+def test_gpu_peaks_by_device_kind():
+  spec = importlib.util.spec_from_file_location("gpu_steps", RUN_ALL.with_name("gpu_steps.py"))
+  gpu_steps = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gpu_steps)  # Importing it runs nothing.
+  assert gpu_steps.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert gpu_steps.peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert gpu_steps.peak_tflops("NVIDIA A100-SXM4-40GB") == 312.0
+  assert gpu_steps.peak_tflops("NVIDIA L4") == 121.0
+  assert gpu_steps.peak_tflops("Some Future GPU") is None
