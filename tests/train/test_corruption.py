@@ -10,7 +10,6 @@ step; a few go through `Checkpointer.restore_latest` and the whole trainer.
 
 import json
 import logging
-import os
 import pathlib
 import shutil
 
