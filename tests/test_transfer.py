@@ -13,6 +13,7 @@ from cnnrnn import train
 from cnnrnn import transfer
 from cnnrnn.interop import torch_zoo
 from cnnrnn.train import optim
+from cnnrnn.train import runs
 from cnnrnn.train import steps
 from cnnrnn.train.state import TrainState
 from configs import quickstart
@@ -180,13 +181,13 @@ def _quick(data_dir, workdir_steps=6, **overrides):
 def test_a_cnnrnn_workdir_starts_a_linear_probe(data_dir, tmp_path):
   source = tmp_path / "pretrained"
   train.train_and_evaluate(_quick(data_dir), str(source))
-  pretrained = transfer.load_workdir(str(source))
+  pretrained = runs.load_variables(str(source))
   assert set(pretrained) == {"params", "batch_stats"}  # nothing of the optimizer
   target = tmp_path / "probe"
   train.train_and_evaluate(
       _quick(data_dir, **{"transfer.source": str(source), "transfer.strategy": "linear_probe",
                           "transfer.keep_head": True, "optimizer.name": "sgd"}), str(target))
-  tuned = transfer.load_workdir(str(target))
+  tuned = runs.load_variables(str(target))
   for collection in ("params", "batch_stats"):
     a, b = _flat(pretrained[collection]), _flat(tuned[collection])
     for key in a:
@@ -199,7 +200,7 @@ def test_a_cnnrnn_workdir_starts_a_linear_probe(data_dir, tmp_path):
 @pytest.mark.slow
 def test_a_workdir_loads_into_a_model_with_a_new_head(data_dir, tmp_path):
   train.train_and_evaluate(_quick(data_dir), str(tmp_path))
-  source = transfer.load_workdir(str(tmp_path))
+  source = runs.load_variables(str(tmp_path))
   src = _flat(source["params"])
 
   def load(num_classes, keep_head):
@@ -227,7 +228,10 @@ def test_bad_sources_fail_clearly(tmp_path):
     transfer.load_source("/no/such.pth", "cifar_resnet20", {})
   with pytest.raises(FileNotFoundError, match=r"no such workdir or file"):
     transfer.load_source(str(tmp_path / "missing"), "cifar_resnet20", {})
-  with pytest.raises(ValueError, match=r"directory without Orbax checkpoints"):
+  with pytest.raises(ValueError, match=r"directory without checkpoints"):
+    transfer.load_source(str(tmp_path), "cifar_resnet20", {},
+                         workdir_loader=runs.load_variables)
+  with pytest.raises(ValueError, match=r"is a workdir, but no workdir_loader was given"):
     transfer.load_source(str(tmp_path), "cifar_resnet20", {})
   # A state dict of another model: every mismatching key is named.
   resnet = models.create("cifar_resnet20")

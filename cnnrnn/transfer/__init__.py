@@ -61,5 +61,5 @@ from cnnrnn.transfer.groups import (STAGE_RULES, call_order, check_head, group_l
                                    stages, unfreeze_step)
 from cnnrnn.transfer.heads import adapt, adapt_into, resample_rules
 from cnnrnn.transfer.plans import Plan, plan
-from cnnrnn.transfer.sources import HUBS, STATE_DICT_SUFFIXES, load_source, load_workdir
+from cnnrnn.transfer.sources import HUBS, STATE_DICT_SUFFIXES, load_source
 from cnnrnn.transfer.strategies import LinearProbe, make_optimizer, wrap_model

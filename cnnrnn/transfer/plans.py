@@ -26,7 +26,7 @@ class Plan:
     model_kwargs: the target model's keyword arguments.
     optimizer_factory: (optimizer config block, total steps) -> (transformation,
       schedule): the trainer's optimizer, made once per group.
-    workdir_loader: workdir -> variables, for workdir sources (None: `sources.load_workdir`).
+    workdir_loader: workdir -> variables, for workdir sources (`cnnrnn.train.runs.load_variables`).
   """
 
   cfg: Any
@@ -75,7 +75,8 @@ def plan(config, model_kwargs: Mapping[str, Any], *,
     model_kwargs: the target model's keyword arguments.
     optimizer_factory: `(optimizer config block, total steps) -> (tx, schedule)`, e.g.
       `cnnrnn.train.optim.make_optimizer`.
-    workdir_loader: reads a workdir source's variables (default `sources.load_workdir`).
+    workdir_loader: reads a workdir source's variables (`cnnrnn.train.runs.load_variables`;
+      needed for a workdir source).
 
   Raises:
     ValueError: a bad `transfer.*` field.

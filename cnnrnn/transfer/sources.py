@@ -1,54 +1,19 @@
 """Pretrained weights from a cnnrnn workdir, a torch state dict file, or a hub (timm,
 torchvision), in cnnrnn's layout.
 
-A workdir is read by the loader the caller passes (`load_source(..., workdir_loader=...)`:
-the trainer passes its run loader), or else by `load_workdir` here (its newest Orbax
-checkpoint, params and model state only). This package never imports the trainer.
+A workdir is read by the loader the caller passes (`load_source(..., workdir_loader=...)`),
+which is the run loader's verified restore path, `cnnrnn.train.runs.load_variables`: the
+trainer passes it. This package never imports the trainer, and has no restore path of its own.
 """
 
 from collections.abc import Callable, Mapping
 import os
 from typing import Any
 
-import jax
-import numpy as np
-
 from cnnrnn.interop import torch_zoo
 
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 HUBS = ("timm", "torchvision")
-
-
-def _newest_checkpoint(workdir: str) -> str:
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
-  if not steps:
-    raise ValueError(f"transfer.source={workdir!r} is a directory without Orbax checkpoints "
-                     f"(expected {ckpt_dir}/<step>/state); give a cnnrnn workdir or a state "
-                     f"dict file ({', '.join(STATE_DICT_SUFFIXES)})")
-  return os.path.join(ckpt_dir, str(max(steps)), "state")
-
-
-def load_workdir(workdir: str) -> dict[str, Any]:
-  """The params and model state (e.g. batch_stats) of a cnnrnn workdir's newest checkpoint,
-  as host numpy arrays; the optimizer state is not read.
-
-  Returns:
-    `{"params": ..., **model_state}`.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  path = os.path.abspath(_newest_checkpoint(workdir))
-  with ocp.PyTreeCheckpointer() as ckptr:
-    tree = ckptr.metadata(path).item_metadata.tree
-    wanted = {"params": tree["params"], "model_state": tree.get("model_state") or {}}
-    is_leaf = lambda m: hasattr(m, "shape")
-    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted,
-                                is_leaf=is_leaf)
-    item = jax.tree.map(lambda m: np.zeros((), m.dtype), wanted, is_leaf=is_leaf)
-    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-  return {"params": restored["params"], **(restored.get("model_state") or {})}
 
 
 def _hub_state_dict(source: str) -> Mapping[str, Any]:
@@ -100,7 +65,8 @@ def load_source(source: str, source_model: str, model_kwargs: Mapping[str, Any],
     source_model: registry name that converts a torch state dict (`cnnrnn.interop.torch`).
     model_kwargs: the target model's keyword arguments; a torch source is converted with
       these, but with its own number of classes (and, for ViT, its own resolution).
-    workdir_loader: workdir -> `{"params": ..., **model_state}`; None: `load_workdir`.
+    workdir_loader: workdir -> `{"params": ..., **model_state}`
+      (`cnnrnn.train.runs.load_variables`); needed for a workdir source.
 
   Raises:
     FileNotFoundError: `source` is a path that does not exist.
@@ -110,7 +76,10 @@ def load_source(source: str, source_model: str, model_kwargs: Mapping[str, Any],
   if hub in HUBS:
     state_dict = _hub_state_dict(source)
   elif os.path.isdir(source):
-    return (workdir_loader or load_workdir)(source)
+    if workdir_loader is None:
+      raise ValueError(f"transfer.source={source!r} is a workdir, but no workdir_loader was "
+                       "given: pass workdir_loader=cnnrnn.train.runs.load_variables")
+    return workdir_loader(source)
   elif source.endswith(STATE_DICT_SUFFIXES):
     if not os.path.exists(source):
       raise FileNotFoundError(f"transfer.source={source!r}: no such file")

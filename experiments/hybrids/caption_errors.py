@@ -20,10 +20,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnnrnn import data, decode, models, transfer
+from cnnrnn import data, decode, models
 from cnnrnn.analysis import hybrids
 from cnnrnn.data import pipeline
 from cnnrnn.data.builders.mnist_generated import CAPTION_LENGTH, encode_caption
+from cnnrnn.train import runs
 from cnnrnn.train.trainer import model_kwargs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A captioner workdir.", required=True)
@@ -47,7 +48,7 @@ def main(argv):
   workdir = _WORKDIR.value
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  variables = transfer.load_workdir(workdir)
+  variables = runs.load_variables(workdir)
   model = models.create(config.model.name, **model_kwargs(config.model))
   ds = config.dataset
   dataset = data.load(ds.name, ds.get("data_dir"), ds.get("manual_dir"), options=ds.to_dict())

@@ -21,10 +21,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnnrnn import data, models, transfer
+from cnnrnn import data, models
 from cnnrnn.data import pipeline
 from cnnrnn.data.builders.mnist_generated import DIGIT, DIRECTIONS, moving_mnist_example
 from cnnrnn.data.builders.mnist_generated import _rng  # pylint: disable=protected-access
+from cnnrnn.train import runs
 from cnnrnn.train.trainer import model_kwargs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A single-frame direction workdir.",
@@ -66,7 +67,7 @@ def main(argv):
   workdir = _WORKDIR.value
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  variables = transfer.load_workdir(workdir)
+  variables = runs.load_variables(workdir)
   kwargs = model_kwargs(config.model)
   kwargs.setdefault("num_classes", len(DIRECTIONS))
   model = models.create(config.model.name, **kwargs)

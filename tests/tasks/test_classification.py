@@ -33,7 +33,7 @@ def test_label_smoothing_matches_optax():
 
 def test_bad_task_fields():
   with pytest.raises(ValueError, match="known tasks"):
-    tasks.create("segmentation", num_classes=3)
+    tasks.create("detection", num_classes=3)
   with pytest.raises(ValueError, match="label_smoothing"):
     tasks.create("classification", num_classes=3, label_smoothing=1.5)
 
