@@ -30,6 +30,7 @@ from cnnrnn import data
 from cnnrnn import models
 from cnnrnn import tasks
 from cnnrnn.data import options
+from cnnrnn.models import stateful
 from cnnrnn.train import optim
 from cnnrnn.train.defaults import default_config
 
@@ -190,6 +191,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("num_train_steps=0 and num_epochs=0: set one of them to a count >= 1")
   _check_best_metric(config)
   _check_task(config)
+  _check_task_fits_model(config)
   model_fields = {k[len("model."):]: v for k, v in fields.items()
                   if k.startswith("model.") and k != "model.name"}
   # A mapping-valued argument (e.g. video_classifier's encoder_kwargs) is one argument.
@@ -221,6 +223,20 @@ def _check_task(config) -> None:
       raise _unknown(f"task.{k}", {f"task.{f}" for f in task_fields})
     _check_type(f"task.{k}", v, defaults.get(k))
   tasks.check_fields(name, values)
+
+
+def _check_task_fits_model(config) -> None:
+  """A task that carries a recurrent state across batches needs a stateful model."""
+  task = config.task.name
+  if not getattr(tasks.task_class(task), "stateful", False):
+    return
+  ctor = models.get_constructor(config.model.name)  # Unknown names fail here, listing them.
+  if not stateful.is_stateful(getattr(ctor, "module_class", ctor)):
+    allowed = [n for n in models.names() if stateful.is_stateful(
+        getattr(models.get_constructor(n), "module_class", models.get_constructor(n)))]
+    raise ValueError(f"task.name={task!r} carries a recurrent state across batches, but "
+                     f"model.name={config.model.name!r} does not (cnnrnn.models.stateful); "
+                     f"allowed models: {', '.join(allowed)}")
 
 
 def check_model_kwargs(name: str, kwargs: dict) -> None:

@@ -16,6 +16,9 @@ NAN, INF = math.nan, math.inf
 BAD = [
     # (field, value, what the message must contain besides the field name)
     ("optimizer.learning_rate", NAN, "finite number in (0, inf)"),
+    # A task that carries a state across batches, on an image model: the mismatch is named.
+    ("task.name", "language_model", "model.name='conv_stack' does not (cnnrnn.models.stateful); "
+     "allowed models: rnn_lm"),
     ("optimizer.learning_rate", INF, "finite number in (0, inf)"),
     ("optimizer.learning_rate", -INF, "finite number"),
     ("optimizer.learning_rate", 0.0, "(0, inf)"),
