@@ -1,5 +1,7 @@
 """Transfer learning: what freezing leaves untouched, unfreezing on schedule, loading sources."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -318,3 +320,29 @@ def test_backbone_lr_scale_must_be_finite_and_non_negative(value):
   cfg.backbone_lr_scale = value
   with pytest.raises(ValueError, match=r"transfer.backbone_lr_scale=.*allowed: a finite number >= 0"):
     transfer.validate(cfg)
+
+
+def test_a_bad_source_is_named_before_any_data_or_compilation(tmp_path, monkeypatch):
+  """Unreadable files and pickled objects: one line naming the source, never an unsafe load."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from cnnrnn import data  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / "garbage.pth").write_text("not a checkpoint")
+  torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pth")
+  expected = {"garbage.pth": r"torch cannot read it",
+              "whole.pth": r"pickled Python objects \(torch.nn.modules.linear.Linear\)"}
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError("data was read or a function compiled before the source was checked")
+
+  monkeypatch.setattr(jax, "jit", forbidden)
+  monkeypatch.setattr(data, "load", forbidden)
+  for name, reason in expected.items():
+    source = str(tmp_path / name)
+    with pytest.raises(ValueError) as e:
+      train.train_and_evaluate(_quick(str(tmp_path / "tfds"), **{"transfer.source": source}),
+                               str(tmp_path / name.replace(".", "_")))
+    message = str(e.value)
+    assert re.search(rf"transfer.source='{re.escape(source)}': .*{reason}", message), message
+    assert "\n" not in message and "weights_only=False" not in message

@@ -22,6 +22,7 @@ BatchNorm's `num_batches_tracked` has no Flax counterpart (it only matters for
 
 import dataclasses
 import os
+import pickle
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -420,7 +421,17 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError(f"reading {path} needs torch (pip install 'cnnrnn[torch]'); "
                       "safetensors files load without it") from e
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as e:
+    # Never loaded unsafely: pickled Python objects (a whole model from torch.save(model),
+    # or any code) are refused, and torch's own advice to do so is not passed on.
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = (f"it holds pickled Python objects ({found.group(1)}), e.g. a whole model saved "
+            "with torch.save(model)" if isinstance(e, pickle.UnpicklingError) and found
+            else f"torch cannot read it ({type(e).__name__})")
+    raise ValueError(f"{path} is not a state dict file: {what}. Allowed: a file written by "
+                     "torch.save(model.state_dict()), or .safetensors") from None
   if not isinstance(obj, Mapping) or not all(hasattr(v, "detach") for v in obj.values()):
     raise ValueError(f"{path} does not hold a state dict (name -> tensor); got {type(obj).__name__}")
   return {k: _to_numpy(v) for k, v in obj.items()}

@@ -172,13 +172,21 @@ def _model_kwargs_from_data(config, dataset, streams) -> dict:
 
 def _build(config, workdir: str, mesh) -> _Run:
   """Data, model, task and optimizer of `config` (the model wrapped for transfer)."""
+  # None unless config.transfer.source is set. The source is read first: a bad one is named
+  # before any data is prepared or anything compiled (a torch source is converted with its
+  # own number of classes, so the data's are not needed yet).
+  transfer_plan = transfer.plan(config, model_kwargs(config.model),
+                                optimizer_factory=optim.make_optimizer,
+                                workdir_loader=runs.load_variables)
+  if transfer_plan is not None:
+    transfer_plan.load_source()
   dataset, streams, carries_state = _open_data(config)
   total_steps = int(config.num_train_steps or config.num_epochs * streams.steps_per_epoch)
   kwargs = _model_kwargs_from_data(config, dataset, streams)
   model = models.create(config.model.name, **kwargs)
-  # None unless config.transfer.source is set.
-  transfer_plan = transfer.plan(config, kwargs, optimizer_factory=optim.make_optimizer,
-                                workdir_loader=runs.load_variables)
+  if transfer_plan is not None:
+    transfer_plan = dataclasses.replace(transfer_plan, model_kwargs=kwargs,
+                                        _source=transfer_plan.load_source())
   task_kwargs = {k: v for k, v in config.task.to_dict().items() if k != "name"}
   if "num_classes" in tasks.fields(config.task.name):
     task_kwargs.setdefault("num_classes",

@@ -34,6 +34,18 @@ class Plan:
   model_kwargs: dict
   optimizer_factory: strategies.OptimizerFactory
   workdir_loader: Callable[[str], dict] | None = None
+  _source: dict | None = dataclasses.field(default=None, repr=False)
+
+  def load_source(self) -> dict:
+    """The pretrained variables in cnnrnn's layout, read (and checked) once.
+
+    The trainer calls it before it reads any data or compiles anything, so that a missing,
+    unreadable or ill-fitting source is named in seconds.
+    """
+    if self._source is None:
+      self._source = sources.load_source(self.cfg.source, self.source_model, self.model_kwargs,
+                                         workdir_loader=self.workdir_loader)
+    return self._source
 
   def wrap_model(self, model: nn.Module):
     return strategies.wrap_model(model, self.cfg)
@@ -51,8 +63,7 @@ class Plan:
   def initial_state(self, state, tx: optax.GradientTransformation, state_shardings):
     """`state` (freshly initialised) with the pretrained weights and a fresh optimizer state."""
     target = jax.device_get({"params": state.params, **state.model_state})
-    source = sources.load_source(self.cfg.source, self.source_model, self.model_kwargs,
-                                 workdir_loader=self.workdir_loader)
+    source = jax.tree.map(lambda x: x, self.load_source())  # adapt* may rearrange the dicts
     if self.cfg.get("target_module"):
       variables = heads.adapt_into(source, target, self.cfg.target_module)
     else:

@@ -83,7 +83,10 @@ def load_source(source: str, source_model: str, model_kwargs: Mapping[str, Any],
   elif source.endswith(STATE_DICT_SUFFIXES):
     if not os.path.exists(source):
       raise FileNotFoundError(f"transfer.source={source!r}: no such file")
-    state_dict = torch_zoo.load_state_dict(source)
+    try:
+      state_dict = torch_zoo.load_state_dict(source)
+    except ValueError as e:
+      raise ValueError(f"transfer.source={source!r}: {e}") from None
   elif not os.path.exists(source):
     raise FileNotFoundError(
         f"transfer.source={source!r}: no such workdir or file. Allowed: a cnnrnn workdir, a "
