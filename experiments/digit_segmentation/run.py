@@ -12,12 +12,10 @@ below are the reduced budget of the committed results. Writes results.json besid
 
 import json
 import os
-import platform
-import subprocess
-import sys
-import time
 
 from absl import app, flags
+
+from cnnrnn.analysis import experiment_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ROOT = flags.DEFINE_string("root", "workdirs/segmentation", "Folder for the runs' workdirs.")
@@ -29,33 +27,10 @@ SCENE = ["--config.dataset.size=40", "--config.dataset.num_digits=2",
          "--config.batch_size=16"]
 
 
-def cpu_model() -> str:
-  """The CPU's model name and widest vector ISA (Linux), else the platform's machine type."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      info = f.read()
-  except OSError:
-    return platform.machine()
-  names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
-  isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-  return f"{names[0] if names else platform.machine()} ({isa})"
-
-
-def final_test(workdir: str) -> dict:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r.get("split") == "test"][-1]
-
-
 def run(arg: str, workdir: str, *flags_) -> tuple[dict, float]:
-  start = time.perf_counter()
-  subprocess.run([sys.executable, "-m", "cnnrnn.main",
-                  f"--config=configs/digit_segmentation.py:{arg}", f"--workdir={workdir}",
-                  f"--config.dataset.data_dir={os.path.join(_ROOT.value, 'tfds')}",
-                  f"--config.dataset.manual_dir={_MNIST.value}", "--config.progress_bar=False",
-                  *flags_], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL)
-  return final_test(workdir), time.perf_counter() - start
+  return experiment_runs.train(f"configs/digit_segmentation.py:{arg}", workdir,
+                               f"--config.dataset.data_dir={os.path.join(_ROOT.value, 'tfds')}",
+                               f"--config.dataset.manual_dir={_MNIST.value}", *flags_, cwd=ROOT)
 
 
 def main(argv):
@@ -81,7 +56,7 @@ def main(argv):
       "source": "experiments/digit_segmentation/run.py (this file's runs; workdirs not in the repository)",
       "paper": "the course: \"CNNs excel at ... segmentation\"; transfer helps with little training",
       "claim": "a pretrained backbone gives a better mIoU at the same (small) budget",
-      "hardware": f"{cpu_model()}, 2 cores shared with other jobs",
+      "hardware": f"{experiment_runs.cpu_description()}, 2 cores shared with other jobs",
       "wall_time": "a few minutes per run",
       "rows": rows,
       "summary": {"rows": ["scratch", "transfer"], "note": f"test mIoU after {_STEPS.value} steps",

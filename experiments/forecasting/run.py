@@ -13,13 +13,13 @@ results.json beside this file.
 
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 import numpy as np
+
+from cnnrnn.analysis import experiment_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ROOT = flags.DEFINE_string("root", "workdirs/forecasting", "Folder for the runs' workdirs.")
@@ -32,32 +32,11 @@ ARIMA = {"airline": ((0, 1, 1), (0, 1, 1, 12), True, "n"),
          "sunspots": ((3, 0, 0), (0, 0, 0, 0), False, "c")}
 
 
-def cpu_model() -> str:
-  """The CPU's model name and widest vector ISA (Linux), else the platform's machine type."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      info = f.read()
-  except OSError:
-    return platform.machine()
-  names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
-  isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-  return f"{names[0] if names else platform.machine()} ({isa})"
-
-
-def final_test(workdir: str) -> dict:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r.get("split") == "test"][-1]
-
-
 def train(dataset: str, model: str, workdir: str, data_dir: str) -> tuple[dict, float]:
   """Runs the config through the command line; returns its final test metrics, wall time."""
-  cmd = [sys.executable, "-m", "cnnrnn.main", f"--config=configs/forecasting.py:{dataset},{model}",
-         f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
-         f"--config.num_train_steps={_STEPS.value}", "--config.progress_bar=False"]
-  start = time.perf_counter()
-  subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  return final_test(workdir), time.perf_counter() - start
+  return experiment_runs.train(f"configs/forecasting.py:{dataset},{model}", workdir,
+                               f"--config.dataset.data_dir={data_dir}",
+                               f"--config.num_train_steps={_STEPS.value}", cwd=ROOT)
 
 
 def arima_scores(dataset: str, data_dir: str) -> tuple[dict, float]:
@@ -127,7 +106,7 @@ def main(argv):
       "source": "experiments/forecasting/run.py (this file's runs; workdirs not in the repository)",
       "paper": "the course: \"RNNs/LSTMs excel at ... time series prediction\"",
       "claim": "an LSTM forecasts real series well",
-      "hardware": f"{cpu_model()}, 2 cores shared with other jobs",
+      "hardware": f"{experiment_runs.cpu_description()}, 2 cores shared with other jobs",
       "wall_time": "about 1 minute per network run",
       "rows": rows,
       "summary": {"rows": ["airline_lstm", "airline_naive", "airline_arima"],

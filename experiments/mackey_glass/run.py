@@ -11,36 +11,16 @@ results.json beside this file.
 
 import json
 import os
-import platform
-import subprocess
-import sys
-import time
 
 from absl import app, flags
+
+from cnnrnn.analysis import experiment_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ROOT = flags.DEFINE_string("root", "workdirs/mackey_glass", "Folder for the runs' workdirs.")
 _STEPS = flags.DEFINE_integer("steps", 600, "Training steps per run.")
 CELLS = {"simple": "tanh RNN", "lstm": "LSTM", "gru": "GRU"}
 HORIZONS = (1, 6, 84)
-
-
-def cpu_model() -> str:
-  """The CPU's model name and widest vector ISA (Linux), else the platform's machine type."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      info = f.read()
-  except OSError:
-    return platform.machine()
-  names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
-  isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-  return f"{names[0] if names else platform.machine()} ({isa})"
-
-
-def final_test(workdir: str) -> dict:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r.get("split") == "test"][-1]
 
 
 def main(argv):
@@ -51,13 +31,8 @@ def main(argv):
     for cell, label in CELLS.items():
       arg = f"{cell},{horizon},{_STEPS.value}"
       workdir = os.path.join(_ROOT.value, f"{cell}_{horizon}")
-      start = time.perf_counter()
-      subprocess.run([sys.executable, "-m", "cnnrnn.main", f"--config=configs/mackey_glass.py:{arg}",
-                      f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
-                      "--config.progress_bar=False"], cwd=ROOT, check=True,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-      wall = time.perf_counter() - start
-      m = final_test(workdir)
+      m, wall = experiment_runs.train(f"configs/mackey_glass.py:{arg}", workdir,
+                                      f"--config.dataset.data_dir={data_dir}", cwd=ROOT)
       rows.append(dict(
           id=f"{cell}_{horizon}", setting=f"{label}, T_p = {horizon}",
           config=f"configs/mackey_glass.py:{arg}", metric="test NRMSE at t + T_p", unit="",
@@ -70,7 +45,7 @@ def main(argv):
       "source": "experiments/mackey_glass/run.py (this file's runs; workdirs not in the repository)",
       "paper": "Gers, Eck & Schmidhuber 2001",
       "claim": "LSTM predicts Mackey-Glass, but no better than time-window approaches",
-      "hardware": f"{cpu_model()}, 2 cores shared with other jobs",
+      "hardware": f"{experiment_runs.cpu_description()}, 2 cores shared with other jobs",
       "wall_time": "about 1-2 minutes per run",
       "rows": rows,
       "summary": {"rows": ["simple_84", "lstm_84", "gru_84"],

@@ -11,12 +11,10 @@ this file.
 
 import json
 import os
-import platform
-import subprocess
-import sys
-import time
 
 from absl import app, flags
+
+from cnnrnn.analysis import experiment_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ROOT = flags.DEFINE_string("root", "workdirs/ucr", "Folder for the runs' workdirs.")
@@ -31,24 +29,6 @@ PAPER = {("ts_fcn", "ucr_gunpoint"): 0.0, ("ts_resnet", "ucr_gunpoint"): 0.007,
          ("ts_fcn", "ucr_italy_power_demand"): 0.030, ("ts_resnet", "ucr_italy_power_demand"): 0.040}
 
 
-def cpu_model() -> str:
-  """The CPU's model name and widest vector ISA (Linux), else the platform's machine type."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      info = f.read()
-  except OSError:
-    return platform.machine()
-  names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
-  isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-  return f"{names[0] if names else platform.machine()} ({isa})"
-
-
-def final_test(workdir: str) -> dict:
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r.get("split") == "test"][-1]
-
-
 def main(argv):
   del argv
   data_dir = os.path.join(_ROOT.value, "tfds")
@@ -57,13 +37,8 @@ def main(argv):
     for model in _RUNS.value:
       arg = f"{model},{dataset},{_STEPS.value}"
       workdir = os.path.join(_ROOT.value, f"{model}_{dataset}")
-      start = time.perf_counter()
-      subprocess.run([sys.executable, "-m", "cnnrnn.main",
-                      f"--config=configs/ucr_classification.py:{arg}", f"--workdir={workdir}",
-                      f"--config.dataset.data_dir={data_dir}", "--config.progress_bar=False"],
-                     cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-      wall = time.perf_counter() - start
-      m = final_test(workdir)
+      m, wall = experiment_runs.train(f"configs/ucr_classification.py:{arg}", workdir,
+                                      f"--config.dataset.data_dir={data_dir}", cwd=ROOT)
       rows.append(dict(
           id=f"{model}_{dataset}", setting=f"{MODELS[model]}, {problem}",
           config=f"configs/ucr_classification.py:{arg}", metric="test error rate", unit="",
@@ -76,7 +51,7 @@ def main(argv):
       "source": "experiments/ucr_classification/run.py (this file's runs; workdirs not in the repository)",
       "paper": "Wang, Yan & Oates 2017, Table 2",
       "claim": "the FCN and ResNet are strong baselines on the UCR archive",
-      "hardware": f"{cpu_model()}, 2 cores shared with other jobs",
+      "hardware": f"{experiment_runs.cpu_description()}, 2 cores shared with other jobs",
       "wall_time": "1-3 minutes per run",
       "rows": rows,
       "summary": {"rows": [r["id"] for r in rows if r["paper"] is not None],
