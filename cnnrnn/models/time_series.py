@@ -68,42 +68,6 @@ def _check_sequence(x: Array) -> None:
     raise ValueError(f"inputs must be [batch, time, features], got shape {x.shape}")
 
 
-class FCN(nn.Module):
-  """Fully convolutional network (Wang et al. 2017): three conv blocks, global average pooling
-  over time, dense head.
-
-  Attributes:
-    num_classes: output size; 0 drops the head and returns the pooled features [B, C].
-    widths: channels of the conv blocks (paper: 128, 256, 128).
-    kernel_sizes: their kernel sizes (paper: 8, 5, 3).
-    dtype, param_dtype: compute and parameter dtypes.
-
-  Submodules: `block{i}` (ConvBNReLU1D), `head`.
-  """
-
-  num_classes: int
-  widths: Sequence[int] = FCN_WIDTHS
-  kernel_sizes: Sequence[int] = FCN_KERNELS
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    """Args: x: [B, T, F]. Returns: [B, num_classes] logits."""
-    _check_sequence(x)
-    if len(self.widths) != len(self.kernel_sizes):
-      raise ValueError(f"model.widths {tuple(self.widths)} and model.kernel_sizes "
-                       f"{tuple(self.kernel_sizes)} must have the same length")
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x.astype(self.dtype)
-    for i, (w, k) in enumerate(zip(self.widths, self.kernel_sizes)):
-      x = ConvBNReLU1D(w, k, name=f"block{i}", **kw)(x, train)  # [B, T, w]
-    x = x.mean(axis=1)  # global average pooling over time: [B, C]
-    if self.num_classes == 0:
-      return x
-    return nn.Dense(self.num_classes, name="head", **kw)(x)
-
-
 class ResidualBlock1D(nn.Module):
   """Three conv blocks (kernels 8, 5, 3; the last without ReLU) plus a shortcut, then ReLU.
 
@@ -139,22 +103,25 @@ class ResidualBlock1D(nn.Module):
     return nn.relu(y + shortcut)
 
 
-class ResNet1D(nn.Module):
-  """The time-series ResNet of Wang et al. 2017: three residual blocks of three convs each
-  (64, 128, 128 channels), global average pooling over time, dense head.
+class ConvNet1D(nn.Module):
+  """Convolutions over time, global average pooling over time, dense head: the FCN and the
+  ResNet of Wang et al. 2017 (`FCN`, `ResNet1D`) are this family with their own defaults.
 
   Attributes:
-    num_classes: output size; 0 returns the pooled features [B, C].
-    widths: channels of each residual block.
-    kernel_sizes: kernel sizes of the convs inside every block.
+    num_classes: output size; 0 drops the head and returns the pooled features [B, C].
+    widths: channels of each block.
+    kernel_sizes: plain blocks: one kernel size per block; residual blocks: the kernel
+      sizes of the convolutions inside every block.
+    residual: `ResidualBlock1D`s instead of single `ConvBNReLU1D`s.
     dtype, param_dtype: compute and parameter dtypes.
 
-  Submodules: `block{i}` (ResidualBlock1D), `head`.
+  Submodules: `block{i}`, `head`.
   """
 
   num_classes: int
-  widths: Sequence[int] = RESNET_WIDTHS
+  widths: Sequence[int] = FCN_WIDTHS
   kernel_sizes: Sequence[int] = FCN_KERNELS
+  residual: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -162,14 +129,40 @@ class ResNet1D(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     """Args: x: [B, T, F]. Returns: [B, num_classes] logits."""
     _check_sequence(x)
+    if not self.residual and len(self.widths) != len(self.kernel_sizes):
+      raise ValueError(f"model.widths {tuple(self.widths)} and model.kernel_sizes "
+                       f"{tuple(self.kernel_sizes)} must have the same length")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = x.astype(self.dtype)
     for i, w in enumerate(self.widths):
-      x = ResidualBlock1D(w, tuple(self.kernel_sizes), name=f"block{i}", **kw)(x, train)
-    x = x.mean(axis=1)  # [B, C]
+      if self.residual:
+        x = ResidualBlock1D(w, tuple(self.kernel_sizes), name=f"block{i}", **kw)(x, train)
+      else:
+        x = ConvBNReLU1D(w, self.kernel_sizes[i], name=f"block{i}", **kw)(x, train)  # [B, T, w]
+    x = x.mean(axis=1)  # global average pooling over time: [B, C]
     if self.num_classes == 0:
       return x
     return nn.Dense(self.num_classes, name="head", **kw)(x)
+
+
+class FCN(ConvNet1D):
+  """Fully convolutional network (Wang et al. 2017): three conv blocks (128, 256, 128
+  channels; kernels 8, 5, 3), global average pooling over time, dense head (`ConvNet1D`).
+
+  Submodules: `block{i}` (ConvBNReLU1D), `head`.
+  """
+
+
+class ResNet1D(ConvNet1D):
+  """The time-series ResNet of Wang et al. 2017: three residual blocks of three convs each
+  (64, 128, 128 channels; kernels 8, 5, 3), global average pooling over time, dense head
+  (`ConvNet1D`).
+
+  Submodules: `block{i}` (ResidualBlock1D), `head`.
+  """
+
+  widths: Sequence[int] = RESNET_WIDTHS
+  residual: bool = True
 
 
 class LSTMFCN(nn.Module):
