@@ -21,6 +21,9 @@ back to the previous step. Only a step whose `meta` is intact and whose recorded
 belong to another model is reported as that (a `ValueError`). A step written by this
 version without its `meta` is corrupt; steps of older versions (no format mark) are
 checked with what they have.
+
+One module of ~600 lines on purpose: what a step holds (the digests written at save) and
+the one path that verifies it on restore are a single format, changed together.
 """
 
 import contextlib
