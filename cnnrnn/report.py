@@ -9,12 +9,12 @@ repository's Markdown files in step with them:
   python -m cnnrnn.report --experiments=ptb_lstm,lenet5_mnist --out=report/
   python -m cnnrnn.report --write               # regenerate the blocks in README.md
   python -m cnnrnn.report --check               # exit 1 naming any block that differs
-  python -m cnnrnn.report --out=report/ --workdir=lenet5_mnist=workdirs/lenet5_mnist
+  python -m cnnrnn.report --out=report/ --run=lenet5_mnist=workdirs/lenet5_mnist
 
 A generated block sits between `<!-- report:NAME:begin -->` and `<!-- report:NAME:end -->`
 in a Markdown file; NAME is `reproductions` (the summary table, one row per experiment),
 `topics` (the course map, from `docs/topics.json`) or an experiment's folder name (its
-full table). `--workdir=EXPERIMENT=DIR` adds, for a run
+full table). `--run=EXPERIMENT=DIR` adds, for a run
 of that experiment, its training curves (`EXPERIMENT_curves.png` in `--out`, from the
 workdir's own `metrics.jsonl`) and its final metrics per split.
 
@@ -373,8 +373,8 @@ _EXPERIMENTS = flags.DEFINE_list("experiments", [], "Experiment folder names (de
 _CHECK = flags.DEFINE_bool("check", False, "Exit 1 if a generated block in a committed Markdown "
                            "file differs from the results files.")
 _WRITE = flags.DEFINE_bool("write", False, "Rewrite the generated blocks in place.")
-_OUT = flags.DEFINE_string("out", None, "Folder for NAME.md tables (and curves with --workdir).")
-_WORKDIRS = flags.DEFINE_multi_string("workdir", [], "EXPERIMENT=DIR: curves and final "
+_OUT = flags.DEFINE_string("out", None, "Folder for NAME.md tables (and curves with --run).")
+_WORKDIRS = flags.DEFINE_multi_string("run", [], "EXPERIMENT=DIR: curves and final "
                                       "metrics of a run of that experiment (needs --out).")
 _ROOT = flags.DEFINE_string("root", ".", "The repository root.")
 
@@ -384,12 +384,12 @@ def _parse_workdirs(specs: Sequence[str], known: Sequence[str]) -> list[tuple[st
   for spec in specs:
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
-      raise ReportError(f"--workdir={spec!r}: expected EXPERIMENT=DIR")
+      raise ReportError(f"--run={spec!r}: expected EXPERIMENT=DIR")
     if name not in known:
-      raise ReportError(f"--workdir={spec!r}: unknown experiment {name!r}; known: "
+      raise ReportError(f"--run={spec!r}: unknown experiment {name!r}; known: "
                         f"{', '.join(known)}")
     if not os.path.isfile(os.path.join(path, "metrics.jsonl")):
-      raise ReportError(f"--workdir={spec!r}: no metrics.jsonl in {path}")
+      raise ReportError(f"--run={spec!r}: no metrics.jsonl in {path}")
     out.append((name, path))
   return out
 
@@ -406,7 +406,7 @@ def run(root: str, *, names: Sequence[str] = (), check: bool = False, write: boo
   if not os.path.isdir(os.path.join(root, "experiments")):
     raise ReportError(f"--root={root!r}: no experiments/ folder (run from the repository root)")
   if workdirs and not out:
-    raise ReportError("--workdir needs --out (the folder for the curves)")
+    raise ReportError("--run needs --out (the folder for the curves)")
   if out and os.path.exists(out) and not os.path.isdir(out):
     raise ReportError(f"--out={out!r} is a file, not a folder")
   experiments = load_experiments(root, names)

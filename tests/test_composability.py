@@ -54,6 +54,7 @@ _TRANSLATION = lambda v, s, t: (lambda b: ((
     jax.random.randint(jax.random.key(2), (b, t), 4, v)), {}))
 _SEQ = lambda t, f: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, f)),
                                 {"seq_lengths": jnp.arange(b, dtype=jnp.int32) % t + 1}))
+_SERIES = lambda t, f: (lambda b: (jax.random.normal(jax.random.key(1), (b, t, f)), {}))
 
 MODEL_CASES = {
     "lenet5": (dict(), _IMAGE(32, 1)),
@@ -85,6 +86,11 @@ MODEL_CASES = {
                        encoder_kwargs=dict(features=(4,), dense=())), _CAPTION(8, 7, 4)),
     "seq2seq": (dict(vocab_size=11, embed_dim=4, hidden_size=6, cell="gru", bidirectional=True,
                      attention="bahdanau"), _TRANSLATION(11, 5, 4)),
+    "ts_fcn": (dict(num_classes=3, widths=(4, 6), kernel_sizes=(3, 2)), _SERIES(6, 2)),
+    "ts_resnet": (dict(num_classes=3, widths=(4, 4), kernel_sizes=(3, 2)), _SERIES(6, 2)),
+    "lstm_fcn": (dict(num_classes=3, lstm_size=4, lstm_dropout=0.0, widths=(4,),
+                      kernel_sizes=(3,)), _SERIES(6, 2)),
+    "segmenter": (dict(num_classes=3, decoder="unet"), _IMAGE(8)),
 }
 
 # One member of each family gets every check in cpu_native mode. resnet50 differs from

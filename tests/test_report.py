@@ -85,8 +85,8 @@ def test_experiment_table_formats_paper_and_ours():
 @pytest.mark.parametrize("args, message", [
     (["--check", "--write"], "--check and --write exclude each other"),
     (["--experiments=nope"], "--experiments: no results file for nope; available:"),
-    (["--workdir=lenet5_mnist=/nonexistent"], "--workdir needs --out"),
-    (["--workdir=bad", "--out=/tmp/x"], "expected EXPERIMENT=DIR"),
+    (["--run=lenet5_mnist=/nonexistent"], "--run needs --out"),
+    (["--run=bad", "--out=/tmp/x"], "expected EXPERIMENT=DIR"),
 ])
 def test_bad_flags_fail_in_one_line(args, message):
   proc = subprocess.run([sys.executable, "-m", "cnnrnn.report", *args], cwd=ROOT,
