@@ -1,6 +1,7 @@
 """What the reproduction scripts under `experiments/` share: run a config through the
 command line, read its final metrics, and name the machine it ran on."""
 
+import json
 import os
 import platform
 import subprocess
@@ -53,3 +54,12 @@ def train(config: str, workdir: str, *flags: str, cwd: str | None = None) -> tup
                   f"--workdir={workdir}", "--config.progress_bar=False", *flags],
                  cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   return final_metrics(workdir), time.perf_counter() - start
+
+
+def write_results(folder: str, results: dict) -> str:
+  """Writes an experiment's `results.json` (what `cnnrnn.report` reads) into `folder`."""
+  path = os.path.join(folder, "results.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+    f.write("\n")
+  return path

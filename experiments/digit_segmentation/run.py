@@ -10,7 +10,6 @@ Runs, in order: `pretrain` (the MNIST classifier), `scratch`, `transfer`
 below are the reduced budget of the committed results. Writes results.json beside this file.
 """
 
-import json
 import os
 
 from absl import app, flags
@@ -62,10 +61,7 @@ def main(argv):
       "summary": {"rows": ["scratch", "transfer"], "note": f"test mIoU after {_STEPS.value} steps",
                   "numeric_paper": False},
   }
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"), "w",
-            encoding="utf-8") as f:
-    json.dump(results, f, indent=1)
-    f.write("\n")
+  experiment_runs.write_results(os.path.dirname(os.path.abspath(__file__)), results)
 
 
 if __name__ == "__main__":

@@ -113,10 +113,7 @@ def main(argv):
                   "note": "test MASE, airline passengers 1958-60, horizon 12",
                   "numeric_paper": False},
   }
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"), "w",
-            encoding="utf-8") as f:
-    json.dump(results, f, indent=1)
-    f.write("\n")
+  experiment_runs.write_results(os.path.dirname(os.path.abspath(__file__)), results)
   print(json.dumps(rows, indent=1))
 
 

@@ -9,7 +9,6 @@ test metrics (the last 20 % of the series) come from the workdir's metrics.jsonl
 results.json beside this file.
 """
 
-import json
 import os
 
 from absl import app, flags
@@ -52,10 +51,7 @@ def main(argv):
                   "note": "test NRMSE at T_p = 84; the paper's table was not at hand offline",
                   "numeric_paper": False},
   }
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"), "w",
-            encoding="utf-8") as f:
-    json.dump(results, f, indent=1)
-    f.write("\n")
+  experiment_runs.write_results(os.path.dirname(os.path.abspath(__file__)), results)
 
 
 if __name__ == "__main__":

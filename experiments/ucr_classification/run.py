@@ -9,7 +9,6 @@ its final test accuracy comes from the workdir's metrics.jsonl. Writes results.j
 this file.
 """
 
-import json
 import os
 
 from absl import app, flags
@@ -57,10 +56,7 @@ def main(argv):
       "summary": {"rows": [r["id"] for r in rows if r["paper"] is not None],
                   "note": f"test error rate after {_STEPS.value} steps (paper: 1,500-2,000 epochs)"},
   }
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json"), "w",
-            encoding="utf-8") as f:
-    json.dump(results, f, indent=1)
-    f.write("\n")
+  experiment_runs.write_results(os.path.dirname(os.path.abspath(__file__)), results)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,11 @@ def test_cpu_description_names_the_vector_isa():
                    if l.startswith("flags")).split(":", 1)[1].split())
   isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
   assert experiment_runs.cpu_description().endswith(f" ({isa})")
+
+
+def test_write_results_is_what_the_report_reads(tmp_path):
+  results = {"title": "t", "rows": [{"id": "a", "ours": 0.5}]}
+  path = experiment_runs.write_results(str(tmp_path), results)
+  assert path == str(tmp_path / "results.json")
+  text = (tmp_path / "results.json").read_text()
+  assert json.loads(text) == results and text.endswith("\n")
