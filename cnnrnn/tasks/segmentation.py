@@ -57,7 +57,8 @@ class Segmentation(base.CheckedFields):
   input_key: str = "image"
   label_key: str = "segmentation"
 
-  # The per-class `iou_c{k}` are logged too; these are the metrics a checkpoint can be kept by.
+  # What every segmentation run logs, whatever its classes; `metric_names_for` adds the
+  # per-class `iou_c{k}`, which depend on `num_classes`.
   metric_names = ("loss", "pixel_accuracy", "miou")
 
   @classmethod
@@ -65,6 +66,22 @@ class Segmentation(base.CheckedFields):
     if values.get("num_classes") is not None:
       base.require("num_classes", values["num_classes"], lambda v: base.is_count(v) and v >= 2,
                    "an integer >= 2")
+
+  @classmethod
+  def metric_names_for(cls, values: dict) -> tuple[str, ...]:
+    """Every metric a task with `config.task` values `values` can log.
+
+    Args:
+      values: the `config.task` fields (`num_classes` read; checked by `check_fields`).
+
+    Returns:
+      `metric_names` and `iou_c0` ... `iou_c{num_classes - 1}` (the evaluator logs `iou_c{k}`
+      for each class k present in the split's labels or predictions); `metric_names` alone
+      when `num_classes` is not set.
+    """
+    cls.check_fields(values)
+    k = values.get("num_classes")
+    return cls.metric_names + (tuple(f"iou_c{c}" for c in range(k)) if k is not None else ())
 
   def model_inputs(self, batch: dict) -> tuple[tuple, dict]:
     return (batch[self.input_key],), {}

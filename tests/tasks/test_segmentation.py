@@ -55,6 +55,17 @@ def test_confusion_and_iou_by_hand():
   scores = evaluator.score({"confusion": list(rows["confusion"]) * 2}, "test")
   assert scores["miou"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
   assert "iou_c3" not in scores and scores["iou_c1"] == pytest.approx(2 / 3)
+  # Everything the evaluator scores is declared for a 4-class task.
+  assert set(scores) <= set(segmentation.Segmentation.metric_names_for({"num_classes": 4}))
+
+
+def test_declared_metric_names_include_each_class():
+  names = segmentation.Segmentation.metric_names_for({"num_classes": 11})
+  assert names[:3] == ("loss", "pixel_accuracy", "miou") == tasks.metric_names("segmentation")
+  assert names[3:] == tuple(f"iou_c{k}" for k in range(11))
+  assert segmentation.Segmentation.metric_names_for({}) == ("loss", "pixel_accuracy", "miou")
+  with pytest.raises(ValueError, match="task.num_classes=1"):
+    segmentation.Segmentation.metric_names_for({"num_classes": 1})
 
 
 @pytest.mark.slow
@@ -81,3 +92,7 @@ def test_digit_scenes_segmenter_learns_through_the_trainer(tmp_path, data_dir):
   # Better than calling every pixel background, and the background class is found.
   assert metrics["pixel_accuracy"] > background + 0.01
   assert metrics["iou_c0"] > 0.8 and 0 < metrics["miou"] < 1
+  # Every per-class IoU the run logged is a declared name of an 11-class task.
+  ious = {k for k in metrics if k.startswith("iou_c")}
+  declared = segmentation.Segmentation.metric_names_for({"num_classes": 11})
+  assert "iou_c0" in ious and ious <= set(declared)
