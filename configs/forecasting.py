@@ -11,8 +11,14 @@ forecast at once (default: one season, 12 or 11); STEPS the training steps (defa
 
 Splits are chronological: airline trains on 1949-1957 and tests on 1958-1960 (the last
 25 %, as windows whose targets lie there); sunspots 70 / 10 / 20 %. The series is
-normalised with the training part's mean and deviation only. Expected numbers (test MASE
-and NRMSE against the seasonal naive and ARIMA): experiments/forecasting/README.md.
+normalised with the training part's mean and deviation only.
+
+Paper: none; the course's claim "RNNs/LSTMs excel at ... time series prediction", measured
+against the seasonal-naive forecast and ARIMA.
+Ours (as committed, 1,000 steps, 2 CPU cores, about 1 minute per run), test MASE: airline
+LSTM 2.546, ts_fcn 1.168, seasonal naive 1.263, ARIMA(0,1,1)x(0,1,1)_12 0.489; sunspots LSTM
+2.212, ts_fcn 2.933, seasonal naive 1.356, AR(3) 1.779: the claim does not hold on these
+series (experiments/forecasting/README.md).
 """
 
 from cnnrnn.train import default_config

@@ -8,14 +8,21 @@ T_p (direct multi-step output of T_p values); `last_nrmse` is the error at t + T
 RMSE / standard deviation of the training part, the NRMSE of the paper's table.
 
 ARG is "CELL,T_P[,STEPS]": CELL one of simple (tanh RNN), lstm, gru; T_P the prediction
-horizon (the paper: 1, 6 and 84); STEPS the training steps (default 3,000). E.g.
+horizon (the paper: 1, 6 and 84); STEPS the training steps (default 3,000). The committed
+runs used 500 steps:
 
-  python -m cnnrnn.main --config=configs/mackey_glass.py:lstm,84 --workdir=workdirs/mg_lstm_84
+  python -m cnnrnn.main --config=configs/mackey_glass.py:lstm,84,500 --workdir=workdirs/mg_lstm_84
 
-Differences from the paper, deliberate and stated in experiments/mackey_glass/README.md:
-Adam on mini-batches of windows (the paper: online gradient descent, one input per step
-over the whole series, peephole LSTM), a 32-step window instead of the unbounded history,
-one layer of 32 units. Expected numbers: the README's table.
+Paper: the NRMSE of the LSTM and of earlier methods at T_p = 1, 6 and 84. Its table was not
+found when this was written, so no paper number is quoted (experiments/mackey_glass/README.md
+says what was searched, and quotes one figure of the same survey second-hand).
+Ours (as committed, 500 steps, 2 CPU cores, 1-2 minutes per run): test NRMSE at T_p = 84,
+LSTM 0.391, GRU 0.465, tanh RNN 0.555 (the naive x(t + 84) = x(t): 1.572); at T_p = 1,
+0.034, 0.029, 0.021 (experiments/mackey_glass/README.md).
+
+Differences from the paper, deliberate and stated in the README: Adam on mini-batches of
+windows (the paper: online gradient descent, one input per step over the whole series,
+peephole LSTM), a 32-step window instead of the unbounded history, one layer of 32 units.
 """
 
 from cnnrnn.train import default_config
