@@ -25,10 +25,56 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
+
+
+class _WithModelFields(flags.ArgumentParser):
+  """The config file's parser (ml_collections'), plus the chosen model's fields.
+
+  `--config.model.FIELD=VALUE` may set any keyword argument of the model (the one the file
+  names, or `--config.model.name`), also one the config file leaves out: such a field is
+  added, with the model's default, before the command line's values are applied. The
+  config is locked afterwards, so that any other unknown field is still an error.
+  """
+
+  def __init__(self, file_parser: flags.ArgumentParser):
+    self._file_parser = file_parser  # Built with lock_config=False: locked here.
+
+  def parse(self, argument):
+    config = self._file_parser.parse(argument)
+    if isinstance(config, ml_collections.ConfigDict):
+      name, fields = _model_overrides(flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False))
+      if "model" in config and fields:
+        from cnnrnn.train import defaults  # pylint: disable=g-import-not-at-top
+
+        chosen = config.model.get("name")
+        config.model.name = name if name is not None else chosen  # Only to find its fields.
+        defaults.add_model_fields(config, fields)
+        config.model.name = chosen  # The command line's value is applied after this.
+      config.lock()
+    return config
+
+  def flag_type(self):
+    return self._file_parser.flag_type()
+
+
+def _model_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
+  """(the last `--config.model.name` value or None, the `--config.model.FIELD`s set)."""
+  name, fields = None, []
+  for a in argv:
+    match = re.match(r"-{1,2}(no)?config\.model\.([^.=]+)(=(.*))?$", a)
+    if match and match.group(2) == "name":
+      name = match.group(4)
+    elif match:
+      fields.append(match.group(2))
+  return name, fields
+
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+                                          lock_config=False)
+flags.FLAGS[_CONFIG.name].parser = _WithModelFields(flags.FLAGS[_CONFIG.name].parser)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
 _MULTIPROCESS = flags.DEFINE_bool(
     "multiprocess", None,
@@ -159,16 +205,28 @@ def _config_file_error(argv: list[str], e: Exception) -> str:
     config = module.get_config(arg) if arg else module.get_config()
   except Exception as load_error:  # pylint: disable=broad-except
     return f"--config={spec} failed to load: {type(load_error).__name__}: {load_error}"
-  from cnnrnn.train import config_schema  # pylint: disable=g-import-not-at-top
+  from cnnrnn.train import config_schema, defaults  # pylint: disable=g-import-not-at-top
 
   known = set(config_schema.flat_fields(config))
+  name, _ = _model_overrides(argv)
+  name = name if name is not None else config.get("model", {}).get("name")
+  try:
+    model_fields = sorted(defaults.model_fields(name))
+  except ValueError as unknown_model:
+    model_fields = None
+    if any(re.match(r"-{1,2}(no)?config\.model\.", a) for a in argv):
+      return f"model.name={name!r}: {unknown_model}"
+  known |= {f"model.{f}" for f in model_fields or ()}
   for a in argv:
-    if a.startswith("--config."):
-      field = a[len("--config."):].split("=", 1)[0]
-      if field not in known:
-        close = difflib.get_close_matches(field, sorted(known), n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join('--config.' + c for c in close)}?" if close else ""
-        return f"--config.{field}: {path} has no field {field!r}{hint}"
+    match = re.match(r"-{1,2}(no)?config\.([^=]+)", a)
+    field = match.group(2) if match else None
+    if field is not None and field not in known:
+      close = difflib.get_close_matches(field, sorted(known), n=3, cutoff=0.6)
+      hint = f"; did you mean {' or '.join('--config.' + c for c in close)}?" if close else ""
+      if field.startswith("model.") and model_fields is not None:
+        return (f"--config.{field}: model {name!r} has no field {field[len('model.'):]!r} "
+                f"(its fields: {', '.join(model_fields)}){hint}")
+      return f"--config.{field}: {path} has no field {field!r}{hint}"
   first = str(e).strip().splitlines()
   return f"--config={spec}: {type(e).__name__}: {first[0] if first else ''}"
 

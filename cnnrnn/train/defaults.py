@@ -4,7 +4,12 @@ value is written.
 Experiment configs (configs/*.py) start from `default_config()` and override what they
 reproduce; `--config.FIELD=VALUE` overrides any field from the command line. The trainer
 reads a config through `complete(config)`, so a field a config lacks has this value.
+`model.*` holds the model's keyword arguments: `add_model_fields` lets the command line set
+any argument of the chosen model that the config file does not name.
 """
+
+import inspect
+import typing
 
 import ml_collections
 
@@ -106,3 +111,69 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return out
 
   return ml_collections.ConfigDict(merge(default_config().to_dict(), config.to_dict(), True))
+
+
+def model_fields(name: str) -> dict[str, inspect.Parameter]:
+  """The keyword arguments model `name` takes: its constructor's, and those of the module a
+  variant constructor (`transformer(variant, **kwargs)`) forwards its kwargs to.
+
+  Raises:
+    ValueError: an unknown model name, listing the known ones.
+  """
+  from cnnrnn import models  # pylint: disable=g-import-not-at-top
+
+  ctor = models.get_constructor(name)
+  signature = list(inspect.signature(ctor).parameters.values())
+  if any(p.kind is p.VAR_KEYWORD for p in signature) and hasattr(ctor, "module_class"):
+    signature += inspect.signature(ctor.module_class).parameters.values()
+  return {p.name: p for p in signature
+          if p.name not in ("parent", "name") and p.kind is not p.VAR_KEYWORD}
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _placeholder(field: str, parameter: inspect.Parameter):
+  """A config value with the type of model argument `parameter` (its default where it has a
+  plain one; else a typed None), or None when the command line cannot set such a value."""
+  default = parameter.default
+  if field in ("dtype", "param_dtype"):
+    return "float32"  # A name in config_schema.DTYPES, as the config stores dtypes.
+  if isinstance(default, _SCALARS) or (isinstance(default, tuple) and default):
+    return default
+  kinds = [parameter.annotation, *typing.get_args(parameter.annotation)]
+  kind = next((k for k in kinds if k in _SCALARS), None)
+  if kind is not None and (default is None or default is inspect.Parameter.empty):
+    return ml_collections.FieldReference(None, field_type=kind)
+  return None
+
+
+def add_model_fields(config: ml_collections.ConfigDict, fields) -> list[str]:
+  """Adds to `config.model` each of `fields` it lacks that its model takes, so that
+  `--config.model.FIELD=VALUE` can set any of them from the command line.
+
+  Each added field holds the model's default (or a typed None), which the command line
+  then overrides; the config is otherwise unchanged, so its config.json names only what
+  the config file or the command line set.
+
+  Args:
+    config: an unlocked experiment config.
+    fields: names of model keyword arguments (others, and an unknown `model.name`, are
+      left for the command line's error message).
+
+  Returns:
+    The fields added.
+  """
+  try:
+    known = model_fields(config.model.name)
+  except (ValueError, AttributeError):
+    return []
+  added = []
+  for field in fields:
+    if field in config.model or field not in known:
+      continue
+    value = _placeholder(field, known[field])
+    if value is not None:
+      config.model[field] = value
+      added.append(field)
+  return added
