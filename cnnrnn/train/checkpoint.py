@@ -29,14 +29,17 @@ the one path that verifies it on restore are a single format, changed together.
 import contextlib
 import errno
 import functools
-import gc
 import hashlib
 import json
+import logging as logging_lib
 import math
 import os
+import re
 import shutil
 import sys
 import time
+import traceback
+import warnings
 
 from absl import logging
 import jax
@@ -323,23 +326,91 @@ class Checkpointer:
       self._best.close()
 
 
-@contextlib.contextmanager
-def _quiet_abandoned_reads():
-  """Drops the "Exception ignored in: <coroutine ...>" reports of a failed restore.
+# What Orbax logs beside a restore that `restore_step` reports itself, in one line: the
+# item-level metadata file a step never has (the step's own is one folder up), and the
+# item metadata of a step that is then found corrupt.
+_BENIGN_ORBAX_WARNINGS = ("Metadata file does not exist: ",
+                          "Failed to get item metadata from directory ")
+# Tensorstore's errors start with a status code: "DATA_LOSS: Error reading ...".
+_TENSORSTORE_ERROR = re.compile(r"^[A-Z_]+: Error (opening|reading|decoding) ")
+_abandoned_reads = False  # Set once a restore in this process failed (see _quiet_orbax).
 
-  When one array of a checkpoint fails to read, Orbax abandons the reads of the others;
-  each reports its own exception with the full tensorstore spec (~60 lines apiece) when
-  it is garbage-collected. The failure itself is reported once, by `restore_latest`.
+
+def _from_orbax_read(e: BaseException | None) -> bool:
+  """Whether `e`, or an exception behind it, is a read of a checkpoint by Orbax/tensorstore."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if _TENSORSTORE_ERROR.match(str(e)) or any(
+        "/orbax/checkpoint/" in frame.filename for frame in traceback.extract_tb(e.__traceback__)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class _BenignOrbaxRecords(logging_lib.Filter):
+  """Drops the log records of a failed restore that it reports itself (see `_quiet_orbax`)."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    message = record.getMessage()
+    if record.name == "absl":
+      return not message.startswith(_BENIGN_ORBAX_WARNINGS)
+    exc = record.exc_info[1] if record.exc_info else None
+    return not ("exception was never retrieved" in message and _from_orbax_read(exc))
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  exc, obj = unraisable.exc_value, unraisable.object
+  orbax_coroutine = "/orbax/" in getattr(getattr(obj, "cr_code", None), "co_filename", "")
+  loop_closed = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+  return orbax_coroutine or loop_closed or _from_orbax_read(exc)
+
+
+def _note_abandoned_reads() -> None:
+  """From the first failed restore on, drops the reports of the reads Orbax abandoned.
+
+  When one array of a checkpoint fails to read, Orbax gives up on the others while
+  tensorstore still reads them. Each then reports its own error with the full tensorstore
+  spec (~60 lines apiece), whenever it finishes or is garbage-collected, long after the
+  restore returned: asyncio's "Task/Future exception was never retrieved" ERROR records,
+  "Exception ignored in: <coroutine ...>", and "RuntimeError: Event loop is closed" from
+  reads that finished after Orbax's event loop was closed, "coroutine ... was never awaited"
+  for those not yet started. The failure itself is reported
+  once, by `restore_step`. Only these are dropped, only in a process where a restore failed;
+  every other unraisable exception and asyncio error goes through as before.
   """
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None
+  global _abandoned_reads
+  # Those it had not started yet are coroutines never awaited (a RuntimeWarning). The
+  # filter is set again each time: a test framework may reset the filters between tests.
+  warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited",
+                          category=RuntimeWarning, module="orbax")
+  if _abandoned_reads:
+    return
+  _abandoned_reads = True
+  logging_lib.getLogger("asyncio").addFilter(_BenignOrbaxRecords())
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Within a restore: Orbax's benign warnings dropped; after a failure, its abandoned
+  reads too (`_note_abandoned_reads`)."""
+  records = _BenignOrbaxRecords()
+  absl_logger = logging_lib.getLogger("absl")
+  absl_logger.addFilter(records)
   try:
     yield
   except BaseException:
-    gc.collect()  # Only after a failure: a full collection costs ~0.3 s in a large process.
+    _note_abandoned_reads()
     raise
   finally:
-    sys.unraisablehook = hook
+    absl_logger.removeFilter(records)
 
 
 def _first_line(e: Exception) -> str:
@@ -469,7 +540,7 @@ def restore_step(step_dir: str, step: int, abstract_state=None, *, batch_size: i
     ValueError: an intact step written for another model (the message names the first
       mismatching entry) or with another batch size.
   """
-  with _quiet_abandoned_reads():
+  with _quiet_orbax():
     meta = _read_meta(step_dir, step)
     try:
       data_state = _read_json(os.path.join(step_dir, "data", "metadata"))
