@@ -14,8 +14,16 @@ ARG is one of
   python -m cnnrnn.main --config=configs/digit_segmentation.py:transfer --workdir=wd/seg_tr \\
       --config.transfer.source=wd/seg_pre --config.dataset.manual_dir=../shared/datasets/mnist
 
-Expected numbers (test mIoU, scratch vs transfer, at the reduced budgets run):
-experiments/digit_segmentation/README.md.
+Paper: none; the course's claims "CNNs excel at ... segmentation" and that a pretrained
+backbone helps a new task.
+Ours (as committed, a reduced budget: `pretrain,200`, then `scratch,150` / `transfer,150`
+with --config.dataset.size=40 --config.dataset.num_digits=2 --config.dataset.num_train=3200
+--config.dataset.num_test=400 --config.batch_size=16, the commands of
+experiments/digit_segmentation/run.py; 2 CPU cores, 3-6 minutes per run): the classifier
+95.88 % MNIST test accuracy; test mIoU over the 11 classes, scratch 0.306, transfer 0.329
+(background IoU 0.99 for both, the digits far lower); one seed
+(experiments/digit_segmentation/README.md). The defaults below (64x64 scenes of three
+digits, 500 steps) were not run to the end.
 """
 
 from cnnrnn.train import default_config
