@@ -34,7 +34,8 @@ def run(arg: str, workdir: str, *flags_) -> tuple[dict, float]:
 
 def main(argv):
   del argv
-  pretrain = os.path.join(_ROOT.value, "pretrain")
+  # Absolute: a relative transfer.source fails to restore (Orbax reads no item metadata).
+  pretrain = os.path.abspath(os.path.join(_ROOT.value, "pretrain"))
   source, source_wall = run(f"pretrain,{_PRETRAIN_STEPS.value}", pretrain)
   rows = []
   for mode in ("scratch", "transfer"):
