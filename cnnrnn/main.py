@@ -29,7 +29,6 @@ import ml_collections
 from ml_collections import config_flags
 
 
-
 class _WithModelFields(flags.ArgumentParser):
   """The config file's parser (ml_collections'), plus the chosen model's fields.
 
