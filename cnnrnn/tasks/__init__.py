@@ -69,9 +69,15 @@ def field_defaults(name: str) -> dict:
           if f.default is not dataclasses.MISSING}
 
 
-def metric_names(name: str) -> tuple[str, ...]:
-  """Every metric task `name` logs (derived and evaluator metrics included)."""
-  return tuple(task_class(name).metric_names)
+def metric_names(name: str, values: dict | None = None) -> tuple[str, ...]:
+  """Every metric task `name` logs (derived and evaluator metrics included); given its
+  `config.task` values, also the names that depend on them (the task's optional
+  `metric_names_for(values)`, e.g. segmentation's per-class `iou_c{k}`)."""
+  cls = task_class(name)
+  names_for = getattr(cls, "metric_names_for", None)
+  if values is not None and names_for is not None:
+    return tuple(names_for(values))
+  return tuple(cls.metric_names)
 
 
 def check_fields(name: str, values: dict) -> None:

@@ -13,6 +13,9 @@ keyword arguments). It has:
 - optionally `check_fields(values)` (classmethod): raises ValueError naming
   `task.FIELD`, its value and the allowed values. It runs on the `config.task` block
   before anything is read or compiled, and again when the task is built.
+- optionally `metric_names_for(values)` (classmethod): the names it logs given its
+  `config.task` values, where they depend on them (segmentation's per-class `iou_c{k}`);
+  `checkpoint.best_metric` may then be any of these.
 - optionally `derived_metrics(means) -> more means` (e.g. perplexity from the mean loss).
 - optionally `evaluator(model, streams) -> Evaluator`: for tasks scored on outputs the
   model generates (decoding: BLEU, exact match). The trainer runs the loop over the split.

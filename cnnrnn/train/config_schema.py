@@ -204,7 +204,8 @@ def _check_best_metric(config) -> None:
   ckpt = config.get("checkpoint", ml_collections.ConfigDict())
   metric = ckpt.get("best_metric", "accuracy")
   task = config.task.name
-  known = tasks.metric_names(task) if task in tasks.names() else None
+  values = {k: v for k, v in config.task.to_dict().items() if k != "name"}
+  known = tasks.metric_names(task, values) if task in tasks.names() else None
   # The default "accuracy" is only used with keep_best; other tasks' configs set their own.
   if known is not None and (ckpt.get("keep_best", False) or metric != "accuracy"):
     if metric not in known:

@@ -68,6 +68,17 @@ def test_declared_metric_names_include_each_class():
     segmentation.Segmentation.metric_names_for({"num_classes": 1})
 
 
+def test_best_metric_may_be_a_class_iou_of_the_configured_classes():
+  import importlib  # pylint: disable=import-outside-toplevel
+  from cnnrnn.train import config_schema  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module("configs.digit_segmentation").get_config()
+  config.checkpoint.best_metric, config.checkpoint.best_mode = "iou_c3", "max"
+  config_schema.validate(config)
+  config.checkpoint.best_metric = f"iou_c{config.task.num_classes}"
+  with pytest.raises(ValueError, match="checkpoint.best_metric=.*iou_c0"):
+    config_schema.validate(config)
+
+
 @pytest.mark.slow
 def test_digit_scenes_segmenter_learns_through_the_trainer(tmp_path, data_dir):
   from cnnrnn import train  # pylint: disable=g-import-not-at-top
