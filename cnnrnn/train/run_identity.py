@@ -20,8 +20,9 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 
-from cnnrnn.train.defaults import default_config
+from cnnrnn.train.defaults import default_config, model_fields
 
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
@@ -77,13 +78,33 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
+def _model_defaults(name) -> dict:
+  """{"model.FIELD": default} of model `name`'s keyword arguments, as config.json stores them."""
+  try:
+    fields = model_fields(name)
+  except (ValueError, TypeError):
+    return {}
+  out = {}
+  for field, parameter in fields.items():
+    value = parameter.default
+    if field in ("dtype", "param_dtype") and value not in (None, parameter.empty):
+      value = np.dtype(value).name  # As config.json names dtypes.
+    if value is None or isinstance(value, (bool, int, float, str, tuple)):
+      out[f"model.{field}"] = json.loads(json.dumps(value))  # Tuples as lists.
+  return out
+
+
 def changed_fields(old: dict, new: dict) -> dict[str, tuple]:
   """{field: (old, new)} over the flattened configs, FREE_FIELDS left out.
 
-  A field missing from `old` (written before the field existed) counts as its default.
+  A field missing from `old` (written before the field existed) counts as its default; a
+  model argument missing from either (the config file did not name it, the command line
+  may) counts as the model constructor's default.
   """
   old_flat, new_flat = flatten(old), flatten(new)
   defaults = flatten(as_json(default_config()))
+  if old_flat.get("model.name") == new_flat.get("model.name"):
+    defaults = _model_defaults(new_flat.get("model.name")) | defaults
   missing = object()
   changes = {}
   for field in sorted(old_flat.keys() | new_flat.keys()):

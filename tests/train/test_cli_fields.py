@@ -13,6 +13,7 @@ import pytest
 from cnnrnn import main
 from cnnrnn import models
 from cnnrnn.train import defaults
+from cnnrnn.train import run_identity
 from tests.helpers import cli
 
 # Model arguments the command line cannot set: mappings of arguments for a part of the
@@ -97,6 +98,19 @@ def test_the_config_stays_locked(monkeypatch):
   assert config.model.kernel_size == 5
   with pytest.raises(AttributeError):
     config.model.poling = "avg"
+
+
+def test_a_model_default_given_on_a_rerun_is_no_change():
+  """config.json names the model arguments the file or the command line set; one given on
+  a rerun with the model's own default value changes nothing, another value does."""
+  old = {"model": {"name": "lenet5", "num_classes": 10}}
+  same = {"model": {"name": "lenet5", "num_classes": 10, "pooling": "max", "dtype": "float32"}}
+  assert run_identity.changed_fields(old, same) == {}
+  assert run_identity.changed_fields(same, old) == {}
+  other = {"model": {"name": "lenet5", "num_classes": 10, "pooling": "avg"}}
+  assert run_identity.changed_fields(old, other) == {"model.pooling": ("max", "avg")}
+  conv = {"model": {"name": "conv_stack", "features": [32, 64], "kernel_size": 3}}
+  assert run_identity.changed_fields({"model": {"name": "conv_stack"}}, conv) == {}
 
 
 @pytest.mark.parametrize("flag,message", [
