@@ -156,6 +156,8 @@ class Checkpointer:
     if best_mode not in ("min", "max"):
       raise ValueError(f"checkpoint best_mode={best_mode!r}; allowed: 'min', 'max'")
     self.directory = os.path.abspath(directory)
+    _install_filters()
+    _checkpoint_dirs.update((self.directory, os.path.join(self.directory, "best")))
     self._latest = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -263,14 +265,15 @@ class Checkpointer:
       NoUsableCheckpoint: checkpoints exist or were set aside, none is usable, and not
         `start_over`.
     """
-    for step in sorted(self._latest.all_steps(), reverse=True):
-      try:
-        state, data_state = restore_step(self._step_dir(step), step, abstract_state,
-                                         batch_size=self.batch_size)
-      except CorruptCheckpoint as e:
-        self._set_aside(step, str(e))
-      else:
-        return step, state, data_state
+    with _quiet_orbax():  # Orbax reads each step's metadata too.
+      for step in sorted(self._latest.all_steps(), reverse=True):
+        try:
+          state, data_state = restore_step(self._step_dir(step), step, abstract_state,
+                                           batch_size=self.batch_size)
+        except CorruptCheckpoint as e:
+          self._set_aside(step, str(e))
+        else:
+          return step, state, data_state
     refusal = os.path.join(self.directory, SET_ASIDE_DIR, REFUSAL_FILE)
     set_aside = sorted(d for d in (os.listdir(os.path.dirname(refusal))
                                    if os.path.isdir(os.path.dirname(refusal)) else ())
@@ -326,14 +329,19 @@ class Checkpointer:
       self._best.close()
 
 
-# What Orbax logs beside a restore that `restore_step` reports itself, in one line: the
-# item-level metadata file a step never has (the step's own is one folder up), and the
-# item metadata of a step that is then found corrupt.
-_BENIGN_ORBAX_WARNINGS = ("Metadata file does not exist: ",
-                          "Failed to get item metadata from directory ")
+# What Orbax logs beside a restore that this module reports itself, in one line: the
+# item-level metadata file a step never has (the step's own is one folder up), the item
+# metadata of a step then found corrupt, a step metadata file that does not parse.
+_BENIGN_ORBAX_LOGS = ("Metadata file does not exist: ", "Failed to get item metadata from directory ",
+                      "Failed to json parse Metadata file: ")
+# Directories of `Checkpointer`s: their managers read each step's metadata in a thread of
+# their own, whenever; a step whose metadata does not parse is reported by the restore.
+_checkpoint_dirs: set[str] = set()
 # Tensorstore's errors start with a status code: "DATA_LOSS: Error reading ...".
 _TENSORSTORE_ERROR = re.compile(r"^[A-Z_]+: Error (opening|reading|decoding) ")
-_abandoned_reads = False  # Set once a restore in this process failed (see _quiet_orbax).
+_restoring = 0  # Restores in progress (see _quiet_orbax).
+_restore_failed = False  # Whether one failed in this process.
+_filters_installed = False
 
 
 def _from_orbax_read(e: BaseException | None) -> bool:
@@ -349,14 +357,19 @@ def _from_orbax_read(e: BaseException | None) -> bool:
 
 
 class _BenignOrbaxRecords(logging_lib.Filter):
-  """Drops the log records of a failed restore that it reports itself (see `_quiet_orbax`)."""
+  """Drops Orbax's log records that a restore reports itself (see `_quiet_orbax`)."""
 
   def filter(self, record: logging_lib.LogRecord) -> bool:
-    message = record.getMessage()
     if record.name == "absl":
-      return not message.startswith(_BENIGN_ORBAX_WARNINGS)
+      message = record.getMessage()
+      if message.startswith(_BENIGN_ORBAX_LOGS[-1]):
+        path = message[len(_BENIGN_ORBAX_LOGS[-1]):].split(",", 1)[0]
+        return not (_restoring or os.path.dirname(os.path.dirname(path)) in _checkpoint_dirs)
+      return not (_restoring and message.startswith(_BENIGN_ORBAX_LOGS))
+    if not (_restoring or _restore_failed):
+      return True
     exc = record.exc_info[1] if record.exc_info else None
-    return not ("exception was never retrieved" in message and _from_orbax_read(exc))
+    return not ("exception was never retrieved" in record.getMessage() and _from_orbax_read(exc))
 
 
 def _is_abandoned_read(unraisable) -> bool:
@@ -366,32 +379,22 @@ def _is_abandoned_read(unraisable) -> bool:
   return orbax_coroutine or loop_closed or _from_orbax_read(exc)
 
 
-def _note_abandoned_reads() -> None:
-  """From the first failed restore on, drops the reports of the reads Orbax abandoned.
-
-  When one array of a checkpoint fails to read, Orbax gives up on the others while
-  tensorstore still reads them. Each then reports its own error with the full tensorstore
-  spec (~60 lines apiece), whenever it finishes or is garbage-collected, long after the
-  restore returned: asyncio's "Task/Future exception was never retrieved" ERROR records,
-  "Exception ignored in: <coroutine ...>", and "RuntimeError: Event loop is closed" from
-  reads that finished after Orbax's event loop was closed, "coroutine ... was never awaited"
-  for those not yet started. The failure itself is reported
-  once, by `restore_step`. Only these are dropped, only in a process where a restore failed;
-  every other unraisable exception and asyncio error goes through as before.
-  """
-  global _abandoned_reads
-  # Those it had not started yet are coroutines never awaited (a RuntimeWarning). The
-  # filter is set again each time: a test framework may reset the filters between tests.
+def _install_filters() -> None:
+  """Filters for what Orbax reports beside a restore (see `_quiet_orbax`); once."""
+  global _filters_installed
+  # Set again each time: a test framework may reset the warning filters between tests.
   warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited",
                           category=RuntimeWarning, module="orbax")
-  if _abandoned_reads:
+  if _filters_installed:
     return
-  _abandoned_reads = True
-  logging_lib.getLogger("asyncio").addFilter(_BenignOrbaxRecords())
+  _filters_installed = True
+  records = _BenignOrbaxRecords()
+  logging_lib.getLogger("absl").addFilter(records)
+  logging_lib.getLogger("asyncio").addFilter(records)
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    if not _is_abandoned_read(unraisable):
+    if not ((_restoring or _restore_failed) and _is_abandoned_read(unraisable)):
       previous(unraisable)
 
   sys.unraisablehook = hook
@@ -399,18 +402,28 @@ def _note_abandoned_reads() -> None:
 
 @contextlib.contextmanager
 def _quiet_orbax():
-  """Within a restore: Orbax's benign warnings dropped; after a failure, its abandoned
-  reads too (`_note_abandoned_reads`)."""
-  records = _BenignOrbaxRecords()
-  absl_logger = logging_lib.getLogger("absl")
-  absl_logger.addFilter(records)
+  """Leaves the report of a restore, or of its failure, to this module's one line.
+
+  Within a restore, Orbax's benign warnings (`_BENIGN_ORBAX_LOGS`) are dropped. When one
+  array of a checkpoint fails to read, Orbax gives up on the others while tensorstore
+  still reads them; each then reports its own error with the full tensorstore spec (~60
+  lines apiece), during the restore or long after it, whenever it finishes or is
+  garbage-collected: asyncio's "Task/Future exception was never retrieved" ERROR records,
+  "Exception ignored in: <coroutine ...>", "RuntimeError: Event loop is closed" from reads
+  that finished after Orbax's event loop was closed, and "coroutine ... was never awaited"
+  for those not started. These are dropped during restores and, once one failed, after
+  them; every other unraisable exception, log record and warning goes through as before.
+  """
+  global _restoring, _restore_failed
+  _install_filters()
+  _restoring += 1
   try:
     yield
   except BaseException:
-    _note_abandoned_reads()
+    _restore_failed = True
     raise
   finally:
-    absl_logger.removeFilter(records)
+    _restoring -= 1
 
 
 def _first_line(e: Exception) -> str:
