@@ -9,8 +9,9 @@ step; a few go through `Checkpointer.restore_latest` and the whole trainer.
 
 One trained run (module fixture) serves every case, each on its own copy of a step; the
 restore path compiles its digest once. Orbax's reports of the reads it abandons after a
-failure (asyncio ERROR records, "Exception ignored" unraisables) must not reach the user:
-the step's one warning says what happened, so any unraisable exception fails the test.
+failure (asyncio ERROR records, "Exception ignored" unraisables, never-awaited coroutines)
+must not reach the user: the step's one warning says what happened, so any of them fails
+the test.
 """
 
 import gc
@@ -32,7 +33,8 @@ from tests.helpers import override, restore_state
 STEPS = 8
 BATCH = 32
 
-pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+              pytest.mark.filterwarnings("error:coroutine .* was never awaited:RuntimeWarning")]
 
 
 def _config(data_dir, **overrides):
