@@ -1,6 +1,7 @@
 """experiments/course_claims/run.py: the quick run measures every claim and writes what the
 README's tables are made from; the committed README is in step with the committed results."""
 
+import functools
 import importlib.util
 import json
 import math
@@ -16,7 +17,9 @@ FOLDER = ROOT / "experiments" / "course_claims"
 RUN = FOLDER / "run.py"
 
 
+@functools.cache
 def _run_module():
+  """run.py as a module, loaded once (it defines absl flags)."""
   spec = importlib.util.spec_from_file_location("course_claims_run", RUN)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)  # Importing it runs nothing.

@@ -20,10 +20,10 @@ From the course's Transformer slide and outlook:
              the configs of experiments/lenet5_mnist, cifar_resnet and vit_vs_cnn, whose
              committed results give the accuracies (nothing is retrained here).
 
-  python experiments/course_claims/run.py --part=all        # every part (about 25 minutes)
+  python experiments/course_claims/run.py --part=all        # every part
   python experiments/course_claims/run.py --part=speed      # one part; the others are kept
-  python experiments/course_claims/run.py --quick --out=/tmp/claims   # tiny sizes, a smoke run
-  python experiments/course_claims/run.py --readme          # README tables from results.json
+  python experiments/course_claims/run.py --quick --out=claims_quick  # tiny sizes, a smoke run
+  python experiments/course_claims/run.py --readme          # rows and README tables again
 
 Each part writes its section of results.json (`parts.NAME`, merged with what the file
 already holds) and its plot (NAME.png) into --out (default: this folder), and the report rows
@@ -59,8 +59,8 @@ PARTS = ("speed", "memory", "longrange", "latency")
 _PART = flags.DEFINE_enum("part", "all", PARTS + ("all",), "Which claim to measure.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: a smoke run of seconds, not a result.")
 _OUT = flags.DEFINE_string("out", HERE, "Folder for results.json and the plots.")
-_README = flags.DEFINE_bool("readme", False, "Only rewrite the tables of --out/README.md from "
-                            "--out/results.json.")
+_README = flags.DEFINE_bool("readme", False, "Measure nothing: rebuild the report rows of "
+                            "--out/results.json from its parts and the tables of --out/README.md.")
 _LOADED = flags.DEFINE_bool("loaded", True, "Record that other jobs shared the CPUs during the "
                             "timings (pass --noloaded on a quiet machine).")
 
@@ -484,12 +484,12 @@ def report_rows(parts: dict) -> list[dict]:
     rows.append(dict(
         id="speed_best", setting=f"training tokens/s, Transformer / LSTM seq2seq, best T "
         f"(T={best['T']})", config=f"{cfg}:speed", metric="speed ratio", unit="x", fmt=".2f",
-        paper="~100x", ours=best["ratio"], label="speed, best T",
+        paper="~100x", ours=best["ratio"], label="Transformer / LSTM speed, best T",
         note=f"crossover: {sp['crossover']}; CPU only, GPU not measured"))
     rows.append(dict(
         id="speed_longest", setting=f"the same at T={last['T']}", config=f"{cfg}:speed",
         metric="speed ratio", unit="x", fmt=".2f", paper="~100x", ours=last["ratio"],
-        label=f"speed, T={last['T']}", note=f"batch {last['batch']}"))
+        label=f"at T={last['T']}", note=f"batch {last['batch']}"))
   if "memory" in parts:
     me = parts["memory"]
     last = me["rows"][-1]
@@ -511,7 +511,7 @@ def report_rows(parts: dict) -> list[dict]:
                     else f"{cfg}:longrange"),
             metric=f"test MSE after {lr['steps']} steps", unit="", fmt=".4f",
             paper="easier" if name == "transformer" else "harder", ours=r[f"{name}_test_mse"],
-            label=f"T={r['T']}, {label}",
+            label=f"adding T={r['T']}, {label}",
             note=f"{r[f'{name}_params']:,} parameters; baseline {lr['baseline_mse']}"))
   if "latency" in parts:
     for r in parts["latency"]["rows"]:
@@ -525,12 +525,22 @@ def report_rows(parts: dict) -> list[dict]:
 
 
 def _summary(parts: dict, rows: list[dict]) -> dict:
+  """The reproductions table's line: the headline rows and, in words, what they show."""
   ids = {r["id"] for r in rows}
   longest = max((r["T"] for r in parts.get("longrange", {}).get("rows", [])), default=None)
-  wanted = ["speed_best", "memory_lstm", "memory_transformer", f"adding_lstm_{longest}",
+  wanted = ["speed_best", "speed_longest", "memory_transformer", f"adding_lstm_{longest}",
             f"adding_transformer_{longest}", "latency_resnet20", "latency_vit"]
+  notes = []
+  if "speed" in parts:
+    notes.append(f"speed crossover {parts['speed']['crossover']} (CPU; GPU not measured)")
+  if "memory" in parts and parts["memory"]["transformer_fit"]["quadratic_from_T"]:
+    notes.append(f"the Transformer's T^2 memory term exceeds its linear one from T = "
+                 f"{parts['memory']['transformer_fit']['quadratic_from_T']:.0f}")
+  if "longrange" in parts:
+    notes.append(f"adding problem: test MSE after {parts['longrange']['steps']} steps "
+                 f"(predicting the mean: {parts['longrange']['baseline_mse']})")
   return {"rows": [i for i in wanted if i in ids], "numeric_paper": False,
-          "note": "see the README for what holds and what does not"}
+          "note": "; ".join(notes)}
 
 
 def load_results(folder: str) -> dict:
@@ -551,23 +561,27 @@ def write(folder: str, part: str, section: dict, quick: bool, loaded: bool) -> d
   section["jax"] = jax.__version__
   section["quick"] = quick
   parts[part] = section
+  results = assemble(parts)
+  experiment_runs.write_results(folder, results)
+  return results
+
+
+def assemble(parts: dict) -> dict:
+  """results.json from its parts: the report's fields and rows, then the parts themselves."""
   rows = report_rows(parts)
-  machines = sorted({p["machine"] for p in parts.values()})
-  results = {
+  return {
       "title": "The course's claims: Transformer vs LSTM (speed, memory, long range), CNNs "
                "at inference",
       "source": "experiments/course_claims/run.py (measured here; nothing from workdirs)",
       "paper": "the course's Transformer slide and outlook",
       "claim": "Transformer training ~100x faster, O(n^2) memory, long range easier; CNNs "
                "efficient for inference",
-      "hardware": "; ".join(machines),
+      "hardware": "; ".join(sorted({p["machine"] for p in parts.values()})),
       "wall_time": "; ".join(f"{k} {v['wall_s']:.0f} s" for k, v in parts.items()),
       "rows": rows,
       "summary": _summary(parts, rows),
       "parts": parts,
   }
-  experiment_runs.write_results(folder, results)
-  return results
 
 
 # ----------------------------------------------------------------------------- README tables
@@ -671,51 +685,84 @@ def write_readme(folder: str) -> list[str]:
 # ----------------------------------------------------------------------------- plots
 
 
+def _against_t(ax, rows: list[dict], key: str, scale: float = 1.0) -> list[int]:
+  """Both models' `key` ("{}_peak", ...) against T on log-log axes; returns the T values."""
+  t = [r["T"] for r in rows]
+  for name, label in (("lstm", "LSTM seq2seq"), ("transformer", "Transformer")):
+    ax.plot(t, [r[key.format(name)] / scale for r in rows], "o-", label=label)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xlabel("sequence length T")
+  return t
+
+
+def _plot_speed(plt, section: dict):
+  rows = section["rows"]
+  fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+  _against_t(ax, rows, "{}_tokens_per_s")
+  ax.set(ylabel="training tokens / s", title="Training speed (CPU)")
+  ax.legend()
+  ratio_ax.plot([r["T"] for r in rows], [r["ratio"] for r in rows], "o-", color="tab:green",
+                label="measured (CPU)")
+  ratio_ax.axhline(100, color="tab:red", ls="--", lw=1, label="the course: ~100x")
+  ratio_ax.axhline(1, color="gray", ls=":", lw=1, label="equal speed")
+  ratio_ax.set_xscale("log", base=2)
+  ratio_ax.set(yscale="log", xlabel="sequence length T", ylabel="Transformer / LSTM tokens per s",
+               title="Speed ratio")
+  ratio_ax.legend()
+  return fig
+
+
+def _plot_memory(plt, section: dict):
+  rows = section["rows"]
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  t = _against_t(ax, rows, "{}_peak", 2**20)
+  for name, power, style in (("lstm", 1, "k--"), ("transformer", 2, "k:")):
+    y1 = rows[-1][f"{name}_peak"] / 2**20  # Reference slopes through the last points.
+    ax.plot(t, [y1 * (x / t[-1]) ** power for x in t], style, lw=1,
+            label=f"∝ T{'²' if power == 2 else ''}")
+  ax.set_ylim(bottom=min(r["lstm_peak"] for r in rows) / 2**20 / 2)
+  ax.set(ylabel="peak memory of a training step (MiB)", title=f"Memory, batch {section['batch']}")
+  ax.legend()
+  return fig
+
+
+def _plot_longrange(plt, section: dict):
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+  for ax, (name, label) in zip(axes, (("lstm", "LSTM"), ("transformer", "Transformer"))):
+    for r in section["rows"]:
+      steps, mse = zip(*r[f"{name}_curve"])
+      ax.plot(steps, mse, "o-", label=f"T = {r['T']}")
+    ax.axhline(section["baseline_mse"], color="gray", ls="--", lw=1, label="predict the mean")
+    ax.axhline(section["learned_below"], color="gray", ls=":", lw=1, label="learned (0.01)")
+    ax.set(yscale="log", xlabel="training step", title=f"Adding problem, {label}")
+  axes[0].set_ylabel("test MSE")
+  axes[1].legend()
+  return fig
+
+
+def _plot_latency(plt, section: dict):
+  rows = section["rows"]
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  ax.bar([r["model"].split(" (")[0] for r in rows], [r["median_ms"] for r in rows],
+         color="tab:blue")
+  for i, r in enumerate(rows):
+    ax.annotate(f"{r['params'] / 1e3:,.0f}k params\n{r['mflops']:,.0f} MFLOPs\n"
+                f"{r['accuracy']:.1f}% ({r['dataset']})", (i, r["median_ms"]), ha="center",
+                va="bottom", fontsize=8, xytext=(0, 4), textcoords="offset points")
+  ax.set(ylabel="batch-1 latency, median (ms)", title="Inference latency (CPU)",
+         ylim=(0, max(r["median_ms"] for r in rows) * 1.5))
+  return fig
+
+
 def plot(folder: str, part: str, section: dict) -> str:
   """Draws `part`'s figure into `folder`/PART.png; returns its path."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = section["rows"]
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  if part in ("speed", "memory", "longrange"):
-    t = [r["T"] for r in rows]
-    key, ylabel, title = {
-        "speed": ("{}_tokens_per_s", "training tokens / s", "Training speed (CPU)"),
-        "memory": ("{}_peak", "peak memory of a training step (MiB)",
-                   f"Memory, batch {section.get('batch')}"),
-        "longrange": ("{}_test_mse", f"test MSE after {section.get('steps')} steps",
-                      "Adding problem"),
-    }[part]
-    for name, label in (("lstm", "LSTM" + (" seq2seq" if part != "longrange" else "")),
-                        ("transformer", "Transformer")):
-      y = [r[key.format(name)] / (2**20 if part == "memory" else 1) for r in rows]
-      ax.plot(t, y, "o-", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    if part == "memory":
-      y0 = rows[0]["transformer_peak"] / 2**20
-      ax.plot(t, [y0 * (x / t[0]) ** 2 for x in t], "k:", lw=1, label="∝ T² (from T=%d)" % t[0])
-    if part == "longrange":
-      ax.axhline(section["baseline_mse"], color="gray", ls="--", lw=1, label="predict the mean")
-      ax.axhline(section["learned_below"], color="gray", ls=":", lw=1, label="learned (0.01)")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-  else:  # latency
-    names = [r["model"].split(" (")[0] for r in rows]
-    ax.bar(names, [r["median_ms"] for r in rows],
-           yerr=[[r["median_ms"] - r["p10_ms"] for r in rows],
-                 [r["p90_ms"] - r["median_ms"] for r in rows]], color="tab:blue")
-    for i, r in enumerate(rows):
-      ax.annotate(f"{r['params'] / 1e3:,.0f}k params\n{r['mflops']:,.0f} MFLOPs\n"
-                  f"{r['accuracy']:.1f}% ({r['dataset']})", (i, r["median_ms"]),
-                  ha="center", va="bottom", fontsize=8, xytext=(0, 4),
-                  textcoords="offset points")
-    ax.set_ylabel("batch-1 latency, median (ms)")
-    ax.set_title("Inference latency (CPU)")
-    ax.set_ylim(0, max(r["p90_ms"] for r in rows) * 1.45)
+  draw = {"speed": _plot_speed, "memory": _plot_memory, "longrange": _plot_longrange,
+          "latency": _plot_latency}[part]
+  fig = draw(plt, section)
   fig.tight_layout()
   path = os.path.join(folder, f"{part}.png")
   fig.savefig(path, dpi=110)
@@ -728,6 +775,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   out = _OUT.value
   if _README.value:
+    results = load_results(out)
+    if not results:
+      raise app.UsageError(f"--readme: no results.json in {out}")
+    experiment_runs.write_results(out, assemble(results["parts"]))
     print(f"rewrote: {', '.join(write_readme(out)) or 'nothing (in step)'}")
     return
   os.makedirs(out, exist_ok=True)
