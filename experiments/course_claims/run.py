@@ -580,6 +580,7 @@ def assemble(parts: dict) -> dict:
       "wall_time": "; ".join(f"{k} {v['wall_s']:.0f} s" for k, v in parts.items()),
       "rows": rows,
       "summary": _summary(parts, rows),
+      "order": 9,  # After the paper reproductions: the course's outlook.
       "parts": parts,
   }
 
