@@ -560,6 +560,7 @@ def restore_step(step_dir: str, step: int, abstract_state=None, *, batch_size: i
     ValueError: an intact step written for another model (the message names the first
       mismatching entry) or with another batch size.
   """
+  step_dir = os.path.abspath(step_dir)  # Orbax reads a relative path as no checkpoint.
   with _quiet_orbax():
     meta = _read_meta(step_dir, step)
     try:

@@ -17,6 +17,7 @@ the test.
 import gc
 import json
 import logging
+import os
 import pathlib
 import shutil
 
@@ -274,3 +275,11 @@ def test_readers_skip_a_damaged_step_with_one_warning(run, tmp_path, caplog):
   assert loaded.model.apply(loaded.variables, np.zeros((1, 8, 8, 1), np.float32)).shape == (1, 10)
   with pytest.raises(ValueError, match=rf"No usable checkpoint .*step {STEPS}.*(unreadable|digest)"):
     runs.load_run(str(copy), str(STEPS))
+
+
+def test_readers_take_a_workdir_relative_to_the_current_folder(run, monkeypatch):
+  """A workdir named relative to the current folder reads as the same run."""
+  workdir, _, saved = run
+  monkeypatch.chdir(os.path.dirname(workdir))
+  loaded = runs.load_run(os.path.basename(workdir), build_model=False)
+  assert loaded.step == STEPS and _same(loaded.variables["params"], saved[STEPS][0].params)
