@@ -60,6 +60,7 @@ class PreemptionWatcher:
     self.signal_name = None
     self._requested = False
     self._armed = False
+    self._trained = False
     self._previous = {}
     self._multiprocess = jax.process_count() > 1
 
@@ -82,14 +83,19 @@ class PreemptionWatcher:
     """From now on a signal saves a checkpoint before the process exits (see the module)."""
     self._armed = True
 
+  def training_finished(self) -> None:
+    """Every step is trained and saved: a signal now lets the final evaluation finish."""
+    self._trained = True
+
   def _handle(self, signum, frame) -> None:
     if not self._armed:
       signals.exit_now(signum, frame)
     del frame
     name = signal.Signals(signum).name
     self.signal_name = self.signal_name or name
-    os.write(2, f"\n{name} received: finishing this step, saving a checkpoint, then exiting "
-                f"(send it again to abort at once).\n".encode())
+    doing = ("training is done (its last step is being saved): finishing the final evaluation"
+             if self._trained else "finishing this step, saving a checkpoint, then exiting")
+    os.write(2, f"\n{name} received: {doing} (send it again to abort at once).\n".encode())
     if self._multiprocess:
       signal.signal(signal.SIGINT, signal.SIG_DFL)
       signal.raise_signal(signal.SIGTERM)  # To JAX's handler: it tells the other processes.

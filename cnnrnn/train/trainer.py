@@ -409,6 +409,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   try:
     state = _train_loop(run, state, train_step, evaluation, checkpointer, save_timer,
                         train_iter, start, watcher, writer, progress)
+    watcher.training_finished()
     progress.close()
     test_metrics = evaluation(state, test_split)
     final_step = int(jax.device_get(state.step))

@@ -118,3 +118,13 @@ def test_second_signal_aborts_at_once(first, second):
   assert proc.stdout == "saving\n", proc.stderr[-2000:]
   assert proc.returncode == -getattr(signal, f"SIG{second}")
   assert f"SIG{first} received: finishing this step" in proc.stderr
+
+
+def test_a_signal_after_training_says_the_final_evaluation_finishes(capfd):
+  with preemption.PreemptionWatcher() as watcher:
+    assert not watcher.reached(1)  # Arms it.
+    watcher.training_finished()
+    signal.raise_signal(signal.SIGTERM)
+    assert watcher.reached(2) and watcher.signal_name == "SIGTERM"
+  err = capfd.readouterr().err
+  assert "SIGTERM received: training is done" in err and "saving a checkpoint" not in err
