@@ -34,7 +34,6 @@ import os
 import tempfile
 
 import numpy as np
-import sacremoses
 import sentencepiece as spm
 
 from cnnrnn.data import text
@@ -51,6 +50,7 @@ SENTENCEPIECE_MODELS = ("bpe", "unigram")
 
 @functools.lru_cache(maxsize=None)
 def _moses(lang: str):
+  import sacremoses  # pylint: disable=g-import-not-at-top  (only the runs that use it pay for it)
   return (sacremoses.MosesPunctNormalizer(lang), sacremoses.MosesTokenizer(lang),
           sacremoses.MosesDetokenizer(lang))
 
@@ -342,6 +342,7 @@ def build_tokenizers(config: TokenizerConfig, train_text: dict[str, Sequence[str
     texts = [train_text[lang] for lang in group]
     settings = dataclasses.asdict(config) | {"languages": list(group)}
     if config.tokenizer == "moses_words":
+      import sacremoses  # pylint: disable=g-import-not-at-top
       settings |= {"sacremoses": sacremoses.__version__}
     elif config.tokenizer == "spacy_words":
       import spacy

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -13,6 +14,24 @@ def _plain(value):
   return value.item() if value.ndim == 0 else value.tolist()
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without PyTorch where PyTorch is not loaded yet.
+
+  tensorboardX imports torch whenever it is installed (about 2 s), only to accept torch
+  tensors as values; the writer is given Python floats, so the import is skipped by
+  marking torch absent while tensorboardX loads (and restored right after).
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles.
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
   """Appends one JSON object per call to `workdir`/metrics.jsonl and mirrors scalars to
   TensorBoard (`workdir`/tensorboard). Only process 0 writes; other processes no-op."""
@@ -21,11 +40,9 @@ class MetricWriter:
     self._enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self._enabled:
