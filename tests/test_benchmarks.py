@@ -55,6 +55,14 @@ def test_quick_run_writes_every_step(tmp_path):
   assert "XLA " in line and "PyTorch " in line and "GFLOP/s" in line
   for r in report["steps"]:
     assert f"| {r['title']} | " in md
+  # Two runs side by side (compare_results.py): a column per run, a time ratio per step.
+  compare = subprocess.run(
+      [sys.executable, str(RUN_ALL.parent / "compare_results.py"), str(tmp_path), str(tmp_path),
+       "--names=old,new", "--times"], cwd=ROOT, capture_output=True, text=True, check=True)
+  for r in report["steps"]:
+    assert f"| {r['title']} | **{r['ratio']:.2f}x** | **{r['ratio']:.2f}x** |" in compare.stdout
+    assert f"| {r['cnnrnn_ms']:.1f} | {r['cnnrnn_ms']:.1f} | 1.00 |" in compare.stdout
+  assert compare.stdout.count(machine["cpu"]["model"]) == 2
 
 
 def test_an_isa_the_cpu_lacks_is_refused():
