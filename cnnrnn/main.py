@@ -28,6 +28,8 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+FLAGS = flags.FLAGS
+
 
 class _WithModelFields(flags.ArgumentParser):
   """The config file's parser (ml_collections'), plus the chosen model's fields.
@@ -44,7 +46,7 @@ class _WithModelFields(flags.ArgumentParser):
   def parse(self, argument):
     config = self._file_parser.parse(argument)
     if isinstance(config, ml_collections.ConfigDict):
-      name, fields = _model_overrides(flags.FLAGS.read_flags_from_files(sys.argv, force_gnu=False))
+      name, fields = _model_overrides(FLAGS.read_flags_from_files(sys.argv, force_gnu=False))
       if "model" in config and fields:
         from cnnrnn.train import defaults  # pylint: disable=g-import-not-at-top
 
@@ -71,26 +73,39 @@ def _model_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
   return name, fields
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
-                                          lock_config=False)
-flags.FLAGS[_CONFIG.name].parser = _WithModelFields(flags.FLAGS[_CONFIG.name].parser)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
-_MULTIPROCESS = flags.DEFINE_bool(
-    "multiprocess", None,
-    "Call jax.distributed.initialize() (several processes). Default: when --num_processes, "
-    "JAX_COORDINATOR_ADDRESS or a SLURM job with several tasks is present. On Cloud TPU pods "
-    "and SLURM, JAX finds the coordinator, process count and id itself.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of configuration/data errors.")
-_ALLOW_CHANGE = flags.DEFINE_list(
-    "allow_change", [], "Config fields (or blocks, e.g. optimizer) a resume may change from the "
-    "run's saved config.json, e.g. --allow_change=num_train_steps to extend a run.")
-_START_OVER = flags.DEFINE_bool(
-    "start_over", False, "When the workdir has checkpoints but none passes its checks (they are "
-    "set aside), train from step 0 instead of refusing.")
-flags.mark_flags_as_required(["config", "workdir"])
+_flags_defined = False
+
+
+def define_flags() -> None:
+  """Defines the command line's flags on absl's global `FLAGS` (once; `run` calls it).
+
+  Not done on import: other cnnrnn programs (`cnnrnn.sample`, `cnnrnn.report`) define flags
+  of the same names, and one process (a notebook, a test session) may import several.
+  """
+  global _flags_defined
+  if _flags_defined:
+    return
+  _flags_defined = True
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                  lock_config=False)
+  FLAGS["config"].parser = _WithModelFields(FLAGS["config"].parser)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
+  flags.DEFINE_bool(
+      "multiprocess", None,
+      "Call jax.distributed.initialize() (several processes). Default: when --num_processes, "
+      "JAX_COORDINATOR_ADDRESS or a SLURM job with several tasks is present. On Cloud TPU pods "
+      "and SLURM, JAX finds the coordinator, process count and id itself.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+  flags.DEFINE_bool("traceback", False, "Show the full traceback of configuration/data errors.")
+  flags.DEFINE_list(
+      "allow_change", [], "Config fields (or blocks, e.g. optimizer) a resume may change from "
+      "the run's saved config.json, e.g. --allow_change=num_train_steps to extend a run.")
+  flags.DEFINE_bool(
+      "start_over", False, "When the workdir has checkpoints but none passes its checks (they "
+      "are set aside), train from step 0 instead of refusing.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 PREEMPTED_EXIT_CODE = 75  # Equal to cnnrnn.train.preemption.PREEMPTED_EXIT_CODE (not imported: jax).
 
@@ -109,10 +124,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    config = _CONFIG.value
+    config = FLAGS.config
     config.keys()  # The config loads lazily: a missing or broken file fails here.
   except Exception as e:  # pylint: disable=broad-except
-    if _TRACEBACK.value:
+    if FLAGS.traceback:
       raise
     sys.exit(f"error: {_config_file_error(sys.argv, e)}\n(--traceback shows where it was raised)")
   if config.get("xla_flags"):
@@ -123,14 +138,14 @@ def main(argv):
     host_memory.reuse_freed_memory()  # Before XLA's threads allocate (see its docstring).
   import jax  # pylint: disable=g-import-not-at-top
 
-  multiprocess = _MULTIPROCESS.value
+  multiprocess = FLAGS.multiprocess
   if multiprocess is None:
-    multiprocess = (_NUM_PROCESSES.value is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
+    multiprocess = (FLAGS.num_processes is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
                     or int(os.environ.get("SLURM_NTASKS", "1")) > 1)
   if multiprocess:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only processes.
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   from cnnrnn.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
 
   # pylint: disable-next=g-import-not-at-top
@@ -138,24 +153,24 @@ def main(argv):
 
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
   try:
-    train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value,
-                       start_over=_START_OVER.value)
+    train_and_evaluate(config, FLAGS.workdir, allow_changes=FLAGS.allow_change,
+                       start_over=FLAGS.start_over)
   except preemption.Preempted as e:
     print(f"{e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
   except (ValueError, FileNotFoundError, FloatingPointError, workdir_lock.WorkdirLocked,
           checkpoint.NoUsableCheckpoint) as e:
     # Configuration and data errors carry their own explanation; a traceback adds noise.
-    if _TRACEBACK.value:
+    if FLAGS.traceback:
       raise
     if _DISK_FULL.search(str(e)):  # Tensorstore's own wording, deep in Orbax's threads.
       sys.exit(f"error: the disk is full: a checkpoint could not be written in "
-               f"{os.path.join(_WORKDIR.value, 'checkpoints')}; the ones before it are intact. "
+               f"{os.path.join(FLAGS.workdir, 'checkpoints')}; the ones before it are intact. "
                f"Free some space and run the same command again.")
     sys.exit(f"error: {e}\n(--traceback shows where it was raised)")
   except Exception as e:  # pylint: disable=broad-except
     cause = _os_error(e)
-    if cause is None or _TRACEBACK.value:
+    if cause is None or FLAGS.traceback:
       raise
     sys.exit(f"error: {_describe_os_error(cause)}\n(--traceback shows where it was raised)")
 
@@ -241,6 +256,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run():
+  define_flags()
   try:
     app.run(main, flags_parser=_parse_flags)
   except KeyboardInterrupt:  # Ctrl-C before training started (during it, a checkpoint is saved).

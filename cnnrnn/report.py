@@ -369,14 +369,21 @@ def workdir_report(name: str, workdir: str, out: str) -> str:
   return "\n".join(lines)
 
 
-_EXPERIMENTS = flags.DEFINE_list("experiments", [], "Experiment folder names (default: all).")
-_CHECK = flags.DEFINE_bool("check", False, "Exit 1 if a generated block in a committed Markdown "
-                           "file differs from the results files.")
-_WRITE = flags.DEFINE_bool("write", False, "Rewrite the generated blocks in place.")
-_OUT = flags.DEFINE_string("out", None, "Folder for NAME.md tables (and curves with --run).")
-_WORKDIRS = flags.DEFINE_multi_string("run", [], "EXPERIMENT=DIR: curves and final "
-                                      "metrics of a run of that experiment (needs --out).")
-_ROOT = flags.DEFINE_string("root", ".", "The repository root.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags, on absl's global FLAGS: defined when run as a program, not
+  on import (other cnnrnn programs define flags of the same names, and one process may
+  import several)."""
+  flags.DEFINE_list("experiments", [], "Experiment folder names (default: all).")
+  flags.DEFINE_bool("check", False, "Exit 1 if a generated block in a committed Markdown "
+                    "file differs from the results files.")
+  flags.DEFINE_bool("write", False, "Rewrite the generated blocks in place.")
+  flags.DEFINE_string("out", None, "Folder for NAME.md tables (and curves with --run).")
+  flags.DEFINE_multi_string("run", [], "EXPERIMENT=DIR: curves and final "
+                            "metrics of a run of that experiment (needs --out).")
+  flags.DEFINE_string("root", ".", "The repository root.")
 
 
 def _parse_workdirs(specs: Sequence[str], known: Sequence[str]) -> list[tuple[str, str]]:
@@ -442,8 +449,8 @@ def main(argv):
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     sys.exit(2)
   try:
-    code = run(_ROOT.value, names=_EXPERIMENTS.value, check=_CHECK.value, write=_WRITE.value,
-               out=_OUT.value, workdirs=_WORKDIRS.value)
+    code = run(FLAGS.root, names=FLAGS.experiments, check=FLAGS.check, write=FLAGS.write,
+               out=FLAGS.out, workdirs=FLAGS.run)
   except ReportError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -451,4 +458,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -26,13 +26,20 @@ from cnnrnn.data import text
 from cnnrnn.models import rnn_lm
 from cnnrnn.train import runs
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a language-model run.")
-_PROMPT = flags.DEFINE_string("prompt", "\n", "Text the samples continue (at least one token).")
-_LENGTH = flags.DEFINE_integer("length", 500, "Tokens to generate per sample.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Independent samples.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags, on absl's global FLAGS: defined when run as a program, not
+  on import (other cnnrnn programs define flags of the same names, and one process may
+  import several)."""
+  flags.DEFINE_string("workdir", None, "Workdir of a language-model run.")
+  flags.DEFINE_string("prompt", "\n", "Text the samples continue (at least one token).")
+  flags.DEFINE_integer("length", 500, "Tokens to generate per sample.")
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
+  flags.DEFINE_integer("num_samples", 1, "Independent samples.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
 
 
 def load_language_model(workdir: str, checkpoint: str = "latest"):
@@ -72,11 +79,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   try:
-    check_flags(_LENGTH.value, _TEMPERATURE.value, _NUM_SAMPLES.value)  # Before any loading.
-    model, variables, vocab = load_language_model(_WORKDIR.value, _CHECKPOINT.value)
-    samples = generate(model, variables, vocab, _PROMPT.value, length=_LENGTH.value,
-                       temperature=_TEMPERATURE.value, num_samples=_NUM_SAMPLES.value,
-                       seed=_SEED.value)
+    check_flags(FLAGS.length, FLAGS.temperature, FLAGS.num_samples)  # Before any loading.
+    model, variables, vocab = load_language_model(FLAGS.workdir, FLAGS.checkpoint)
+    samples = generate(model, variables, vocab, FLAGS.prompt, length=FLAGS.length,
+                       temperature=FLAGS.temperature, num_samples=FLAGS.num_samples,
+                       seed=FLAGS.seed)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   for i, s in enumerate(samples):
@@ -86,5 +93,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -19,7 +19,7 @@ RUN = FOLDER / "run.py"
 
 @functools.cache
 def _run_module():
-  """run.py as a module, loaded once (it defines absl flags)."""
+  """run.py as a module (importing it runs nothing and defines no flags)."""
   spec = importlib.util.spec_from_file_location("course_claims_run", RUN)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)  # Importing it runs nothing.

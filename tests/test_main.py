@@ -102,3 +102,31 @@ def test_signals_through_start_up_exit_at_once_and_training_resumes(tmp_path, da
                           for a in cmd] + ["--allow_change=num_train_steps"], **kw, timeout=300)
   err = rerun.stderr.decode()
   assert rerun.returncode == 0 and f"Resumed from {workdir} at step {saved}" in err, err[-2000:]
+
+
+def test_programs_define_their_flags_only_when_run():
+  """The command-line programs share flag names (--workdir, --out, ...): importing several of
+  them in one process (a notebook, a test session) defines none, and each still runs."""
+  code = """
+import importlib, importlib.util
+from absl import flags
+names = ["cnnrnn.main", "cnnrnn.sample", "cnnrnn.report", "cnnrnn.translate",
+         "cnnrnn.data.prepare", "cnnrnn.analysis.curves", "cnnrnn.analysis.attention_maps",
+         "cnnrnn.analysis.hybrids"]
+for name in names:
+  importlib.import_module(name)
+spec = importlib.util.spec_from_file_location("claims", "experiments/course_claims/run.py")
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+ours = {"config", "workdir", "out", "part", "check", "prompt", "dataset", "experiments"}
+print(sorted(ours & set(flags.FLAGS)))
+"""
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]"
+  # Run as programs, each has its own flags (absl's --helpshort lists them and exits 1).
+  for program, flag in (("cnnrnn.main", "--config"), ("cnnrnn.sample", "--prompt"),
+                        ("cnnrnn.report", "--check"), ("cnnrnn.data.prepare", "--manual_dir")):
+    usage = subprocess.run([sys.executable, "-m", program, "--helpshort"], cwd=REPO,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert flag in usage.stdout, (program, usage.stdout[-2000:], usage.stderr[-2000:])

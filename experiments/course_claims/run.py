@@ -56,13 +56,20 @@ from configs import adding_problem, cifar_resnet, cifar_vit_vs_cnn, lenet5_mnist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = ("speed", "memory", "longrange", "latency")
-_PART = flags.DEFINE_enum("part", "all", PARTS + ("all",), "Which claim to measure.")
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: a smoke run of seconds, not a result.")
-_OUT = flags.DEFINE_string("out", HERE, "Folder for results.json and the plots.")
-_README = flags.DEFINE_bool("readme", False, "Measure nothing: rebuild the report rows of "
-                            "--out/results.json from its parts and the tables of --out/README.md.")
-_LOADED = flags.DEFINE_bool("loaded", True, "Record that other jobs shared the CPUs during the "
-                            "timings (pass --noloaded on a quiet machine).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags, on absl's global FLAGS: defined when run as a program, not
+  on import (the tests import this file beside cnnrnn.report, which has an --out flag)."""
+  flags.DEFINE_enum("part", "all", PARTS + ("all",), "Which claim to measure.")
+  flags.DEFINE_bool("quick", False, "Tiny sizes: a smoke run of seconds, not a result.")
+  flags.DEFINE_string("out", HERE, "Folder for results.json and the plots.")
+  flags.DEFINE_bool("readme", False, "Measure nothing: rebuild the report rows of "
+                    "--out/results.json from its parts and the tables of --out/README.md.")
+  flags.DEFINE_bool("loaded", True, "Record that other jobs shared the CPUs during the "
+                    "timings (pass --noloaded on a quiet machine).")
+
 
 PAD = 0
 # The translation models of the speed and memory parts: the Transformer is fixed, the LSTM
@@ -566,6 +573,16 @@ def write(folder: str, part: str, section: dict, quick: bool, loaded: bool) -> d
   return results
 
 
+def _hardware(parts: dict) -> str:
+  """The machines of the parts: one, or each with the parts that ran on it."""
+  machines = {}
+  for name, part in parts.items():
+    machines.setdefault(part["machine"], []).append(name)
+  if len(machines) == 1:
+    return next(iter(machines))
+  return "; ".join(f"{', '.join(names)}: {machine}" for machine, names in machines.items())
+
+
 def assemble(parts: dict) -> dict:
   """results.json from its parts: the report's fields and rows, then the parts themselves."""
   rows = report_rows(parts)
@@ -576,7 +593,7 @@ def assemble(parts: dict) -> dict:
       "paper": "the course's Transformer slide and outlook",
       "claim": "Transformer training ~100x faster, O(n^2) memory, long range easier; CNNs "
                "efficient for inference",
-      "hardware": "; ".join(sorted({p["machine"] for p in parts.values()})),
+      "hardware": _hardware(parts),
       "wall_time": "; ".join(f"{k} {v['wall_s']:.0f} s" for k, v in parts.items()),
       "rows": rows,
       "summary": _summary(parts, rows),
@@ -774,8 +791,8 @@ def plot(folder: str, part: str, section: dict) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  out = _OUT.value
-  if _README.value:
+  out = FLAGS.out
+  if FLAGS.readme:
     results = load_results(out)
     if not results:
       raise app.UsageError(f"--readme: no results.json in {out}")
@@ -783,14 +800,14 @@ def main(argv):
     print(f"rewrote: {', '.join(write_readme(out)) or 'nothing (in step)'}")
     return
   os.makedirs(out, exist_ok=True)
-  sizes = QUICK if _QUICK.value else FULL
+  sizes = QUICK if FLAGS.quick else FULL
   run = {"speed": part_speed, "memory": part_memory, "longrange": part_longrange,
          "latency": part_latency}
-  for part in PARTS if _PART.value == "all" else (_PART.value,):
+  for part in PARTS if FLAGS.part == "all" else (FLAGS.part,):
     start = time.perf_counter()
     section = run[part](sizes)
     section["wall_s"] = round(time.perf_counter() - start, 1)
-    write(out, part, section, _QUICK.value, _LOADED.value)
+    write(out, part, section, FLAGS.quick, FLAGS.loaded)
     plot(out, part, section)
     print(f"{part}: {section['wall_s']:.0f} s, written to {out}", flush=True)
   if os.path.isfile(os.path.join(out, "README.md")):
@@ -798,4 +815,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
