@@ -80,7 +80,7 @@ def define_flags() -> None:
   """Defines the command line's flags on absl's global `FLAGS` (once; `run` calls it).
 
   Not done on import: other cnnrnn programs (`cnnrnn.sample`, `cnnrnn.report`) define flags
-  of the same names, and one process (a notebook, a test session) may import several.
+  of the same names, and one process (a notebook, a test run) may import several.
   """
   global _flags_defined
   if _flags_defined:
