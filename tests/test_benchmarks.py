@@ -91,6 +91,7 @@ def test_a_cap_that_did_not_take_effect_is_refused():
 
 
 @pytest.mark.skipif(any(d.platform == "gpu" for d in jax.devices()), reason="a GPU is here")
+@pytest.mark.slow
 def test_gpu_table_without_a_gpu_stops_with_one_line(tmp_path):
   proc = subprocess.run([sys.executable, str(RUN_ALL), "--device=gpu", f"--out={tmp_path}"],
                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,

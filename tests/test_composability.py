@@ -216,6 +216,7 @@ def _check_export(fx, params, inputs, value, rtol):
 @pytest.mark.parametrize("name,mode", [
     *[(name, mode) for name in sorted(FULL) for mode in ("xla", "cpu_native")],
     *[(name, "cpu_native") for name in sorted(COVERED - FULL)]])
+@pytest.mark.slow
 def test_registry_model(name, mode):
   kwargs, make_inputs = MODEL_CASES[name]
   model = models.create(name, **kwargs)
@@ -316,6 +317,7 @@ def _layer_call(layer, variables, x):
 
 @pytest.mark.parametrize("mode", ["xla", "cpu_native"])
 @pytest.mark.parametrize("name", sorted(LAYER_CASES))
+@pytest.mark.slow
 def test_layer(name, mode):
   make, inputs = LAYER_CASES[name]
   layer = make()
@@ -329,6 +331,7 @@ def test_layer(name, mode):
   check_transformations(loss, variables, x, inputs(3), mode=mode)
 
 
+@pytest.mark.slow
 def test_remat_of_a_block_with_positional_train():
   x = _image(2)
   block = nn.remat(cnn.BasicBlock, static_argnums=(2,))(8, 2, shortcut="pad")
@@ -372,6 +375,7 @@ SHARDED_CASES = {
 
 @pytest.mark.parametrize("mode", ["xla", "cpu_native"])
 @pytest.mark.parametrize("name", sorted(SHARDED_CASES))
+@pytest.mark.slow
 def test_sharded_train_step_keeps_the_batch_sharded(name, mode):
   """The trainer's compiled train step on 8 devices, laid out as the trainer lays it out
   (parameters replicated, batch and carry split over "data"): no all-gather (any would be

@@ -122,6 +122,7 @@ def test_early_stop_and_live_fallback():
   assert np.all(np.diff(np.asarray(scores[0])) <= 0) and np.all(np.isfinite(scores))
 
 
+@pytest.mark.slow
 def test_batch_items_are_independent_and_jit_matches():
   max_len, rows = 5, 3
   tables = _random_tables(rows, max_len, seed=3, eos_bias=0.3)

@@ -103,6 +103,7 @@ def test_the_schema_reads_the_declarations(toy_task_and_option, data_dir):
     assert message in str(e.value), str(e.value)
 
 
+@pytest.mark.slow
 def test_the_trainer_runs_the_tasks_evaluator(toy_task_and_option, data_dir, tmp_path):
   metrics = train.train_and_evaluate(_config(data_dir), str(tmp_path))
   assert metrics["scored_rows"] == metrics["num_examples"] == 364  # every test row, once

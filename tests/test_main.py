@@ -18,6 +18,7 @@ from tests.helpers import REPO, cli
     ("configs/quickstart.py", ["--config.checkpoint.max_to_keep=0"],
      "error: checkpoint.max_to_keep=0; allowed: a finite number in [1, inf)"),
 ])
+@pytest.mark.slow
 def test_one_line_errors(tmp_path, data_dir, config, flags, message):
   cmd, kw = cli(config, tmp_path / "run", data_dir, 1, *flags)
   result = subprocess.run(cmd, **kw, timeout=300)
@@ -27,6 +28,7 @@ def test_one_line_errors(tmp_path, data_dir, config, flags, message):
   assert len([l for l in err.splitlines() if not l.startswith(("I", "W"))]) <= 3, err
 
 
+@pytest.mark.slow
 def test_workdir_that_is_a_file(tmp_path, data_dir):
   (tmp_path / "file").write_text("")
   cmd, kw = cli("configs/quickstart.py", tmp_path / "file", data_dir, 1)
@@ -60,6 +62,7 @@ print(main._describe_os_error(main._os_error(wrapped)))
                  "refused). Offline, download URL elsewhere and set transfer.source to its path\n")
 
 
+@pytest.mark.slow
 def test_signals_through_start_up_exit_at_once_and_training_resumes(tmp_path, data_dir):
   """SIGINT/SIGTERM at random moments of start-up: each exits at once with 130/143 (or is
   killed by the signal's default action before Python's first instruction), never trains
@@ -104,6 +107,7 @@ def test_signals_through_start_up_exit_at_once_and_training_resumes(tmp_path, da
   assert rerun.returncode == 0 and f"Resumed from {workdir} at step {saved}" in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_programs_define_their_flags_only_when_run():
   """The command-line programs share flag names (--workdir, --out, ...): importing several of
   them in one process (a notebook, a test session) defines none, and each still runs."""

@@ -20,6 +20,7 @@ def test_bad_flags_are_named(flag, value, message):
     sample.check_flags(**values)
 
 
+@pytest.mark.slow
 def test_command_line_checks_flags_before_loading(tmp_path):
   result = subprocess.run([sys.executable, "-m", "cnnrnn.sample", f"--workdir={tmp_path}",
                            "--length=-5"], cwd=REPO, capture_output=True, text=True, timeout=300)

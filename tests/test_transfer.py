@@ -119,6 +119,7 @@ def test_linear_probe_computes_no_backbone_gradient():
   assert (_count_convs(probe), _count_convs(full)) == (2, 5)
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_scales_the_backbone_learning_rate():
   # Plain SGD: each group's update is -lr * scale * gradient, so the ratio shows the scale.
   one, _, _ = _setup(_cfg(strategy="full", backbone_lr_scale=1.0), 1, optimizer="sgd")
@@ -141,6 +142,7 @@ def test_discriminative_rates_decay_per_stage_from_the_head():
 
 
 @pytest.mark.parametrize("optimizer", ["momentum", "adamw"])
+@pytest.mark.slow
 def test_progressive_unfreezing_follows_the_schedule(optimizer):
   # Weight decay too must not move a stage before its step.
   history, _, _ = _setup(_cfg(strategy="progressive", unfreeze_steps=(1, 3)), num_steps=5,
@@ -273,6 +275,7 @@ def test_published_weights_offline_name_the_file(monkeypatch):
     transfer.load_source("torchvision:ResNet18_Weights.IMAGENET1K_V1", "resnet18", {})
 
 
+@pytest.mark.slow
 def test_a_timm_vit_file_loads_at_another_resolution_with_a_new_head(tmp_path):
   timm = pytest.importorskip("timm")
   from timm.layers import resample_abs_pos_embed  # pylint: disable=g-import-not-at-top

@@ -29,6 +29,7 @@ def translator(run):
   return translate.load_translator(str(run))
 
 
+@pytest.mark.slow
 def test_translations_reproduce_the_runs_test_bleu(run, translator):
   records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
   test = records[-1]
@@ -46,6 +47,7 @@ def test_translations_reproduce_the_runs_test_bleu(run, translator):
   assert reordered == [translator.target_tokenizer.decode(i) for i in ids[:300][::-1]]
 
 
+@pytest.mark.slow
 def test_attention_heat_map(translator, tmp_path):
   sentence = "Ein Hund läuft im Schnee."
   matrix, source, target = translator.attention(sentence)
@@ -56,6 +58,7 @@ def test_attention_heat_map(translator, tmp_path):
   assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_command_line(run, tmp_path):
   png = tmp_path / "attention.png"
   out = subprocess.run(

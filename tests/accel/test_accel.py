@@ -71,6 +71,7 @@ def _on(fn):
 
 
 @pytest.mark.parametrize("name", ["lenet5", "conv_stack", "cifar_resnet20"])
+@pytest.mark.slow
 def test_outputs_and_gradients_equal_xla_and_the_kernels_run(name):
   params, x, apply, loss = _setup(name)
   both = lambda p, x: (apply(p, x), jax.value_and_grad(loss)(p, x))
@@ -84,6 +85,7 @@ def test_outputs_and_gradients_equal_xla_and_the_kernels_run(name):
 
 
 @pytest.mark.parametrize("name", SMALL)
+@pytest.mark.slow
 def test_forward_mode_hessians_and_vmap_with_acceleration_on(name):
   params, x, apply, loss = _setup(name)
   tangent = jax.tree.map(lambda p: jnp.cos(p) * 0.1, params)
@@ -110,6 +112,7 @@ class _RematBlocks(nn.Module):
     return block(8, 2, shortcut="pad", name="block1")(x, train)
 
 
+@pytest.mark.slow
 def test_remat_of_a_residual_block():
   model = _RematBlocks()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 6, 8), np.float32))
@@ -125,6 +128,7 @@ def test_remat_of_a_residual_block():
 
 
 @pytest.mark.skipif(not native.available()[0], reason="native kernels unavailable")
+@pytest.mark.slow
 def test_shard_map_runs_the_kernels_per_shard():
   params, x, _, loss = _setup("conv_stack", batch=8)
   mesh = sharding.make_mesh((("data", -1),))
@@ -204,6 +208,7 @@ def _one_device(**env):
   return out.stdout, out.stderr
 
 
+@pytest.mark.slow
 def test_auto_on_one_cpu_device_and_fallbacks(tmp_path):
   if native.available()[0]:
     stdout, _ = _one_device()

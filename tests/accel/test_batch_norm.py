@@ -30,6 +30,7 @@ def _bn_loss_and_grads(module, variables, x, mode):
 
 @pytest.mark.parametrize("shape,offset",
                          [((8, 6, 6, 16), 0.0), ((4, 5, 5, 20), 5.0), ((64, 24), -3.0)])
+@pytest.mark.slow
 def test_batch_norm_equals_flax_in_training(shape, offset):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(shape, np.float32) * 2 + offset)

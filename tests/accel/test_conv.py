@@ -65,6 +65,7 @@ def test_conv2d_and_its_gradients_equal_xla(b, h, w, cin, cout, k, pad, stride):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.slow
 def test_second_order_rules_equal_xla(stride):
   # Forward over reverse in both operands (Hessian-vector products), per-example gradients
   # (vmap of grad) and jacfwd stay on the primitives and equal XLA's.

@@ -107,6 +107,7 @@ def _runs_here(isa, monkeypatch):
 
 
 @pytest.mark.parametrize("isa", list(native.ISAS))
+@pytest.mark.slow
 def test_each_build_equals_xla_where_the_cpu_runs_it(isa, monkeypatch):
   if not _runs_here(isa, monkeypatch):
     pytest.skip(f"this CPU cannot run the {isa} build")
@@ -142,6 +143,7 @@ def test_the_instruction_set_follows_the_cpu_and_the_cap(flags, cap, want, monke
 
 
 @pytest.mark.parametrize("isa", list(native.ISAS))
+@pytest.mark.slow
 def test_every_build_compiles_on_any_cpu(isa):
   # Syntax and types only (the register blocking and vector types of that width): a full
   # build takes half a minute.

@@ -167,6 +167,7 @@ def test_einsum_forms(subscripts, form):
   assert products._einsum_form(subscripts) == form
 
 
+@pytest.mark.slow
 def test_flax_dense_layers_are_accelerated_with_their_own_parameters():
   x = _normal(0, (2, 7, 6))
   for module in (nn.Dense(5), nn.DenseGeneral((3, 4)), nn.DenseGeneral(5, axis=(-2, -1))):
@@ -189,6 +190,7 @@ def test_flax_dense_layers_are_accelerated_with_their_own_parameters():
       variables, x))
 
 
+@pytest.mark.slow
 def test_attention_products_are_accelerated_and_equal_xla():
   x = _normal(0, (2, 9, 8))
   mask = cnn.make_causal_mask(jnp.ones((2, 9)))

@@ -48,6 +48,7 @@ def _on(fn):
 
 
 @pytest.mark.parametrize("hidden,batch", [(20, 3), (32, 8), (7, 1)])
+@pytest.mark.slow
 def test_values_and_gradients_equal_xla_and_grad_runs_the_kernels(hidden, batch):
   params, x, loss = _setup(hidden, batch)
   f = jax.value_and_grad(loss, argnums=(0, 1))
@@ -59,6 +60,7 @@ def test_values_and_gradients_equal_xla_and_grad_runs_the_kernels(hidden, batch)
     assert " while(" not in text  # No XLA time loop left: both directions are kernels.
 
 
+@pytest.mark.slow
 def test_forward_mode_hessians_vmap_and_remat():
   params, x, loss = _setup()
   tangent = jax.tree.map(lambda p: jnp.cos(p) * 0.1, params)
@@ -100,6 +102,7 @@ def test_linear_transposes_of_the_tangent_and_backward_loops():
   _close(jax.jit(jax.linear_transpose(cotangent, *v))(u), tu, 1e-5)
 
 
+@pytest.mark.slow
 def test_what_the_kernels_do_not_compute_stays_on_the_xla_loop():
   params, x, loss = _setup()
   lengths = jnp.array([6, 2, 0], jnp.int32)
@@ -117,6 +120,7 @@ def test_what_the_kernels_do_not_compute_stays_on_the_xla_loop():
     _close(_on(g)(p, xs), jax.jit(g)(p, xs), tol)
 
 
+@pytest.mark.slow
 def test_reverse_bidirectional_and_stacked_take_the_loop():
   x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 5, 3), np.float32))
   layers = [cnn.RNN(cnn.LSTMCell(6), reverse=True),
@@ -131,6 +135,7 @@ def test_reverse_bidirectional_and_stacked_take_the_loop():
 
 
 @needs_kernels
+@pytest.mark.slow
 def test_shard_map_runs_the_kernels_per_shard_and_export_is_portable():
   params, x, loss = _setup(batch=8)
   mesh = sharding.make_mesh((("data", -1),))

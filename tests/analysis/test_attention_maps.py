@@ -32,6 +32,7 @@ def test_rollout_rows_sum_to_one_and_follow_the_recursion():
     attention_maps.attention_rollout(attention, head_fusion="median")
 
 
+@pytest.mark.slow
 def test_pngs_of_a_vit(tmp_path):
   model = models.create("vit", patch_size=4, image_size=16, hidden_dim=24, depth=2, num_heads=3,
                         mlp_dim=48, num_classes=5)
@@ -50,6 +51,7 @@ def test_pngs_of_a_vit(tmp_path):
     attention_maps.token_map(rollout[0], (4, 4), num_prefix_tokens=0)
 
 
+@pytest.mark.slow
 def test_pngs_from_a_workdir(data_dir, tmp_path):
   c = quickstart.get_config()
   c.model = train.default_config().model

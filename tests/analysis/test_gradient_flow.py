@@ -4,11 +4,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cnnrnn import analysis
 from cnnrnn import nn as cnn
 
 
+@pytest.mark.slow
 def test_norms_equal_gradient_of_the_hidden_state():
   """For a one-step-at-a-time check: dL/dh_t computed by hand via a Python loop."""
   cell = cnn.SimpleRNNCell(4)
@@ -29,6 +31,7 @@ def test_norms_equal_gradient_of_the_hidden_state():
     np.testing.assert_allclose(norms[""][t], np.linalg.norm(g, axis=-1).mean(), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_tanh_rnn_gradient_vanishes_lstm_much_less(tmp_path):
   t = 40
   small = {c: {"recurrent_kernel_init": nn.initializers.normal(0.5 / np.sqrt(32))}
@@ -44,6 +47,7 @@ def test_tanh_rnn_gradient_vanishes_lstm_much_less(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_stacked_bidirectional_model_reports_every_driver():
   from cnnrnn.models.rnn_classifier import RNNClassifier  # noqa: PLC0415
 

@@ -21,6 +21,7 @@ def _captioner(**kwargs):
   return model, model.init(jax.random.key(1), IMAGES, tgt)
 
 
+@pytest.mark.slow
 def test_caption_strips_show_each_generated_word(tmp_path):
   model, variables = _captioner()
   tokens, _ = decode.generate(model, variables, IMAGES, max_len=5)

@@ -13,6 +13,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("name,channels", [("lenet5", 1), ("cifar_resnet20", 3)])
+@pytest.mark.slow
 def test_plots_write_png(tmp_path, name, channels):
   model = models.create(name)
   x = jnp.zeros((1, 32, 32, channels))

@@ -17,6 +17,7 @@ EXPECTED = {  # variant -> (cell, layers, bidirectional, attention)
 
 
 @pytest.mark.parametrize("variant", sorted(EXPECTED))
+@pytest.mark.slow
 def test_variant_builds_and_runs_forward(variant):
   c = multi30k_seq2seq.get_config(variant)
   assert (c.dataset.name, c.dataset.source_lang, c.dataset.target_lang) == ("multi30k", "de", "en")

@@ -42,6 +42,7 @@ def _small(data_dir, **fields):
   return override(c, **fields)
 
 
+@pytest.mark.slow
 def test_a_few_steps_from_random_weights(data_dir, tmp_path):
   metrics = train.train_and_evaluate(_small(data_dir, **{"transfer.source": ""}), str(tmp_path))
   assert math.isfinite(metrics["loss"]) and metrics["num_examples"] == 364

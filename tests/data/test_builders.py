@@ -13,6 +13,7 @@ MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+@pytest.mark.slow
 def test_mnist_builder_parses_the_original_files(data_dir):
   ds = data.load("mnist", data_dir, shared_dataset("mnist"))
   train, test = ds.split("train"), ds.split("test")
@@ -26,6 +27,7 @@ def test_mnist_builder_parses_the_original_files(data_dir):
   assert image.shape == (28, 28, 1) and image.dtype == np.uint8 and image.max() == 255
 
 
+@pytest.mark.slow
 def test_fashion_mnist_builder(tmp_path):
   ds = data.load("fashion_mnist", str(tmp_path), shared_dataset("fashion_mnist"))
   assert (len(ds.split("train")), len(ds.split("test"))) == (60_000, 10_000)
@@ -61,6 +63,7 @@ def test_digits_split_is_fixed_and_stratified(data_dir):
   assert test_labels.min() >= 35  # ~1/5 of each class (174..183 per class).
 
 
+@pytest.mark.slow
 def test_preparing_and_reading_never_imports_tensorflow(tmp_path):
   code = (
       "import sys; from cnnrnn import data; "

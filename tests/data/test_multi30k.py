@@ -10,6 +10,7 @@ from cnnrnn.data.builders import multi30k
 from tests.helpers import shared_dataset
 
 
+@pytest.mark.slow
 def test_multi30k_builder_reads_the_real_files(data_dir):
   ds = data.load("multi30k", data_dir, shared_dataset("multi30k"))
   assert {k: len(v) for k, v in ds.splits.items()} == {

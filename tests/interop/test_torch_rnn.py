@@ -95,6 +95,7 @@ def test_round_trip_is_exact(cls, kwargs):
     assert torch.equal(got[k], ref[k]), k
 
 
+@pytest.mark.slow
 def test_native_stack_to_torch():
   """A StackedRNN trained here (no recurrent bias) exports with bias_hh = 0."""
   stack = cnn.StackedRNN(cell="lstm", hidden_size=H, num_layers=2)

@@ -52,6 +52,7 @@ class TorchTranslator(torch.nn.Module):
 
 
 @pytest.mark.parametrize("norm_first,shared,learned", [(False, False, False), (True, True, True)])
+@pytest.mark.slow
 def test_transformer_matches_torch(norm_first, shared, learned):
   torch.manual_seed(0)
   ref = TorchTranslator(norm_first, shared, learned).eval()

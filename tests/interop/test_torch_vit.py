@@ -49,6 +49,7 @@ def _ours(name, variables, x, **kwargs):
 # Tiny at 224 and small at 96 (a model made for 96x96, as timm's img_size=96): small at 224
 # took ~30 s on the shared 2 cores, and its conversion is the same code at other widths.
 @pytest.mark.parametrize("name,size", [("vit_ti16", 224), ("vit_s16", 96)])
+@pytest.mark.slow
 def test_logits_match_timm_both_ways(name, size):
   kwargs = {} if size == 224 else {"img_size": size}
   ours_kwargs = {} if size == 224 else {"image_size": size}
@@ -69,6 +70,7 @@ def test_logits_match_timm_both_ways(name, size):
 
 
 @pytest.mark.parametrize("name,size", [("vit_ti16", 160), ("vit_s16", 96)])
+@pytest.mark.slow
 def test_another_resolution_matches_timms_resampling(name, size):
   grid = size // 16
   tmodel = _timm(name)

@@ -37,6 +37,7 @@ def _random_torchvision(name, num_classes=1000):
     ("resnet50", 64, 1000),
 ])
 @pytest.mark.parametrize("mode", ["xla", "cpu_native"])
+@pytest.mark.slow
 def test_logits_match_torchvision(name, size, num_classes, mode):
   tmodel = _random_torchvision(name, num_classes)
   x = np.random.RandomState(1).randn(2, 3, size, size).astype(np.float32)
@@ -50,6 +51,7 @@ def test_logits_match_torchvision(name, size, num_classes, mode):
 
 
 @pytest.mark.parametrize("name", ["alexnet", "vgg11_bn", "resnet18", "resnet50"])
+@pytest.mark.slow
 def test_round_trip_is_exact(name):
   state_dict = _random_torchvision(name).state_dict()
   variables = torch_zoo.from_torch(name, state_dict)
@@ -148,6 +150,7 @@ def test_unknown_name():
     torch_zoo.from_torch("lenet6", {})
 
 
+@pytest.mark.slow
 def test_load_pth_and_safetensors(tmp_path):
   state_dict = _random_torchvision("resnet18").state_dict()
   torch.save(state_dict, tmp_path / "w.pth")

@@ -28,6 +28,7 @@ def _setup(attention=True):
   return model, model.init(jax.random.key(1), IMAGES, TGT_IN)
 
 
+@pytest.mark.slow
 def test_attention_weights_sum_to_one_over_the_grid():
   model, variables = _setup()
   logits, alpha = model.apply(variables, IMAGES, TGT_IN, return_attention=True)
@@ -49,6 +50,7 @@ def test_decoding_runs_the_teacher_forced_model():
 
 
 @pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.slow
 def test_beam_one_equals_greedy(attention):
   model, variables = _setup(attention)
   run = jax.jit(functools.partial(decode.generate, model, max_len=7), static_argnames="beam_size")

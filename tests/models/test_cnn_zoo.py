@@ -61,6 +61,7 @@ def test_cifar_resnet20_exact_param_count():
 
 @pytest.mark.parametrize("name", sorted(SMALL_SIZE))
 @pytest.mark.parametrize("train", [False, True])
+@pytest.mark.slow
 def test_output_shape(name, train):
   model = models.create(name, num_classes=7)
   size = SMALL_SIZE[name]
@@ -94,6 +95,7 @@ def _random_variables(model, size, batch=1):
                                             0.05 * rng.randn(*a.shape), a.dtype), abstract)
 
 
+@pytest.mark.slow
 def test_cifar_resnet20_runs_train_and_eval():
   model = models.create("cifar_resnet20")
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
@@ -107,6 +109,7 @@ def test_cifar_resnet20_runs_train_and_eval():
   assert not np.allclose(updates["batch_stats"]["stem"]["bn"]["mean"], before)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model = models.VGG(stage_sizes=(1, 1), widths=(4, 4), num_classes=3)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

@@ -18,6 +18,7 @@ def _tokens(seed=0, shape=(B, T)):
 
 
 @pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
+@pytest.mark.slow
 def test_lm_shapes_and_carry(cell):
   model = models.create("rnn_lm", vocab_size=V, hidden_size=H, num_layers=2, cell=cell,
                         embedding_size=6, dropout=0.5)
@@ -36,6 +37,7 @@ def test_lm_shapes_and_carry(cell):
   assert np.abs(train - logits).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_lm_weight_tying_shares_the_embedding():
   model = RNNLM(vocab_size=V, hidden_size=H, num_layers=1, tie_weights=True)
   tokens = _tokens()
@@ -65,6 +67,7 @@ def test_lm_init_scale_is_uniform():
     assert float(jnp.abs(leaf).max()) <= 0.05
 
 
+@pytest.mark.slow
 def test_sampling_is_deterministic_for_a_key():
   model = RNNLM(vocab_size=V, hidden_size=H, num_layers=2, cell="gru")
   prompt = _tokens(shape=(3, 4))
@@ -83,6 +86,7 @@ def test_sampling_is_deterministic_for_a_key():
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("many_to_many", [False, True])
+@pytest.mark.slow
 def test_classifier_shapes(bidirectional, many_to_many):
   model = models.create("rnn_classifier", num_outputs=3, hidden_size=H, num_layers=2,
                         cell="gru", bidirectional=bidirectional, many_to_many=many_to_many)
@@ -93,6 +97,7 @@ def test_classifier_shapes(bidirectional, many_to_many):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.slow
 def test_classifier_reads_the_last_valid_step(bidirectional):
   model = models.create("rnn_classifier", num_outputs=2, hidden_size=H, cell="lstm",
                         bidirectional=bidirectional, vocab_size=V)

@@ -49,6 +49,7 @@ def test_imagenet_backbone_and_bad_fields():
         jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
 
 
+@pytest.mark.slow
 def test_composability_jit_grad_vmap():
   model = models.create("segmenter", num_classes=4, backbone="cifar_resnet8")
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))

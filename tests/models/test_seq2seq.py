@@ -112,6 +112,7 @@ def test_attention_type(name):
     np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_generate_beam_one_equals_greedy():
   model = _model("luong_general_feed")
   src, tgt = _batch()
@@ -145,6 +146,7 @@ def test_generate_beam_one_equals_greedy():
   np.testing.assert_allclose(beam_scores[:, 0], scores, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_source_reversal_reverses_within_the_length():
   """reverse_source on src == no reversal on src reversed by hand within each length (same
   parameters); the encoder outputs come back in source order, padding stays at the end."""
@@ -170,6 +172,7 @@ def test_source_reversal_reverses_within_the_length():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model = models.create("seq2seq", variant="ptseq2seq_gru_context", **TINY)
   src, tgt = _batch()
@@ -231,6 +234,7 @@ def test_learns_to_reverse_and_decodes_it():
   assert np.mean(np.all(np.asarray(tokens) == np.asarray(want), 1)) >= 0.9
 
 
+@pytest.mark.slow
 def test_bahdanau_variant_matches_the_pytorch_seq2seq_model():
   """`ptseq2seq_bahdanau` is pytorch-seq2seq tutorial 3/4's model: the same logits from the
   same weights (its modules written in torch below, packed BiGRU and masked attention)."""
@@ -291,6 +295,7 @@ def test_bahdanau_variant_matches_the_pytorch_seq2seq_model():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_sharded_forward_and_greedy_decoding_need_no_gathers():
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   P = PartitionSpec  # pylint: disable=invalid-name

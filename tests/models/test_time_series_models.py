@@ -37,6 +37,7 @@ def test_parameter_counts_by_hand(name, body, head_in):
 
 
 @pytest.mark.parametrize("name", ["ts_fcn", "ts_resnet", "lstm_fcn"])
+@pytest.mark.slow
 def test_shapes_training_mode_and_composability(name):
   kwargs = dict(widths=(8, 16, 8)) | (dict(lstm_size=4) if name == "lstm_fcn" else {})
   model = models.create(name, num_classes=4, **kwargs)

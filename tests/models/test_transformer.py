@@ -38,6 +38,7 @@ def test_registry_variants_and_errors():
         jax.random.key(0), src, tgt)
 
 
+@pytest.mark.slow
 def test_init_schemes():
   """"default": tokens normal(D^-1/2), positions normal(0.02), LeCun projections;
   "xavier_uniform": Glorot uniform on every matrix, each sized by its own fans (attention
@@ -102,6 +103,7 @@ def test_parameter_counts_match_torch(variant):
     dict(norm_first=True, positions="learned", share_embeddings=True, tie_output=True),
     dict(fused_qkv=True, tgt_vocab_size=11),
 ])
+@pytest.mark.slow
 def test_cached_decoding_equals_the_full_forward_pass(kwargs):
   model = models.create("transformer", **TINY, **kwargs)
   src, tgt = _batch()
@@ -122,6 +124,7 @@ def test_cached_decoding_equals_the_full_forward_pass(kwargs):
     np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_source_padding_is_masked():
   model = models.create("transformer", **TINY)
   src, tgt = _batch()
@@ -145,6 +148,7 @@ def test_source_padding_is_masked():
   assert not np.any(cross[np.broadcast_to(np.asarray(src == 0)[:, None, None, :], cross.shape)])
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model = models.create("transformer", **TINY, dropout_rate=0.3, attention_dropout_rate=0.1)
   src, tgt = _batch()
@@ -156,6 +160,7 @@ def test_dropout_only_in_training():
   np.testing.assert_array_equal(evaluate(), evaluate())
 
 
+@pytest.mark.slow
 def test_generate_greedy_follows_the_full_model_and_beam_runs_jitted():
   model = models.create("transformer", **TINY)
   src, _ = _batch()
@@ -219,6 +224,7 @@ def test_learns_to_reverse_and_decodes_it():
   assert np.mean(np.all(np.asarray(tokens) == np.asarray(want), 1)) >= 0.9
 
 
+@pytest.mark.slow
 def test_batch_sharded_forward_and_greedy_decoding_need_no_gathers():
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
   P = PartitionSpec  # pylint: disable=invalid-name

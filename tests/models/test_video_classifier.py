@@ -23,6 +23,7 @@ def _model(**kwargs):
     ("conv_stack", dict(ENCODER, batch_norm=True)),
     ("cifar_resnet20", dict(widths=(4, 4, 8), stem_width=4)),
 ])
+@pytest.mark.slow
 def test_frame_features_equal_the_image_model_frame_by_frame(encoder, kwargs):
   model = models.create("video_classifier", num_classes=4, encoder=encoder,
                         encoder_kwargs=kwargs, hidden_size=6)
@@ -42,6 +43,7 @@ def test_frame_features_equal_the_image_model_frame_by_frame(encoder, kwargs):
     dict(cell="lstm"), dict(cell="gru", bidirectional=True), dict(cell="lstm", readout="mean"),
     dict(cell="lstm", num_layers=2, bidirectional=True), dict(cell=None),
 ])
+@pytest.mark.slow
 def test_padding_frames_never_change_a_valid_prediction(kwargs):
   model = _model(**kwargs)
   lengths = jnp.array([5, 3, 1])
@@ -61,6 +63,7 @@ def test_padding_frames_never_change_a_valid_prediction(kwargs):
       np.testing.assert_allclose(frames2[b, :n], frames[b, :n], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_encoder_gets_no_gradient():
   model = _model(freeze_encoder=True, cell="lstm")
   variables = model.init(jax.random.key(1), CLIPS)
@@ -70,6 +73,7 @@ def test_frozen_encoder_gets_no_gradient():
   assert any(np.any(g != 0) for g in jax.tree.leaves(grads["rnn"]))
 
 
+@pytest.mark.slow
 def test_pretrained_image_model_loads_into_the_encoder():
   image_model = models.create("conv_stack", num_classes=10, **ENCODER)
   source = image_model.init(jax.random.key(5), CLIPS[:, 0])

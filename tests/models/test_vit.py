@@ -47,6 +47,7 @@ def test_variants_are_data():
     vit.decode_variant("Q/16")
 
 
+@pytest.mark.slow
 def test_attention_weights_and_pooling():
   model = models.create("vit", **SMALL)
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
@@ -77,6 +78,7 @@ def test_resampling_matches_timm(old, new):
   np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_another_resolution_resamples_on_the_fly_or_once():
   model = models.create("vit", **SMALL)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
@@ -89,6 +91,7 @@ def test_another_resolution_resamples_on_the_fly_or_once():
   np.testing.assert_allclose(bigger.apply(once, x), on_the_fly, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter_under_jit_remat_and_vmap():
   model = models.create("vit", **SMALL, dropout_rate=0.1)
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))

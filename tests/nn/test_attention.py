@@ -44,6 +44,7 @@ def _padding_mask(q_len=(5, 3), k_len=(6, 2)):
 
 
 @pytest.mark.parametrize("return_weights", [False, True])
+@pytest.mark.slow
 def test_mha_matches_numpy_with_padding(return_weights):
   mha = cnn.MultiHeadAttention(H, qkv_features=6, out_features=7)
   q, kv = _x(B, TQ, D), _x(B, TK, 3)
@@ -98,6 +99,7 @@ def test_fused_equals_separate_with_the_same_weights():
 
 
 @pytest.mark.parametrize("fused_qkv", [False, True])
+@pytest.mark.slow
 def test_jax_dot_product_attention_path_agrees_and_dropout_needs_train(fused_qkv):
   """implementation="xla" runs jax.nn.dot_product_attention (token-major); the default is
   the head-major attention written out; both give the same outputs and gradients, with an
@@ -122,6 +124,7 @@ def test_jax_dot_product_attention_path_agrees_and_dropout_needs_train(fused_qkv
 
 
 @pytest.mark.parametrize("implementation", ["xla", "cudnn"])
+@pytest.mark.slow
 def test_jax_dot_product_attention_path_with_causal_and_padding_masks(implementation):
   """Causal self-attention over padded sequences and cross-attention over padded memory:
   jax.nn.dot_product_attention gives the default path's outputs and gradients. "cudnn" with
@@ -162,6 +165,7 @@ def test_unknown_attention_implementation_is_refused():
     cnn.MultiHeadAttention(H, implementation="flash").init(jax.random.key(0), x)
 
 
+@pytest.mark.slow
 def test_masked_softmax_derivatives_are_the_softmax_ones():
   """The custom JVP rule equals differentiating the formula, to second order, masked
   entries and all-masked rows included (they get exactly zero)."""
@@ -218,6 +222,7 @@ def test_mha_matches_torch_multihead_attention():
     np.testing.assert_array_equal(value, back[name])
 
 
+@pytest.mark.slow
 def test_cached_incremental_equals_full():
   x = _x(B, TK, D)
   mha = cnn.MultiHeadAttention(H, decode=True)

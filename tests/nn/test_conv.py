@@ -38,6 +38,7 @@ def test_identity_shortcut_has_no_parameters():
   assert "downsample" not in variables["params"]
 
 
+@pytest.mark.slow
 def test_bad_shortcut_name():
   with pytest.raises(ValueError, match="shortcut"):
     cnn.BasicBlock(8, 2, shortcut="B").init(jax.random.key(0), jnp.ones((1, 4, 4, 4)), train=False)
@@ -59,6 +60,7 @@ def test_conv_is_flax_conv():
   assert cnn.Conv is nn.Conv
 
 
+@pytest.mark.slow
 def test_remat_of_a_block_with_train_positional():
   # `nn.remat(..., static_argnums=...)` needs `train` positional: (self, x, train).
   block = nn.remat(cnn.BasicBlock, static_argnums=(2,))(8, 2, shortcut="pad")

@@ -80,6 +80,7 @@ def _assert_tree_close(a, b, **kw):
 
 
 @pytest.mark.parametrize("spec", sorted(CELL_SPECS))
+@pytest.mark.slow
 def test_scan_equals_python_loop_and_equations(spec):
   cell = _cell(spec)
   rnn = cnn.RNN(cell, return_carry=True)
@@ -140,6 +141,7 @@ def test_cell_interface():
 
 @pytest.mark.parametrize("spec", ["simple", "lstm", "gru"])
 @pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.slow
 def test_padding_never_changes_valid_outputs(spec, reverse):
   rnn = cnn.RNN(_cell(spec), return_carry=True, reverse=reverse)
   x = _inputs()
@@ -159,6 +161,7 @@ def test_padding_never_changes_valid_outputs(spec, reverse):
 
 
 @pytest.mark.parametrize("spec", ["lstm", "gru_cho"])
+@pytest.mark.slow
 def test_reverse_with_lengths_is_within_length(spec):
   rnn = cnn.RNN(_cell(spec), return_carry=True)
   x = _inputs()
@@ -190,6 +193,7 @@ def test_truncated_bptt_halves_equal_one_run(spec):
     ("lstm_rbias", False, (T, 3, 0), 1, False), ("lstm_nobias", True, None, 1, False),
     ("simple_relu", True, (T, 3, 1), 1, False), ("gru_cho", True, (T, 3, 1), 1, False),
 ])
+@pytest.mark.slow
 def test_fast_path_derivatives_equal_autodiff(spec, reverse, lengths, unroll, second_order):
   """The fast path's JVP rule against Flax's scan under plain autodiff: gradients (JAX's
   transpose of the rule), forward-mode JVPs and Hessian-vector products."""
@@ -225,6 +229,7 @@ def test_fast_path_derivatives_equal_autodiff(spec, reverse, lengths, unroll, se
 @pytest.mark.parametrize("spec", ["lstm", "gru"])
 @pytest.mark.parametrize("cell_dtype,carry_dtype", [(jnp.bfloat16, jnp.float32),
                                                     (jnp.float32, jnp.bfloat16)])
+@pytest.mark.slow
 def test_fast_path_with_mixed_dtypes(spec, cell_dtype, carry_dtype):
   """Carry and cell dtypes differ: the JVP rule casts tangents as autodiff casts."""
   cell = cnn.make_cell(spec, H, dtype=cell_dtype)
@@ -246,6 +251,7 @@ def test_fast_path_with_mixed_dtypes(spec, cell_dtype, carry_dtype):
 
 @pytest.mark.parametrize("vocab", [5, 4 * B * T])  # Table projected, or rows gathered.
 @pytest.mark.parametrize("layer", ["lstm", "gru_reverse", "bidirectional", "stacked"])
+@pytest.mark.slow
 def test_embedding_input_equals_embedded_inputs(vocab, layer):
   """rnn(ids, embedding=E) == rnn(E[ids]): outputs, carry and every gradient, with lengths."""
   ids = jax.random.randint(jax.random.key(0), (B, T), 0, vocab)
@@ -306,6 +312,7 @@ def test_bad_inputs_raise():
     cnn.StackedRNN(cell="rnn").init(jax.random.key(0), _inputs())
 
 
+@pytest.mark.slow
 def test_bidirectional_is_forward_and_reversed():
   x = _inputs()
   lengths = jnp.array([T, 4, 2])
@@ -329,6 +336,7 @@ def test_bidirectional_is_forward_and_reversed():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.slow
 def test_stacked_rnn_carry_and_dropout(bidirectional):
   x = _inputs()
   stack = cnn.StackedRNN(cell="gru", hidden_size=H, num_layers=2, bidirectional=bidirectional,
@@ -361,6 +369,7 @@ def test_hidden_state_perturbation_is_zero_and_not_in_init():
   np.testing.assert_allclose(out, rnn.apply(variables, x), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_flax_cells_interchangeable_interface():
   """Our cells follow flax.linen's cell protocol (carry, x) -> (carry, y)."""
   x = _inputs()
@@ -393,6 +402,7 @@ _DRIVER_OPTIONS = [
     *[(name, options) for name in ("GRUCell", "LSTMCell") for options in _DRIVER_OPTIONS],
     *[(name, options) for name in sorted(set(FLAX_CELLS) - {"GRUCell", "LSTMCell"})
       for options in (_DRIVER_OPTIONS[0], _DRIVER_OPTIONS[-1])]])
+@pytest.mark.slow
 def test_flax_cells_match_flax_rnn(name, options):
   """Flax's own cells in cnnrnn's RNN: every output and the final carry equal
   `flax.linen.RNN`'s, with the same arguments; gradients too. (A length of 0 differs on
@@ -444,6 +454,7 @@ def test_cnnrnn_cells_match_flax_rnn_on_the_fast_path(spec):
                      theirs.apply(variables, x, seq_lengths=lengths), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fast_path_under_checkpoint_with_lengths():
   """jax.checkpoint around the fast path's JVP rule (no constant of the enclosing trace is
   closed over by the rule)."""
@@ -458,6 +469,7 @@ def test_fast_path_under_checkpoint_with_lengths():
 
 
 @pytest.mark.parametrize("spec", ["lstm", "gru_cho"])
+@pytest.mark.slow
 def test_fast_path_in_shard_map_equals_the_whole_batch(spec):
   """Inside shard_map the fast path types its loop like JAX's own operations (the zero
   initial carry varies over the batch axis as the inputs do): per-shard outputs are the

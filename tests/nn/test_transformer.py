@@ -69,6 +69,7 @@ def test_encoder_block_matches_torch(norm_first, activation):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.slow
 def test_decoder_block_matches_torch(norm_first):
   torch.manual_seed(1)
   ref = torch.nn.TransformerDecoderLayer(D, H, F, dropout=0.0, batch_first=True,
@@ -90,6 +91,7 @@ def test_decoder_block_matches_torch(norm_first):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.slow
 def test_decoder_stack_cached_incremental_equals_full(norm_first):
   dec = cnn.TransformerDecoder(2, dict(num_heads=H, mlp_dim=F, norm_first=norm_first))
   x, mem = _x(B, T, D), _x(B, S, D)
@@ -121,6 +123,7 @@ def test_positional_encoding_decode_offsets_and_learned_table():
     cnn.PositionalEncoding(max_len=4).init(jax.random.key(0), x)
 
 
+@pytest.mark.slow
 def test_block_composes_with_jax_transformations():
   """jacfwd == jacrev, a symmetric Hessian, vmap, nn.remat and jax.export on a tiny block."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top

@@ -20,6 +20,7 @@ def test_targets_add_bos_and_eos():
   np.testing.assert_array_equal(weights, [[1, 1, 1, 1], [1, 1, 1, 0]])
 
 
+@pytest.mark.slow
 def test_loss_is_cross_entropy_plus_the_attention_regulariser():
   task = tasks.create("captioning", attention_penalty=0.5)
   logits = jax.random.normal(jax.random.key(0), (2, 4, 10))

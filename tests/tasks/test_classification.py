@@ -7,6 +7,7 @@ import pytest
 from cnnrnn import tasks
 
 
+@pytest.mark.slow
 def test_loss_and_metrics_against_hand_computation():
   task = tasks.create("classification", num_classes=6)
   logits = jax.random.normal(jax.random.key(0), (5, 6))
@@ -38,6 +39,7 @@ def test_bad_task_fields():
     tasks.create("classification", num_classes=3, label_smoothing=1.5)
 
 
+@pytest.mark.slow
 def test_ties_and_nan_logits_count_as_wrong():
   task = tasks.create("classification", num_classes=10)
   labels = jnp.array([0, 3, 9])

@@ -9,6 +9,7 @@ import pytest
 from cnnrnn import tasks
 
 
+@pytest.mark.slow
 def test_loss_counts_only_real_tokens_and_derives_perplexity():
   task = tasks.create("language_model")
   logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 7))
@@ -28,6 +29,7 @@ def test_loss_counts_only_real_tokens_and_derives_perplexity():
   assert task.stateful and "language_model" in tasks.names()
 
 
+@pytest.mark.slow
 def test_rows_average_sums_over_time_like_zaremba():
   logits = jax.random.normal(jax.random.PRNGKey(1), (4, 5, 9))
   targets = jax.random.randint(jax.random.PRNGKey(2), (4, 5), 0, 9)

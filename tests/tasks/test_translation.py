@@ -22,6 +22,7 @@ def _batch(rng, b=4, t=7, v=11):
           "mask": jnp.asarray([1, 1, 1, 0], jnp.float32)}
 
 
+@pytest.mark.slow
 def test_loss_matches_a_direct_computation_with_label_smoothing():
   rng = np.random.default_rng(0)
   batch = _batch(rng)
@@ -46,6 +47,7 @@ def test_loss_matches_a_direct_computation_with_label_smoothing():
   assert task.derived_metrics({"nll": 2.0}) == {"perplexity": math.exp(2.0)}
 
 
+@pytest.mark.slow
 def test_padding_positions_and_rows_change_nothing():
   rng = np.random.default_rng(1)
   batch = _batch(rng)

@@ -100,6 +100,7 @@ def _assert_same_state(a, b):
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back(finished_run, data_dir, tmp_path, caplog, corruption):
   straight, final = finished_run
   workdir = tmp_path / "run"
@@ -118,6 +119,7 @@ def test_corrupt_newest_checkpoint_falls_back(finished_run, data_dir, tmp_path, 
   _assert_same_state(restore_state(workdir, STEPS), final)
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_refuses_unless_starting_over(finished_run, data_dir, tmp_path):
   straight, final = finished_run
   workdir = tmp_path / "run"
@@ -164,6 +166,7 @@ def test_full_disk_is_reported_before_writing(tmp_path, monkeypatch):
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_time_based_checkpoints(data_dir, tmp_path):
   c = _config(data_dir, num_train_steps=6, checkpoint_every_steps=0, log_every_steps=3,
               **{"checkpoint.every_secs": 1e-9})

@@ -121,6 +121,7 @@ def test_a_model_default_given_on_a_rerun_is_no_change():
     ("--config.model.pooling=avg",  # lenet5's field, not conv_stack's.
      "error: --config.model.pooling: model 'conv_stack' has no field 'pooling'"),
 ])
+@pytest.mark.slow
 def test_unknown_model_field_is_one_line(tmp_path, data_dir, flag, message):
   cmd, kw = cli("configs/quickstart.py", tmp_path / "run", data_dir, 1, flag)
   result = subprocess.run(cmd, **kw, timeout=300)

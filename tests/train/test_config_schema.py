@@ -127,6 +127,7 @@ def test_every_shipped_config_passes():
     config_schema.validate(config)
 
 
+@pytest.mark.slow
 def test_bfloat16_trains(data_dir, tmp_path):
   c = _config(data_dir, "model.dtype", "bfloat16")
   c.checkpoint.async_save = False

@@ -173,6 +173,7 @@ def _orbax_noise(records) -> list[str]:
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.slow
 def test_every_file_damaged(run, tmp_path, damage, caplog):
   workdir, abstract, saved = run
   clean = workdir / "checkpoints" / str(STEPS)
@@ -236,6 +237,7 @@ def test_every_file_emptied_falls_back_with_one_warning(run, tmp_path, caplog):
   assert data_state == saved[4][1] and _same(state, saved[4][0])
 
 
+@pytest.mark.slow
 def test_edited_data_position_resumes_bitwise_from_the_previous_step(run, data_dir, tmp_path,
                                                                      caplog):
   """The trainer end to end: a data position edited by hand (500 -> 501 in a real run)
@@ -255,6 +257,7 @@ def test_edited_data_position_resumes_bitwise_from_the_previous_step(run, data_d
   assert _same(restore_state(copy, STEPS), restore_state(workdir, STEPS))
 
 
+@pytest.mark.slow
 def test_readers_skip_a_damaged_step_with_one_warning(run, tmp_path, caplog):
   """`load_run` (sample, translate, transfer, analysis): the damaged newest step is skipped,
   left in place (the reader does not own the workdir), and the previous one is read; asked

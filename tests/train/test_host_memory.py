@@ -43,6 +43,7 @@ def _huge_pages_always():
     return False
 
 
+@pytest.mark.slow
 def test_reused_memory_takes_no_page_faults_per_call():
   pages = (96 << 20) // 4096
   default = _faults_per_call("default")

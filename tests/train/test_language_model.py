@@ -39,6 +39,7 @@ def _batch(tokens, reset):
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "reset": np.asarray(reset)}
 
 
+@pytest.mark.slow
 def test_carry_continues_the_streams_and_resets():
   model = models.create("rnn_lm", vocab_size=11, hidden_size=8, num_layers=2, cell="lstm")
   task = tasks.create("language_model")
@@ -61,6 +62,7 @@ def test_carry_continues_the_streams_and_resets():
     np.testing.assert_allclose(got[1:], want1, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_step_threads_the_carry():
   model = models.create("rnn_lm", vocab_size=11, hidden_size=8, num_layers=1, cell="gru")
   task = tasks.create("language_model")
@@ -75,6 +77,7 @@ def test_eval_step_threads_the_carry():
   assert m1["count"] + m2["count"] == 16
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_splits_the_carry_with_the_rows():
   model = models.create("rnn_lm", vocab_size=13, hidden_size=8, num_layers=1, cell="lstm")
   task = tasks.create("language_model")
@@ -114,6 +117,7 @@ def _char_config(data_dir, **overrides):
   return override(c, **overrides)
 
 
+@pytest.mark.slow
 def test_char_lm_learns_and_evaluates_every_character(data_dir, tmp_path):
   metrics = train.train_and_evaluate(
       _char_config(data_dir, num_train_steps=40, **{"optimizer.learning_rate": 1e-2}), str(tmp_path))
@@ -134,6 +138,7 @@ def test_char_lm_learns_and_evaluates_every_character(data_dir, tmp_path):
     sample.load_language_model(str(tmp_path), "7")
 
 
+@pytest.mark.slow
 def test_resumed_lm_run_equals_an_uninterrupted_one(data_dir, tmp_path):
   whole, parts = tmp_path / "whole", tmp_path / "parts"
   train.train_and_evaluate(_char_config(data_dir), str(whole))
@@ -157,6 +162,7 @@ def test_lm_config_errors_name_the_field(data_dir, tmp_path, field, value, match
     train.train_and_evaluate(_char_config(data_dir, **{field: value}), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_ptb_config_epochs_and_zaremba_schedule(data_dir):
   corpus = text.load_corpus(data.load("ptb", data_dir, shared_dataset("ptb")))
   assert len(corpus.split("train")) == ptb_lstm.PTB_TRAIN_TOKENS

@@ -112,6 +112,7 @@ with preemption.PreemptionWatcher() as watcher:
 
 
 @pytest.mark.parametrize("first,second", [("TERM", "TERM"), ("INT", "TERM"), ("TERM", "INT")])
+@pytest.mark.slow
 def test_second_signal_aborts_at_once(first, second):
   proc = subprocess.run([sys.executable, "-c", _WATCH.format(first=first, second=second)],
                         cwd=REPO, capture_output=True, text=True, timeout=120)

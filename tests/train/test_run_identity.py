@@ -49,6 +49,7 @@ def saved_run(tmp_path_factory, data_dir):
     ("dataset.augment", "crop_flip", "dataset.augment: 'none' -> 'crop_flip'"),
     ("num_train_steps", 8, "num_train_steps: 4 -> 8"),
 ])
+@pytest.mark.slow
 def test_changed_computation_is_refused(saved_run, data_dir, no_compile, field, value, shown):
   with pytest.raises(run_identity.ConfigChanged) as e:
     train.train_and_evaluate(_config(data_dir, **{field: value}), str(saved_run))
@@ -74,6 +75,7 @@ def test_allowed_changes_that_cannot_be_honoured(saved_run, data_dir, no_compile
     train.train_and_evaluate(_config(data_dir, **overrides), str(saved_run), allow_changes=allow)
 
 
+@pytest.mark.slow
 def test_free_fields_change_freely(saved_run, tmp_path, data_dir):
   shutil.copytree(saved_run, tmp_path, dirs_exist_ok=True)
   free = {"log_every_steps": 1, "eval_batch_size": 64, "checkpoint.max_to_keep": 1,
@@ -82,6 +84,7 @@ def test_free_fields_change_freely(saved_run, tmp_path, data_dir):
   assert json.loads((tmp_path / "config.json").read_text())["eval_batch_size"] == 64
 
 
+@pytest.mark.slow
 def test_extending_a_run_equals_training_longer_at_once(saved_run, tmp_path, data_dir):
   train.train_and_evaluate(_config(data_dir, num_train_steps=8), str(tmp_path / "straight"))
   shutil.copytree(saved_run, tmp_path / "extended")

@@ -52,6 +52,7 @@ def test_bad_config_fails_before_compiling(data_dir, tmp_path, monkeypatch, fiel
     train.train_and_evaluate(_quick(data_dir, **{"mesh": (("data", -1),), field: value}), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_outputs_and_resume_of_a_finished_run(data_dir, tmp_path):
   c = _quick(data_dir)
   first = train.train_and_evaluate(c, str(tmp_path))
@@ -65,6 +66,7 @@ def test_outputs_and_resume_of_a_finished_run(data_dir, tmp_path):
   assert train.train_and_evaluate(c, str(tmp_path)) == first
 
 
+@pytest.mark.slow
 def test_checkpoint_that_does_not_fit_the_model(data_dir, tmp_path):
   train.train_and_evaluate(_quick(data_dir, **{"model.features": (8, 16)}), str(tmp_path))
   changed = _quick(data_dir, **{"model.features": (8, 32)})
@@ -76,6 +78,7 @@ def test_checkpoint_that_does_not_fit_the_model(data_dir, tmp_path):
   assert not (tmp_path / "checkpoints" / "set_aside").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(data_dir, tmp_path):
   # A harmless first stretch that gets checkpointed, then the learning rate explodes.
   c = _quick(data_dir, **{"optimizer.name": "sgd", "optimizer.learning_rate": 1e-3,
@@ -181,6 +184,7 @@ def test_two_processes_share_the_work(data_dir, tmp_path):
   assert test[0]["accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_adding_problem_is_learned_by_an_lstm(tmp_path):
   """A synthetic dataset and the regression task through the same trainer."""
   from configs import adding_problem  # pylint: disable=g-import-not-at-top

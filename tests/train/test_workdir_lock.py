@@ -55,6 +55,7 @@ def test_second_run_is_refused_at_once_naming_the_holder(holder, data_dir, monke
   assert not (workdir / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_command_line_says_it_in_one_line(holder, data_dir):
   workdir, proc = holder
   cmd, kw = cli("configs/quickstart.py", workdir, data_dir, 1)

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_and_event_file_without_importing_torch(tmp_path):
   code = (
       "import sys\n"
