@@ -73,19 +73,12 @@ def _model_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
   return name, fields
 
 
-_flags_defined = False
-
-
 def define_flags() -> None:
-  """Defines the command line's flags on absl's global `FLAGS` (once; `run` calls it).
+  """Defines the command line's flags on absl's global `FLAGS` (`run` calls it).
 
   Not done on import: other cnnrnn programs (`cnnrnn.sample`, `cnnrnn.report`) define flags
   of the same names, and one process (a notebook, a test run) may import several.
   """
-  global _flags_defined
-  if _flags_defined:
-    return
-  _flags_defined = True
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                   lock_config=False)
   FLAGS["config"].parser = _WithModelFields(FLAGS["config"].parser)
