@@ -74,7 +74,8 @@ def test_an_isa_the_cpu_lacks_is_refused():
   env = run_all._isa_env("avx2", cpu)  # pylint: disable=protected-access
   assert "--xla_cpu_max_isa=AVX2" in env["XLA_FLAGS"]
   assert (env["CNNRNN_NATIVE_MAX_ISA"], env["ATEN_CPU_CAPABILITY"],
-          env["ONEDNN_MAX_CPU_ISA"]) == ("avx2", "avx2", "AVX2")
+          env["ONEDNN_MAX_CPU_ISA"], env["CNNRNN_BENCH_YNNPACK_MAX_ISA"]) == (
+              "avx2", "avx2", "AVX2", "avx2")
 
 
 def test_a_cap_that_did_not_take_effect_is_refused():
@@ -86,8 +87,39 @@ def test_a_cap_that_did_not_take_effect_is_refused():
          "onednn_verbose,v1,info,cpu,isa:Intel AVX2\n")
   with pytest.raises(SystemExit, match="PyTorch uses AVX512, not AVX2"):
     run_all._verify("avx2", info, log, cpu)  # pylint: disable=protected-access
-  used = run_all._verify("avx2", {**info, "torch_cpu_capability": "AVX2"}, log, cpu)  # pylint: disable=protected-access
+  with pytest.raises(SystemExit, match="YNNPACK uses sse2,avx2,fma3,avx512f"):
+    run_all._verify("avx2", {**info, "torch_cpu_capability": "AVX2",  # pylint: disable=protected-access
+                             "ynnpack": "sse2,avx2,fma3,avx512f"}, log, cpu)
+  used = run_all._verify("avx2", {**info, "torch_cpu_capability": "AVX2",  # pylint: disable=protected-access
+                                  "ynnpack": "sse2,avx2,fma3"}, log, cpu)
   assert used["xla"] == "AVX2" and used["onednn"] == "Intel AVX2"
+  assert used["ynnpack"] == "sse2,avx2,fma3"
+
+
+def test_ynnpack_capped_at_avx2_still_computes():
+  """The AVX2 emulation's YNNPACK cap (ynnpack_isa.py) in a fresh process: the flags it reads
+  lose every AVX-512 bit, keep AVX2 and FMA3 where the CPU has them, and a product YNNPACK
+  runs after the cap still equals NumPy's."""
+  code = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, jax, jax.numpy as jnp
+import ynnpack_isa
+before, after = ynnpack_isa.cap("avx2")
+assert ynnpack_isa.flags() == after == before & 127, (before, after)
+a = np.random.default_rng(0).standard_normal((300, 96), np.float32)
+b = np.random.default_rng(1).standard_normal((96, 200), np.float32)
+got = np.asarray(jax.jit(jnp.matmul)(a, b))
+np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4)
+print(ynnpack_isa.names(before), "->", ynnpack_isa.names(after))
+"""
+  proc = subprocess.run([sys.executable, "-c", code, str(RUN_ALL.parent)], env=_env(), cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  before, after = proc.stdout.strip().splitlines()[-1].split(" -> ")
+  assert "avx512" not in after
+  assert set(after.split(",")) == set(before.split(",")) & {
+      "sse2", "ssse3", "sse41", "avx", "f16c", "avx2", "fma3"}
 
 
 @pytest.mark.skipif(any(d.platform == "gpu" for d in jax.devices()), reason="a GPU is here")

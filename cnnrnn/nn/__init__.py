@@ -12,4 +12,4 @@ from cnnrnn.nn.attention import (AdditiveAttention, LuongAttention, MultiHeadAtt
                                  make_attention_mask, make_causal_mask, masked_softmax)
 from cnnrnn.nn.transformer import (Mlp, PositionalEncoding, TransformerDecoder,
                                    TransformerDecoderBlock, TransformerEncoder,
-                                   TransformerEncoderBlock, sinusoidal_positions)
+                                   TransformerEncoderBlock, gelu, sinusoidal_positions)

@@ -22,13 +22,17 @@ instruction-set caps below apply from the start and one step's threads and memor
 carry into the next. `--isa` caps both sides on a CPU that has more:
 
   avx2     XLA_FLAGS=--xla_cpu_max_isa=AVX2, CNNRNN_NATIVE_MAX_ISA=avx2,
-           ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2
-  avx512   the same with AVX512 (oneDNN: AVX512_CORE)
+           ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, and YNNPACK (XLA's matmul
+           library, which the XLA flag does not reach) capped in each worker
+           (`ynnpack_isa.py`)
+  avx512   the same with AVX512 (oneDNN: AVX512_CORE; YNNPACK as the CPU has it)
   native   nothing capped (the default)
 
-and checks that each cap took effect (XLA's compiler log, `cnnrnn.accel.native.cpu_isa()`,
-`torch.backends.cpu.get_cpu_capability()`, oneDNN's verbose output) before timing. An ISA the
-CPU lacks is refused.
+and checks that each cap took effect (XLA's compiler log, YNNPACK's arch flags,
+`cnnrnn.accel.native.cpu_isa()`, `torch.backends.cpu.get_cpu_capability()`, oneDNN's verbose
+output) before timing. PyTorch's matmuls (MKL) are not capped: on AMD CPUs MKL runs its
+AVX2 kernels whatever the CPU has (`mkl_blas_def_sgemm_kernel_0_zen`, ymm registers, seen
+with `perf`). An ISA the CPU lacks is refused.
 
 `--quick` is a smoke run (tiny shapes, one timed step each, XLA's optimisations off, about a
 minute on an idle machine): it exercises every step and writes both files; its times mean
@@ -151,6 +155,18 @@ def _worker_paths():
       sys.path.insert(0, path)
 
 
+def _cap_ynnpack() -> str:
+  """Caps YNNPACK as $CNNRNN_BENCH_YNNPACK_MAX_ISA says (set by `_isa_env`); its flags as text."""
+  import ynnpack_isa  # pylint: disable=g-import-not-at-top
+  isa = os.environ.get("CNNRNN_BENCH_YNNPACK_MAX_ISA")
+  try:
+    return ynnpack_isa.names(ynnpack_isa.cap(isa)[1] if isa else ynnpack_isa.flags())
+  except RuntimeError as e:  # A jaxlib whose YNNPACK cannot be found.
+    if isa:
+      raise
+    return f"unknown ({e})"
+
+
 def _machine_worker(quick: bool) -> dict:
   """Versions, the ISA each side uses, and the float32 matmul peak of JAX and PyTorch."""
   _worker_paths()
@@ -163,7 +179,8 @@ def _machine_worker(quick: bool) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
 
   from cnnrnn.accel import native  # pylint: disable=g-import-not-at-top
-  info = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "torch": torch.__version__,
+  info = {"ynnpack": _cap_ynnpack(),
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "torch": torch.__version__,
           "torch_threads": torch.get_num_threads(),
           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
   try:
@@ -201,6 +218,7 @@ def _steps_worker(keys: list[str], quick: bool, rounds: int | None, steps: int |
   _worker_paths()
   import harness  # pylint: disable=g-import-not-at-top
   harness.apply_malloc("reuse")
+  _cap_ynnpack()
   results = []
   for key in keys:
     title, build, full_steps = CPU_STEPS[key]
@@ -255,6 +273,8 @@ def _isa_env(isa: str, cpu: dict) -> dict:
   env["CNNRNN_NATIVE_MAX_ISA"] = caps["native"]
   env["ATEN_CPU_CAPABILITY"] = caps["aten"]
   env["ONEDNN_MAX_CPU_ISA"] = caps["onednn"]
+  if isa == "avx2":
+    env["CNNRNN_BENCH_YNNPACK_MAX_ISA"] = "avx2"
   return env
 
 
@@ -288,13 +308,15 @@ def _verify(isa: str, info: dict, log: str, cpu: dict) -> dict:
   native = info["native_isa"] or "none"
   if not info["native_available"]:
     native += f" (kernels unavailable: {info['native_reason']}; cnnrnn runs plain XLA)"
-  used = {"xla": xla, "native": native, "torch": info["torch_cpu_capability"],
-          "onednn": onednn}
+  used = {"xla": xla, "ynnpack": info.get("ynnpack", "not reported"), "native": native,
+          "torch": info["torch_cpu_capability"], "onednn": onednn}
   if isa != "native":
     caps = ISA_CAPS[isa][1]
     wrong = []
     if xla != caps["xla"]:
       wrong.append(f"XLA uses {xla}, not {caps['xla']}")
+    if isa == "avx2" and "avx512" in used["ynnpack"]:
+      wrong.append(f"YNNPACK uses {used['ynnpack']}")
     if info["native_isa"] not in (caps["native"], None):
       wrong.append(f"the native kernels use {info['native_isa']}, not {caps['native']}")
     if info["native_reason"].startswith("CNNRNN_NATIVE_MAX_ISA"):
@@ -312,7 +334,7 @@ def machine_line(machine: dict) -> str:
   cpu, used, peak = machine["cpu"], machine["isa_used"], machine["peak_gflops"]
   return (f"{cpu['model']} ({cpu['arch']}, {cpu['cores']} cores, {cpu['usable_cores']} usable; "
           f"CPU has {cpu['widest_isa'] or 'neither AVX2 nor AVX-512'}), --isa={machine['isa']}: "
-          f"XLA {used['xla']}, cnnrnn native kernels {used['native']}, PyTorch {used['torch']} "
+          f"XLA {used['xla']} (YNNPACK {used.get('ynnpack', 'not reported')}), cnnrnn native kernels {used['native']}, PyTorch {used['torch']} "
           f"(oneDNN {used['onednn']}); jax {machine['jax']}, jaxlib {machine['jaxlib']}, "
           f"torch {machine['torch']} ({machine['torch_threads']} threads), timm "
           f"{machine['timm']}; float32 matmul peak (2048^3): JAX {peak['jax']:.0f} GFLOP/s, "

@@ -38,6 +38,28 @@ def test_mlp_matches_numpy(activation):
     cnn.Mlp(F, activation="swish").init(jax.random.key(0), x)
 
 
+def test_gelu_is_the_exact_gelu_to_float32_rounding():
+  """`gelu` (1 + erf, as PyTorch writes it) against the float64 erfc form, Flax's exact GELU
+  and torch's, values and gradients, over [-12, 12]."""
+  from cnnrnn.nn.transformer import gelu  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = np.linspace(-12, 12, 48001).astype(np.float32)
+  x64 = x.astype(np.float64)
+  want = x64 * 0.5 * np.vectorize(math.erfc)(-x64 / np.sqrt(2))
+  got = np.asarray(jax.jit(gelu)(x), np.float64)
+  np.testing.assert_array_less(np.abs(got - want), 2.5e-7 * np.maximum(1.0, np.abs(x64)))
+  flax_gelu = lambda z: nn.gelu(z, approximate=False)
+  np.testing.assert_allclose(got, np.asarray(flax_gelu(x)), rtol=0, atol=1.5e-6)
+  np.testing.assert_allclose(got, torch.nn.functional.gelu(torch.from_numpy(x)).numpy(),
+                             rtol=0, atol=1.5e-6)
+  # d/dx = Phi(x) + x phi(x).
+  want_grad = (0.5 * np.vectorize(math.erfc)(-x64 / np.sqrt(2))
+               + x64 * np.exp(-x64 ** 2 / 2) / np.sqrt(2 * np.pi))
+  grad = np.asarray(jax.jit(jax.grad(lambda z: gelu(z).sum()))(x), np.float64)
+  np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-6)
+  assert gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_sinusoidal_positions_follow_the_paper():
   pe = cnn.sinusoidal_positions(50, 6)
   pos, i = 37, 2
