@@ -22,6 +22,7 @@ from cnnrnn.nn.attention import MultiHeadAttention
 
 Array = jax.Array
 
+
 def gelu(x: Array) -> Array:
   """The exact (erf) GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, written as PyTorch computes it.
 

@@ -334,7 +334,8 @@ def machine_line(machine: dict) -> str:
   cpu, used, peak = machine["cpu"], machine["isa_used"], machine["peak_gflops"]
   return (f"{cpu['model']} ({cpu['arch']}, {cpu['cores']} cores, {cpu['usable_cores']} usable; "
           f"CPU has {cpu['widest_isa'] or 'neither AVX2 nor AVX-512'}), --isa={machine['isa']}: "
-          f"XLA {used['xla']} (YNNPACK {used.get('ynnpack', 'not reported')}), cnnrnn native kernels {used['native']}, PyTorch {used['torch']} "
+          f"XLA {used['xla']} (YNNPACK {used.get('ynnpack', 'not reported')}), "
+          f"cnnrnn native kernels {used['native']}, PyTorch {used['torch']} "
           f"(oneDNN {used['onednn']}); jax {machine['jax']}, jaxlib {machine['jaxlib']}, "
           f"torch {machine['torch']} ({machine['torch_threads']} threads), timm "
           f"{machine['timm']}; float32 matmul peak (2048^3): JAX {peak['jax']:.0f} GFLOP/s, "

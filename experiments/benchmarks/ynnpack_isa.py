@@ -16,6 +16,7 @@ of YNNPACK's own kernels run (their results agree to float32 rounding).
 """
 
 import ctypes
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,10 @@ def _load_base(path: Path) -> int:
   raise RuntimeError(f"{real} is not mapped in this process")
 
 
-def _cached_flags() -> ctypes.c_uint64:
-  """YNNPACK's cached arch flags in this process, computed first if they were not yet."""
+@functools.cache
+def _addresses() -> tuple[int, int]:
+  """Where YNNPACK's arch-flag function and its cached result are in this process (the
+  library's symbol table is read once)."""
   import jaxlib  # pylint: disable=g-import-not-at-top
   from jaxlib import _jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   path = Path(jaxlib.__file__).parent / "libjax_common.so"
@@ -82,8 +85,14 @@ def _cached_flags() -> ctypes.c_uint64:
     raise RuntimeError(f"ynnpack_isa: {path} lacks YNNPACK's arch-flag symbols "
                        f"(found {sorted(found)}); YNNPACK cannot be capped in this jaxlib")
   base = _load_base(path)
-  computed = ctypes.CFUNCTYPE(ctypes.c_uint64)(base + found[_FUNCTION])()
-  cached = ctypes.c_uint64.from_address(base + found[_CACHED])
+  return base + found[_FUNCTION], base + found[_CACHED]
+
+
+def _cached_flags() -> ctypes.c_uint64:
+  """YNNPACK's cached arch flags in this process, computed first if they were not yet."""
+  function, cached_at = _addresses()
+  computed = ctypes.CFUNCTYPE(ctypes.c_uint64)(function)()
+  cached = ctypes.c_uint64.from_address(cached_at)
   if cached.value != computed:
     raise RuntimeError("ynnpack_isa: YNNPACK's cached arch flags are not where the symbol "
                        "table says")
@@ -106,8 +115,8 @@ def cap(isa: str) -> tuple[int, int]:
   return before, cached.value
 
 
-def names(flags: int) -> str:
+def names(value: int) -> str:
   """YNNPACK's x86 arch flags as text ("sse2,...,fma3")."""
   bits = ("sse2", "ssse3", "sse41", "avx", "f16c", "avx2", "fma3", "avx512f", "avx512bw",
           "avx512bf16", "avx512fp16", "avx512vnni", "amxbf16", "amxfp16", "amxint8")
-  return ",".join(b for i, b in enumerate(bits) if flags >> i & 1) or "none"
+  return ",".join(b for i, b in enumerate(bits) if value >> i & 1) or "none"
