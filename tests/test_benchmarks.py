@@ -1,5 +1,5 @@
 """experiments/benchmarks/run_all.py: the quick smoke run writes the whole table; --isa and
---device refuse what the machine cannot do, in one line."""
+--device refuse what the machine cannot do, in one line. bench_products.py: a smoke run."""
 
 import importlib.util
 import json
@@ -144,3 +144,18 @@ def test_gpu_peaks_by_device_kind():
   assert gpu_steps.peak_tflops("NVIDIA A100-SXM4-40GB") == 312.0
   assert gpu_steps.peak_tflops("NVIDIA L4") == 121.0
   assert gpu_steps.peak_tflops("Some Future GPU") is None
+
+
+def test_products_benchmark_smoke_run():
+  """bench_products.py --tiny: the native kernel, XLA and PyTorch agree on a^T b (the script
+  checks them against float64 before timing) and one table per product comes out."""
+  from cnnrnn.accel import native  # pylint: disable=g-import-not-at-top
+  if not native.available()[0]:
+    pytest.skip(f"native kernels unavailable: {native.available()[1]}")
+  proc = subprocess.run([sys.executable, str(RUN_ALL.parent / "bench_products.py"), "--tiny",
+                         "--rounds=1"], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
+          if line.startswith("| ") and "competitor" not in line]
+  assert rows == ["native", "xla", "torch"]
