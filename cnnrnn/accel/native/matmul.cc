@@ -33,6 +33,10 @@ constexpr int64_t kRowBlock = 256;  // rows of a and b summed per pass, at most
 constexpr int64_t kPassBytes = int64_t{256} << 10;  // of a's rows read per pass, at most
 constexpr int kMaxVectors = kBlockVectors;  // vectors of output columns per column block
 constexpr int64_t kCacheBytes = int64_t{640} << 10;  // most of a core's 1 MB L2
+constexpr int64_t kL1Bytes = int64_t{32} << 10;
+// Copy b's block of columns where its rows are narrower than four cache lines (8 lanes: 64
+// bytes), whose strided rows then share few of L1's sets.
+constexpr bool kPackB = kMaxVectors * kLanes * 4 < 256;
 // Products of fewer multiply-adds run on the calling thread alone: waking the pool costs
 // more than it saves (~10 us).
 constexpr int64_t kMinParallelWork = int64_t{1} << 20;
@@ -157,8 +161,30 @@ void MatmulTN(ffi::ThreadPool& pool, const float* a, const float* b, float* c, i
     const auto block = [&](int64_t r0, int64_t jb) {
       const int64_t j0 = jb * kBlockCols;
       const int64_t nv = std::min<int64_t>(kMaxVectors, (m - j0 + kLanes - 1) / kLanes);
-      TnColumnBlock(ab + r0 * k, k, bb + r0 * m + j0, m, cb + j0, m, std::min(pass, n - r0),
-                    ki, nv, j0 + nv * kLanes > m, tail, r0 > 0);
+      const int64_t rows = std::min(pass, n - r0);
+      const float* bp = bb + r0 * m + j0;
+      int64_t ldbp = m;
+      if (kPackB && m > kBlockCols && rows * m * 4 > kL1Bytes) {
+        // This block of b's columns, contiguous: every register block of the pass reads it
+        // again, and at a row stride of m floats its rows fall into a few of L1's sets.
+        alignas(64) thread_local float packed[kRowBlock * kBlockCols];
+        const bool last_is_tail = j0 + nv * kLanes > m;
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t v = 0; v < nv; ++v) {
+            const float* from = bp + r * m + v * kLanes;
+            float* to = packed + r * kBlockCols + v * kLanes;
+            if (last_is_tail && v == nv - 1) {
+              StoreMasked(to, tail, LoadMasked(from, tail));
+            } else {
+              Store(to, Load(from));
+            }
+          }
+        }
+        bp = packed;
+        ldbp = kBlockCols;
+      }
+      TnColumnBlock(ab + r0 * k, k, bp, ldbp, cb + j0, m, rows, ki, nv, j0 + nv * kLanes > m,
+                    tail, r0 > 0);
     };
     // Rows of a and b outermost while this item's part of c stays in L2: a block of rows of
     // a is then read from cache by every column block, not streamed again for each.
