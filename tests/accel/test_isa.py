@@ -88,7 +88,8 @@ for hidden, batch in [(20, 3), (32, 8), (7, 1)]:
 print("ok lstm")
 
 for batch, n, k, m in [((), 700, 37, 100), ((), 300, 40, 384), ((), 300, 40, 192),
-                       ((3, 2), 65, 65, 32), ((1,), 5, 7, 3)]:
+                       ((), 700, 768, 48), ((2,), 197, 61, 64), ((3, 2), 65, 65, 32),
+                       ((1,), 5, 7, 3)]:
   a, b = normal(*batch, n, k), normal(*batch, n, m)
   fn = jax.jit(lambda a, b: products.matmul(a, b, transpose_a=True))
   assert "cnnrnn_matmul_tn" in fn.lower(a, b).as_text()

@@ -47,6 +47,7 @@ def _operands(batch, m, k, n, transpose_a, transpose_b, seed=0):
     ((), 300, 40, 384),       # six column blocks: split over the workers
     ((), 300, 40, 192),       # three column blocks: the rows of c split over the workers
     ((), 700, 768, 48),       # long rows of a: passes of 80 rows, summed into c
+    ((2,), 197, 61, 64),      # rows spanning over 32 KB: b's columns copied at 8 lanes
     ((1,), 9, 130, 16),       # one column block
     ((3, 2), 65, 65, 32),     # the attention's dK = dS^T Q: batched
     ((1,), 5, 7, 3),          # below the parallel threshold: one thread

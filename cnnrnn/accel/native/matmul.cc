@@ -162,13 +162,13 @@ void MatmulTN(ffi::ThreadPool& pool, const float* a, const float* b, float* c, i
       const int64_t j0 = jb * kBlockCols;
       const int64_t nv = std::min<int64_t>(kMaxVectors, (m - j0 + kLanes - 1) / kLanes);
       const int64_t rows = std::min(pass, n - r0);
+      const bool last_is_tail = j0 + nv * kLanes > m;
       const float* bp = bb + r0 * m + j0;
       int64_t ldbp = m;
       if (kPackB && m > kBlockCols && rows * m * 4 > kL1Bytes) {
         // This block of b's columns, contiguous: every register block of the pass reads it
         // again, and at a row stride of m floats its rows fall into a few of L1's sets.
         alignas(64) thread_local float packed[kRowBlock * kBlockCols];
-        const bool last_is_tail = j0 + nv * kLanes > m;
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t v = 0; v < nv; ++v) {
             const float* from = bp + r * m + v * kLanes;
@@ -183,8 +183,8 @@ void MatmulTN(ffi::ThreadPool& pool, const float* a, const float* b, float* c, i
         bp = packed;
         ldbp = kBlockCols;
       }
-      TnColumnBlock(ab + r0 * k, k, bp, ldbp, cb + j0, m, rows, ki, nv, j0 + nv * kLanes > m,
-                    tail, r0 > 0);
+      TnColumnBlock(ab + r0 * k, k, bp, ldbp, cb + j0, m, rows, ki, nv, last_is_tail, tail,
+                    r0 > 0);
     };
     // Rows of a and b outermost while this item's part of c stays in L2: a block of rows of
     // a is then read from cache by every column block, not streamed again for each.
