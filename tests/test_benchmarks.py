@@ -147,8 +147,9 @@ def test_gpu_peaks_by_device_kind():
 
 
 def test_products_benchmark_smoke_run():
-  """bench_products.py --tiny: the native kernel, XLA and PyTorch agree on a^T b (the script
-  checks them against float64 before timing) and one table per product comes out."""
+  """bench_products.py --tiny: the native kernel, XLA and PyTorch agree on a^T b and on a
+  batched a b^T (the script checks them against float64 before timing) and one table per
+  product comes out."""
   from cnnrnn.accel import native  # pylint: disable=g-import-not-at-top
   if not native.available()[0]:
     pytest.skip(f"native kernels unavailable: {native.available()[1]}")
@@ -158,4 +159,4 @@ def test_products_benchmark_smoke_run():
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
           if line.startswith("| ") and "competitor" not in line]
-  assert rows == ["native", "xla", "torch"]
+  assert rows == ["native", "xla", "torch"] * 2

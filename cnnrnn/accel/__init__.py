@@ -20,7 +20,8 @@ Modes (`MODES`):
   `flax.linen.Dense` and `flax.linen.DenseGeneral` (float32, contracting the trailing
   axes) and the two attention products of `cnnrnn.nn.MultiHeadAttention` are traced as the
   matrix-product primitive of products.py, whose reverse-mode products with a transposed left
-  operand (weight gradients X^T dY, the attention's dK and dV) run on a native kernel.
+  operand (weight gradients X^T dY, the attention's dK and dV) and whose batched products
+  (the attention's Q K^T, P V and their gradients) run on a native kernel.
 - "auto": "cpu_native" when JAX computes on the CPU with one device and the kernels are
   available (this builds them: one line says so), else "xla"; decided once, by the caller
   (`resolve`), when `accelerate` or `mode` is called, not inside the layers.

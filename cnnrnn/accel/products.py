@@ -1,18 +1,23 @@
-"""Matrix products as a primitive whose transposed-operand form runs on a native kernel.
+"""Matrix products as a primitive that runs on a native kernel where XLA:CPU's is slower.
 
 `matmul_p(a, b, transpose_a, transpose_b)`: for every index of the leading (batch) axes,
 op(a) @ op(b), where op transposes the last two axes when asked; a and b have the same
-rank and the same leading axes. Its XLA reference is `lax.dot_general`. Only the product
-with the left operand transposed, a^T b, has a native kernel (`cnnrnn_matmul_tn`, which
-reads both operands in place); the other three forms lower to XLA's dot, which XLA:CPU
-gives its matmul library (YNNPACK) without copies.
+rank and the same leading axes. Its XLA reference is `lax.dot_general`. The native kernel
+(`cnnrnn_matmul`, which reads both operands in place) takes two kinds of product; the
+others lower to XLA's dot, which XLA:CPU gives its matmul library (YNNPACK):
 
-Why: reverse mode turns every forward product into two, and one of them is always of the
-a^T b form: the weight gradient X^T dY of a dense layer, and the attention's key and value
-gradients dS^T Q and P^T dO. XLA:CPU either copies the left operand into a transposed
-layout before giving such a product to YNNPACK, or leaves it to Eigen; the native kernel
-reads it in place (experiments/benchmarks/README.md, "Products with a transposed left
-operand on a native kernel", has the measurements).
+- the product with the left operand transposed, a^T b. Reverse mode turns every forward
+  product into two, and one of them is always of this form: the weight gradient X^T dY of
+  a dense layer, and the attention's key and value gradients dS^T Q and P^T dO. XLA:CPU
+  either copies the left operand into a transposed layout before giving such a product to
+  YNNPACK, or leaves it to Eigen; the native kernel reads it in place
+  (experiments/benchmarks/README.md, "Products with a transposed left operand on a native
+  kernel", has the measurements).
+- batched products (the attention's Q K^T, P V, dO V^T and dS K, over [batch, heads]):
+  YNNPACK runs a batched product on one thread (ViT-Ti's P V, [48, 197, 197] x
+  [48, 197, 64]: one core busy, the other idle unless XLA finds other work for it), while
+  the kernel spreads the batch over XLA's threads (same README, "The attention's batched
+  products on one thread").
 
 The rules close over the primitive, so `grad`, `jvp`, Hessians and higher orders stay on
 it: it is bilinear (`ad.defbilinear`), and the transpose of each form in each operand is
@@ -66,18 +71,32 @@ def reference_matmul(a, b, *, transpose_a: bool, transpose_b: bool):
 #   page every read is on a new page ([3840, 1792]^T [3840, 512]: 43 ms against 37 ms).
 # The layers applied to every token of a ViT or a Transformer (K x M up to 768 x 192) and
 # the attention's batched products gain 1.1-2.5x.
+# The other forms go to the kernel only when batched with at least _MIN_BATCHED_WORK
+# multiply-adds (below that the kernel runs on one thread too, and XLA's product can fuse
+# with its neighbours, as the softmax after Q K^T), within the same limits on a's rows and
+# c. Unbatched, YNNPACK spreads them over the threads and is faster per core than the
+# kernel.
 _MIN_ROWS = 256
 _MAX_RESULT_BYTES = 1 << 20
 _MAX_K = 1024
+_MIN_BATCHED_WORK = 1 << 20  # multiply-adds
 
 
 def _kernel_matmul(a, b, *, transpose_a, transpose_b):
-  if (not transpose_a or transpose_b  # XLA's dot takes these forms without copies.
-      or (a.ndim == 2 and a.shape[0] < _MIN_ROWS)
-      or a.shape[-1] > _MAX_K or a.shape[-1] * b.shape[-1] * 4 > _MAX_RESULT_BYTES):
+  k, n = (a.shape[-1], a.shape[-2]) if transpose_a else a.shape[-2:]  # op(a): [K, N]
+  m = b.shape[-2] if transpose_b else b.shape[-1]  # op(b): [N, M]
+  batch = math.prod(a.shape[:-2])
+  if transpose_a:  # The weight gradients and dK, dV.
+    use = (not transpose_b and not (a.ndim == 2 and n < _MIN_ROWS) and k <= _MAX_K
+           and k * m * 4 <= _MAX_RESULT_BYTES)
+  else:  # The attention's other products: batched, and enough work to share.
+    use = (batch >= 2 and batch * k * n * m >= _MIN_BATCHED_WORK and a.shape[-1] <= _MAX_K
+           and k * m * 4 <= _MAX_RESULT_BYTES)
+  if not use:
     return reference_matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
-  out = jax.ShapeDtypeStruct((*a.shape[:-2], a.shape[-1], b.shape[-1]), jnp.float32)
-  return native.ffi_call("cnnrnn_matmul_tn", out, a, b)
+  out = jax.ShapeDtypeStruct((*a.shape[:-2], k, m), jnp.float32)
+  return native.ffi_call("cnnrnn_matmul", out, a, b, transpose_a=transpose_a,
+                         transpose_b=transpose_b)
 
 
 matmul_p = primitives.define("cnnrnn_matmul", reference_matmul, _kernel_matmul)

@@ -22,7 +22,8 @@ from cnnrnn.accel import native
 # a masked tail of output channels, more channels than one register block, the <= 8-channel
 # pixel path), its input and weight gradients (the pixel path's too), BatchNorm's channel
 # sums and moments, the LSTM forward and backward loops (a hidden size that is not a
-# multiple of the lanes) and the a^T b product (a tail of columns, batched).
+# multiple of the lanes) and the matrix products in all four forms (a tail of columns,
+# batched).
 _CHECKS = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
@@ -89,16 +90,23 @@ print("ok lstm")
 
 for batch, n, k, m in [((), 700, 37, 100), ((), 300, 40, 384), ((), 300, 40, 192),
                        ((), 700, 768, 48), ((2,), 197, 61, 64), ((3, 2), 65, 65, 32),
-                       ((1,), 5, 7, 3)]:
+                       ((4,), 32, 65, 65), ((1,), 5, 7, 3)]:
+  for ta, tb in [(True, False), (False, False), (False, True), (True, True)]:
+    a = normal(*batch, n, k) if ta else normal(*batch, k, n)
+    b = normal(*batch, m, n) if tb else normal(*batch, n, m)
+    out = jax.ShapeDtypeStruct((*batch, k, m), jnp.float32)
+    fn = jax.jit(lambda a, b: native.ffi_call("cnnrnn_matmul", out, a, b, transpose_a=ta,
+                                              transpose_b=tb))
+    want = jnp.matmul(jnp.swapaxes(a, -1, -2) if ta else a, jnp.swapaxes(b, -1, -2) if tb else b,
+                      precision="highest")
+    assert rel(fn(a, b), want) < 1e-5, (batch, n, k, m, ta, tb)
   a, b = normal(*batch, n, k), normal(*batch, n, m)
   fn = jax.jit(lambda a, b: products.matmul(a, b, transpose_a=True))
-  assert "cnnrnn_matmul_tn" in fn.lower(a, b).as_text()
-  want = jnp.einsum("...nk,...nm->...km", a, b, precision="highest")
-  assert rel(fn(a, b), want) < 1e-5, (batch, n, k, m)
-print("ok matmul_tn")
+  assert "cnnrnn_matmul" in fn.lower(a, b).as_text()
+print("ok matmul")
 """
 
-_NAMES = ("conv", "channel_sums", "lstm", "matmul_tn")
+_NAMES = ("conv", "channel_sums", "lstm", "matmul")
 
 
 def _runs_here(isa, monkeypatch):

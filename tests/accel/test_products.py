@@ -1,6 +1,6 @@
-"""The matrix-product primitive: the native a^T b kernel equals XLA's, every form's rules
-close over the primitive, and the dense and attention seams substitute it only where it
-computes the same thing."""
+"""The matrix-product primitive: the native kernel equals XLA's in every form, every form's
+rules close over the primitive, and the dense and attention seams substitute it only where
+it computes the same thing."""
 
 import re
 
@@ -41,25 +41,36 @@ def _operands(batch, m, k, n, transpose_a, transpose_b, seed=0):
   return a, b
 
 
-@native_only
-@pytest.mark.parametrize("batch,n,k,m", [
+# (batch, n, k, m): op(a) [*batch, k, n] times op(b) [*batch, n, m].
+KERNEL_SHAPES = [
     ((), 700, 37, 100),       # rows over the 256-row block; a masked tail of 4 columns
     ((), 300, 40, 384),       # six column blocks: split over the workers
     ((), 300, 40, 192),       # three column blocks: the rows of c split over the workers
-    ((), 700, 768, 48),       # long rows of a: passes of 80 rows, summed into c
+    ((), 700, 768, 48),       # long rows of a^T: passes of 80 rows, summed into c
     ((2,), 197, 61, 64),      # rows spanning over 32 KB: b's columns copied at 8 lanes
     ((1,), 9, 130, 16),       # one column block
-    ((3, 2), 65, 65, 32),     # the attention's dK = dS^T Q: batched
+    ((3, 2), 65, 65, 32),     # the attention's products: batched
+    ((4,), 32, 65, 65),       # Q K^T of a small ViT: a one-column tail at 16 lanes
     ((1,), 5, 7, 3),          # below the parallel threshold: one thread
     ((2,), 0, 3, 20),         # an empty sum: zeros
-])
-def test_transposed_left_product_runs_the_kernel_and_equals_xla(batch, n, k, m):
-  a, b = _normal(0, (*batch, n, k)), _normal(1, (*batch, n, m))
-  fn = jax.jit(lambda a, b: products.matmul(a, b, transpose_a=True))
-  assert "cnnrnn_matmul_tn" in fn.lower(a, b).as_text()
+]
+
+
+def _kernel(a, b, transpose_a, transpose_b, k, m):
+  out = jax.ShapeDtypeStruct((*a.shape[:-2], k, m), jnp.float32)
+  return native.ffi_call("cnnrnn_matmul", out, a, b, transpose_a=transpose_a,
+                         transpose_b=transpose_b)
+
+
+@native_only
+@pytest.mark.parametrize("transpose_a,transpose_b", FORMS)
+@pytest.mark.parametrize("batch,n,k,m", KERNEL_SHAPES)
+def test_the_kernel_equals_xla_in_every_form(batch, n, k, m, transpose_a, transpose_b):
+  a, b = _operands(batch, k, n, m, transpose_a, transpose_b)
+  fn = jax.jit(lambda a, b: _kernel(a, b, transpose_a, transpose_b, k, m))
   got = fn(a, b)
-  want = jnp.einsum("...nk,...nm->...km", a, b, precision="highest")
-  assert got.shape == (*batch, k, m)
+  want = jnp.matmul(_op(a, transpose_a), _op(b, transpose_b), precision="highest")
+  assert got.shape == want.shape == (*batch, k, m)
   if n == 0:
     np.testing.assert_array_equal(got, 0.0)
   else:
@@ -68,12 +79,39 @@ def test_transposed_left_product_runs_the_kernel_and_equals_xla(batch, n, k, m):
 
 
 @native_only
+@pytest.mark.parametrize("batch,n,k,m", [s for s in KERNEL_SHAPES if s[1] > 0])
+def test_transposed_left_product_runs_the_kernel_and_equals_xla(batch, n, k, m):
+  a, b = _normal(0, (*batch, n, k)), _normal(1, (*batch, n, m))
+  fn = jax.jit(lambda a, b: products.matmul(a, b, transpose_a=True))
+  assert "cnnrnn_matmul" in fn.lower(a, b).as_text()
+  want = jnp.einsum("...nk,...nm->...km", a, b, precision="highest")
+  assert _rel(fn(a, b), want) < 1e-5
+
+
+@native_only
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("batch,n,k,m,kernel", [
+    ((48,), 64, 197, 197, True),   # ViT-Ti's Q K^T (with transpose_b) and P V
+    ((16, 3), 197, 197, 64, True),
+    ((2,), 256, 256, 64, True),
+    ((1,), 256, 256, 64, False),   # unbatched: XLA's library spreads it over the threads
+    ((8,), 16, 16, 16, False),     # too little work to share
+])
+def test_batched_products_run_the_kernel_where_there_is_work_to_share(batch, n, k, m, kernel,
+                                                                      transpose_b):
+  a, b = _operands(batch, k, n, m, False, transpose_b)
+  fn = jax.jit(lambda a, b: products.matmul(a, b, transpose_b=transpose_b))
+  assert ("cnnrnn_matmul" in fn.lower(a, b).as_text()) == kernel
+  want = jnp.matmul(a, _op(b, transpose_b), precision="highest")
+  assert _rel(fn(a, b), want) < 1e-5
+
+
+@native_only
 def test_the_kernel_on_a_result_beyond_l2():
   # A worker's part of c over 640 KB: column blocks outermost (the seam gives XLA products
   # of such size; the kernel still computes them).
   a, b = _normal(0, (600, 1000)), _normal(1, (600, 640))
-  out = jax.ShapeDtypeStruct((1000, 640), jnp.float32)
-  got = jax.jit(lambda a, b: native.ffi_call("cnnrnn_matmul_tn", out, a, b))(a, b)
+  got = jax.jit(lambda a, b: _kernel(a, b, True, False, 1000, 640))(a, b)
   assert _rel(got, jnp.einsum("nk,nm->km", a, b, precision="highest")) < 1e-5
 
 
@@ -85,7 +123,7 @@ def test_the_kernel_on_a_result_beyond_l2():
 def test_where_xla_is_as_fast_the_product_stays_xla(n, k, m):
   a, b = _normal(0, (n, k)), _normal(1, (n, m))
   fn = jax.jit(lambda a, b: products.matmul(a, b, transpose_a=True))
-  assert "cnnrnn_matmul_tn" not in fn.lower(a, b).as_text()
+  assert "cnnrnn_matmul" not in fn.lower(a, b).as_text()
   assert _rel(fn(a, b), a.T @ b) < 1e-5
 
 
@@ -235,5 +273,5 @@ def test_export_is_portable_and_shard_map_runs_the_kernel_per_shard():
   xs = jax.device_put(x, sharding.batch_sharding(mesh))
   fn = jax.jit(accel.accelerate(per_shard, "cpu_native"))
   if accel.available()[0]:
-    assert "cnnrnn_matmul_tn" in fn.lower(variables, xs).compile().as_text()
+    assert "cnnrnn_matmul" in fn.lower(variables, xs).compile().as_text()
   assert _rel(fn(variables, xs)["params"]["kernel"], want["params"]["kernel"]) < 1e-5

@@ -15,7 +15,7 @@ the first time it is called, which `cnnrnn.accel` does only when acceleration wa
 `cnnrnn.accel` lower to XLA's operations.
 
 Kernels: `kernels.cc` (convolutions, BatchNorm's channel sums), `recurrent.cc` (LSTM time
-loops), `matmul.cc` (products with the left operand transposed); `common.h` (thread-pool
+loops), `matmul.cc` (matrix products: with the left operand transposed, and batched); `common.h` (thread-pool
 loops, huge pages) and `simd.h` (vectors, masks, register blocking) are shared.
 """
 
@@ -43,7 +43,7 @@ TARGETS = {
     "cnnrnn_channel_sums": "CnnrnnChannelSums",
     "cnnrnn_lstm_fwd": "CnnrnnLstmForward",
     "cnnrnn_lstm_bwd": "CnnrnnLstmBackward",
-    "cnnrnn_matmul_tn": "CnnrnnMatmulTN",
+    "cnnrnn_matmul": "CnnrnnMatmul",
 }
 
 log = logging.getLogger(__name__)
