@@ -49,7 +49,7 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 20;
 // op(a)[i, n] = a[n lda + i] when kTransA, a[i lda + n] otherwise. The last vector of each
 // row is masked by `tail` when kTail.
 template <int NV, int CB, bool kTail, bool kTransA>
-void TnBlock(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
+void Block(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb,
              float* __restrict c, int64_t ldc, int64_t rows, Mask tail, bool accumulate) {
   Vec acc[CB][NV];
   for (int i = 0; i < CB; ++i)
@@ -82,25 +82,25 @@ void TnBlock(const float* __restrict a, int64_t lda, const float* __restrict b, 
   }
 }
 
-using TnFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
+using BlockFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
                       Mask, bool);
 
 template <int NV, bool kTail, bool kTransA, int... CB>
-constexpr std::array<TnFn, sizeof...(CB)> TnTable(std::integer_sequence<int, CB...>) {
-  return {&TnBlock<NV, CB + 1, kTail, kTransA>...};
+constexpr std::array<BlockFn, sizeof...(CB)> BlockTable(std::integer_sequence<int, CB...>) {
+  return {&Block<NV, CB + 1, kTail, kTransA>...};
 }
 
 // c[0:k, 0:L NV] (+)= op(a)[0:k, 0:rows] b[0:rows, 0:L NV].
 template <int NV, bool kTail, bool kTransA>
-void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+void Columns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                int64_t rows, int64_t k, Mask tail, bool accumulate) {
   constexpr int kCB = BroadcastBlockRows<NV>();  // rows of c per register block
   static constexpr auto table =
-      TnTable<NV, kTail, kTransA>(std::make_integer_sequence<int, kCB>());
+      BlockTable<NV, kTail, kTransA>(std::make_integer_sequence<int, kCB>());
   const int64_t row_step = kTransA ? 1 : lda;  // from one row of op(a) to the next
   int64_t i = 0;
   for (; i + kCB <= k; i += kCB) {
-    TnBlock<NV, kCB, kTail, kTransA>(a + i * row_step, lda, b, ldb, c + i * ldc, ldc, rows,
+    Block<NV, kCB, kTail, kTransA>(a + i * row_step, lda, b, ldb, c + i * ldc, ldc, rows,
                                      tail, accumulate);
   }
   if (i < k) {
@@ -109,33 +109,33 @@ void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
 }
 
 template <int NV, bool kTransA>
-void TnColumns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+void Columns(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                int64_t rows, int64_t k, bool last_is_tail, Mask tail, bool accumulate) {
   if (last_is_tail) {
-    TnColumns<NV, true, kTransA>(a, lda, b, ldb, c, ldc, rows, k, tail, accumulate);
+    Columns<NV, true, kTransA>(a, lda, b, ldb, c, ldc, rows, k, tail, accumulate);
   } else {
-    TnColumns<NV, false, kTransA>(a, lda, b, ldb, c, ldc, rows, k, tail, accumulate);
+    Columns<NV, false, kTransA>(a, lda, b, ldb, c, ldc, rows, k, tail, accumulate);
   }
 }
 
 // c[0:k, 0:L nv] (+)= op(a)[0:k, 0:rows] b[0:rows, 0:L nv], nv = 1..kMaxVectors vectors of
 // columns.
 template <bool kTransA>
-void TnColumnBlock(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+void ColumnBlock(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                    int64_t ldc, int64_t rows, int64_t k, int64_t nv, bool last_is_tail,
                    Mask tail, bool accumulate) {
   switch (nv) {
     case 1:
-      TnColumns<1, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
+      Columns<1, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
       break;
     case 2:
-      TnColumns<2, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
+      Columns<2, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
       break;
     case 3:
-      TnColumns<3, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
+      Columns<3, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
       break;
     default:
-      TnColumns<4, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
+      Columns<4, kTransA>(a, lda, b, ldb, c, ldc, rows, k, last_is_tail, tail, accumulate);
       break;
   }
 }
@@ -217,7 +217,7 @@ void Matmul(ffi::ThreadPool& pool, const float* a, const float* b, float* c, int
         bp = packed;
         ldbp = kBlockCols;
       }
-      TnColumnBlock<kTransA>(ab + (kTransA ? r0 * k : r0), lda, bp, ldbp, cb + j0, m, rows, ki,
+      ColumnBlock<kTransA>(ab + (kTransA ? r0 * k : r0), lda, bp, ldbp, cb + j0, m, rows, ki,
                              nv, last_is_tail, tail, r0 > 0);
     };
     // Rows of a and b outermost while this item's part of c stays in L2: a block of rows of
